@@ -1,0 +1,53 @@
+//! # Keyraft on the wire
+//!
+//! The code generated from `proto/keyraft/v1` (by protox and tonic, no system `protoc`),
+//! the one table that maps [`KmsError`] to a gRPC status and back ([`status`]), request
+//! signing shared by the client, the server and the node-to-node transport ([`auth`]),
+//! and conversions from the domain types.
+//!
+//! Keeping the table here, in the one crate that both sides depend on, means the server
+//! and the SDK can never disagree about what a status means.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod status;
+
+/// Generated public API types and services (`keyraft.v1`).
+#[allow(missing_docs, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("keyraft.v1");
+
+    /// Generated internal node-to-node types and services (`keyraft.v1.internal`).
+    #[allow(missing_docs, clippy::all)]
+    pub mod internal {
+        tonic::include_proto!("keyraft.v1.internal");
+    }
+}
+
+pub use status::{error_from_status, leader_hint, status_from_error, LeaderHint};
+
+use keyraft_types::KeyMetadata;
+
+/// The only encryption algorithm of symmetric keys.
+pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
+
+impl From<&KeyMetadata> for v1::KeyMetadata {
+    fn from(m: &KeyMetadata) -> Self {
+        v1::KeyMetadata {
+            key_id: m.key_id.to_string(),
+            arn: m.arn.clone(),
+            aws_account_id: m.account.to_string(),
+            description: m.description.clone(),
+            key_state: m.key_state.as_str().to_string(),
+            key_spec: m.key_spec.as_str().to_string(),
+            key_usage: m.key_usage.as_str().to_string(),
+            origin: m.origin.as_str().to_string(),
+            key_manager: m.key_manager.as_str().to_string(),
+            creation_date: m.creation_date_ms,
+            enabled: m.key_state == keyraft_types::KeyState::Enabled,
+            encryption_algorithms: vec![SYMMETRIC_DEFAULT.to_string()],
+        }
+    }
+}

@@ -1,0 +1,602 @@
+//! [`StateMachine`]: deterministic apply over a sled tree, and the queries nodes serve.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use keyraft_types::audit::GENESIS_HASH;
+use keyraft_types::{
+    AccountId, AuditEvent, AuditRecord, ErrorCode, KeyId, KeyMetadata, KeyState, KmsError, NodeId,
+};
+
+use crate::command::{
+    AccessKeyRecord, ApplyEntry, Bootstrap, ClusterConfig, Command, JoinAuthorization, KeyRecord,
+    NodeRecord, Op, Reply, Response,
+};
+use crate::keys;
+use crate::storage::{Durable, StateError};
+use crate::{DEFAULT_KEY_QUOTA, REQUEST_ID_TTL_MS};
+
+/// The replicated state of one node.
+pub struct StateMachine {
+    durable: Durable,
+    tree: sled::Tree,
+    /// Serialises apply, snapshot export and install, so an export sees one applied state.
+    write_lock: Mutex<()>,
+}
+
+/// Everything in the state machine except the Raft metadata, as a snapshot carries it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StateSnapshot {
+    /// Raw (key, value) records of the state tree.
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredResponse {
+    time_ms: u64,
+    response: Response,
+}
+
+/// Reads through pending writes, so the commands of one batch see each other.
+struct Txn<'a> {
+    tree: &'a sled::Tree,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Txn {
+            tree,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
+        let raw = match self.writes.get(key) {
+            Some(Some(v)) => Some(v.clone()),
+            Some(None) => None,
+            None => self.tree.get(key)?.map(|v| v.to_vec()),
+        };
+        raw.map(|v| decode(key, &v)).transpose()
+    }
+
+    fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), StateError> {
+        let bytes = encode(&key, value)?;
+        self.writes.insert(key, Some(bytes));
+        Ok(())
+    }
+
+    fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch
+    }
+}
+
+fn encode<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, StateError> {
+    bincode::serialize(value).map_err(|e| StateError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StateError> {
+    bincode::deserialize(bytes).map_err(|e| StateError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+impl StateMachine {
+    /// Opens the state tree of `durable`.
+    pub fn open(durable: &Durable) -> Result<StateMachine, StateError> {
+        let tree = durable.db().open_tree("state")?;
+        Ok(StateMachine {
+            durable: durable.clone(),
+            tree,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies a batch of entries atomically and durably: the state changes, the applied
+    /// log id (`last_applied`, opaque bytes of the Raft layer) and, if the batch holds a
+    /// membership entry, the membership (`membership`) are written in one sled batch and
+    /// synced before the responses, one per entry, are returned.
+    pub fn apply(
+        &self,
+        entries: &[ApplyEntry],
+        last_applied: Vec<u8>,
+        membership: Option<Vec<u8>>,
+    ) -> Result<Vec<Response>, StateError> {
+        let _guard = self.lock();
+        let mut txn = Txn::new(&self.tree);
+        let mut responses = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let response = match &entry.command {
+                Some(cmd) => apply_command(&mut txn, cmd)?,
+                None => Ok(Reply::Unit),
+            };
+            responses.push(response);
+        }
+        txn.put_raw(keys::LAST_APPLIED.to_vec(), last_applied);
+        if let Some(m) = membership {
+            txn.put_raw(keys::MEMBERSHIP.to_vec(), m);
+        }
+        self.tree.apply_batch(txn.into_batch())?;
+        self.durable.sync()?;
+        Ok(responses)
+    }
+
+    /// The Raft layer's opaque applied log id and membership, as last applied.
+    pub fn applied_meta(&self) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), StateError> {
+        Ok((
+            self.tree.get(keys::LAST_APPLIED)?.map(|v| v.to_vec()),
+            self.tree.get(keys::MEMBERSHIP)?.map(|v| v.to_vec()),
+        ))
+    }
+
+    /// Exports the state (without the Raft metadata) and the metadata it corresponds to,
+    /// read under the apply lock so both describe the same point of the log.
+    #[allow(clippy::type_complexity)]
+    pub fn export(
+        &self,
+    ) -> Result<(StateSnapshot, Option<Vec<u8>>, Option<Vec<u8>>), StateError> {
+        let _guard = self.lock();
+        let mut records = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            if !k.starts_with(keys::META_PREFIX) {
+                records.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        let (applied, membership) = self.applied_meta()?;
+        Ok((StateSnapshot { records }, applied, membership))
+    }
+
+    /// Replaces the whole state with a snapshot, atomically and durably.
+    pub fn install(
+        &self,
+        snapshot: &StateSnapshot,
+        last_applied: Vec<u8>,
+        membership: Vec<u8>,
+    ) -> Result<(), StateError> {
+        let _guard = self.lock();
+        let mut batch = sled::Batch::default();
+        for item in self.tree.iter() {
+            let (k, _) = item?;
+            batch.remove(k);
+        }
+        for (k, v) in &snapshot.records {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        batch.insert(keys::LAST_APPLIED, last_applied);
+        batch.insert(keys::MEMBERSHIP, membership);
+        self.tree.apply_batch(batch)?;
+        self.durable.sync()?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
+        self.tree
+            .get(key)?
+            .map(|v| decode(key, &v))
+            .transpose()
+    }
+
+    /// The cluster configuration, once bootstrapped.
+    pub fn cluster_config(&self) -> Result<Option<ClusterConfig>, StateError> {
+        self.get(keys::CLUSTER)
+    }
+
+    /// A key and its wrapped backing versions.
+    pub fn key(&self, id: &KeyId) -> Result<Option<KeyRecord>, StateError> {
+        self.get(&keys::key(id))
+    }
+
+    /// Keys of `account` in key-id order, starting after `after`; returns up to `limit`
+    /// and whether more follow.
+    pub fn list_keys(
+        &self,
+        account: &AccountId,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<(Vec<KeyMetadata>, bool), StateError> {
+        let start = match after {
+            Some(id) => {
+                let mut k = keys::key(id);
+                k.push(0);
+                k
+            }
+            None => keys::KEY_PREFIX.to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(keys::KEY_PREFIX) {
+                break;
+            }
+            let record: KeyRecord = decode(&k, &v)?;
+            if &record.metadata.account != account {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(record.metadata);
+        }
+        Ok((out, false))
+    }
+
+    /// A credential.
+    pub fn access_key(&self, id: &str) -> Result<Option<AccessKeyRecord>, StateError> {
+        self.get(&keys::access_key(id))
+    }
+
+    /// A registered node.
+    pub fn node(&self, id: NodeId) -> Result<Option<NodeRecord>, StateError> {
+        self.get(&keys::node(id))
+    }
+
+    /// Every node id ever registered, retired ones included.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(keys::NODE_PREFIX) {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The authorised join of a node, if any.
+    pub fn join_authorization(&self, id: NodeId) -> Result<Option<JoinAuthorization>, StateError> {
+        self.get(&keys::join(id))
+    }
+
+    /// The sequence number and hash of the newest audit event (0 and the genesis hash
+    /// before the first).
+    pub fn audit_head(&self) -> Result<(u64, String), StateError> {
+        Ok(self
+            .get(keys::AUDIT_HEAD)?
+            .unwrap_or_else(|| (0, GENESIS_HASH.to_string())))
+    }
+
+    /// Up to `limit` audit events starting at sequence `from`.
+    pub fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<AuditEvent>, StateError> {
+        let mut out = Vec::new();
+        for item in self.tree.range(keys::audit(from)..keys::audit(u64::MAX)) {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` audit events, oldest first.
+    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEvent>, StateError> {
+        let (head, _) = self.audit_head()?;
+        let from = head.saturating_sub(limit as u64).saturating_add(1);
+        self.audit_events(from, limit)
+    }
+
+    /// Walks the whole chain and checks every link. Returns the head on success, or the
+    /// sequence number of the first event that does not verify.
+    pub fn verify_audit_chain(&self) -> Result<Result<(u64, String), u64>, StateError> {
+        let mut prev = GENESIS_HASH.to_string();
+        let mut expected = 1;
+        for item in self.tree.scan_prefix(keys::AUDIT_PREFIX) {
+            let (k, v) = item?;
+            let event: AuditEvent = decode(&k, &v)?;
+            if event.sequence != expected || !event.verify(&prev) {
+                return Ok(Err(expected));
+            }
+            prev = event.hash;
+            expected += 1;
+        }
+        let head = self.audit_head()?;
+        if head.0 != expected - 1 || head.1 != prev {
+            return Ok(Err(expected));
+        }
+        Ok(Ok(head))
+    }
+}
+
+/// Applies one command. `Err` only for storage faults; decisions are in the `Response`.
+fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateError> {
+    expire_request_ids(txn, cmd.time_ms)?;
+    let idempotent = !cmd.request_id.is_empty() && !matches!(cmd.op, Op::AuditBatch { .. });
+    if idempotent {
+        if let Some(stored) = txn.get::<StoredResponse>(&keys::request(&cmd.request_id))? {
+            return Ok(stored.response);
+        }
+    }
+    let response = match &cmd.op {
+        Op::Bootstrap(b) => bootstrap(txn, b, cmd.time_ms)?,
+        Op::CreateKey {
+            key,
+            material,
+            audit,
+        } => {
+            let r = create_key(txn, key, material)?;
+            audited(txn, audit, r)?
+        }
+        Op::SetKeyEnabled {
+            key_id,
+            enabled,
+            audit,
+        } => {
+            let r = set_key_enabled(txn, key_id, *enabled)?;
+            audited(txn, audit, r)?
+        }
+        Op::AuditBatch { records } => {
+            let mut verdicts = Vec::with_capacity(records.len());
+            for record in records {
+                let verdict = check_record(txn, record)?;
+                append_audit(txn, record.clone(), verdict.clone())?;
+                verdicts.push(verdict);
+            }
+            Ok(Reply::Audit(verdicts))
+        }
+        Op::AuthorizeJoin {
+            node,
+            public_key,
+            audit,
+        } => {
+            let r = authorize_join(txn, node, public_key)?;
+            audited(txn, audit, r)?
+        }
+        Op::RetireNode { node_id, audit } => {
+            let r = retire_node(txn, *node_id)?;
+            audited(txn, audit, r)?
+        }
+    };
+    if idempotent {
+        txn.put(
+            keys::request(&cmd.request_id),
+            &StoredResponse {
+                time_ms: cmd.time_ms,
+                response: response.clone(),
+            },
+        )?;
+        txn.put(keys::request_time(cmd.time_ms, &cmd.request_id), &())?;
+    }
+    Ok(response)
+}
+
+/// Forgets request ids older than the TTL, measured in command time.
+fn expire_request_ids(txn: &mut Txn<'_>, now_ms: u64) -> Result<(), StateError> {
+    let cutoff = now_ms.saturating_sub(REQUEST_ID_TTL_MS);
+    let mut expired = Vec::new();
+    for item in txn.tree.scan_prefix(keys::REQUEST_TIME_PREFIX) {
+        let (k, _) = item?;
+        let Some(time_bytes) = k.get(5..13) else {
+            continue;
+        };
+        let mut t = [0u8; 8];
+        t.copy_from_slice(time_bytes);
+        if u64::from_be_bytes(t) >= cutoff || expired.len() >= 64 {
+            break;
+        }
+        expired.push(k.to_vec());
+    }
+    for k in expired {
+        let id = String::from_utf8_lossy(&k[13..]).into_owned();
+        txn.delete(keys::request(&id));
+        txn.delete(k);
+    }
+    Ok(())
+}
+
+/// Links the mutation's audit record with its outcome, and passes the outcome on.
+fn audited(
+    txn: &mut Txn<'_>,
+    record: &AuditRecord,
+    result: Response,
+) -> Result<Response, StateError> {
+    let error = result.as_ref().err().cloned();
+    append_audit(txn, record.clone(), error)?;
+    Ok(result)
+}
+
+fn append_audit(
+    txn: &mut Txn<'_>,
+    record: AuditRecord,
+    error: Option<KmsError>,
+) -> Result<(), StateError> {
+    let (seq, prev): (u64, String) = txn
+        .get(keys::AUDIT_HEAD)?
+        .unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
+    let event = AuditEvent::link(seq + 1, &prev, record, error.map(|e| (e.code, e.message)));
+    txn.put(keys::audit(event.sequence), &event)?;
+    txn.put(keys::AUDIT_HEAD.to_vec(), &(event.sequence, event.hash.clone()))?;
+    Ok(())
+}
+
+/// The final verdict on an audit record: the node's own error, or the key check.
+fn check_record(txn: &Txn<'_>, record: &AuditRecord) -> Result<Option<KmsError>, StateError> {
+    if let Some((code, message)) = &record.error {
+        return Ok(Some(KmsError::new(*code, message.clone())));
+    }
+    let Some(check) = &record.key_check else {
+        return Ok(None);
+    };
+    let Some(key) = txn.get::<KeyRecord>(&keys::key(&check.key_id))? else {
+        return Ok(Some(KmsError::key_not_found(check.key_id.as_str())));
+    };
+    if key.metadata.epoch == check.epoch {
+        return Ok(None);
+    }
+    // The key changed after the serving node decided: decide again on the state as of
+    // this point of the log. Only this decision is released to the caller.
+    Ok(key.metadata.check_usable(check.operation).err())
+}
+
+fn bootstrap(txn: &mut Txn<'_>, b: &Bootstrap, time_ms: u64) -> Result<Response, StateError> {
+    if txn.get::<ClusterConfig>(keys::CLUSTER)?.is_some() {
+        return Ok(Err(KmsError::new(
+            ErrorCode::AlreadyExists,
+            "the region is already bootstrapped",
+        )));
+    }
+    let config = ClusterConfig {
+        region: b.region.clone(),
+        account: b.account.clone(),
+        domain_key_fingerprint: b.domain_key_fingerprint.clone(),
+        key_quota: if b.key_quota == 0 {
+            DEFAULT_KEY_QUOTA
+        } else {
+            b.key_quota
+        },
+        bootstrapped_ms: time_ms,
+    };
+    txn.put(keys::CLUSTER.to_vec(), &config)?;
+    txn.put(keys::access_key(&b.admin.access_key_id), &b.admin)?;
+    for member in &b.members {
+        if txn.get::<NodeRecord>(&keys::node(member.node_id))?.is_none() {
+            txn.put(keys::node(member.node_id), member)?;
+        }
+    }
+    Ok(Ok(Reply::Unit))
+}
+
+fn create_key(
+    txn: &mut Txn<'_>,
+    key: &KeyMetadata,
+    material: &[u8],
+) -> Result<Response, StateError> {
+    let Some(config) = txn.get::<ClusterConfig>(keys::CLUSTER)? else {
+        return Ok(Err(not_bootstrapped()));
+    };
+    if txn.get::<KeyRecord>(&keys::key(&key.key_id))?.is_some() {
+        return Ok(Err(KmsError::new(
+            ErrorCode::AlreadyExists,
+            format!("key {} already exists", key.key_id),
+        )));
+    }
+    let count_key = keys::key_count(&key.account);
+    let count: u64 = txn.get(&count_key)?.unwrap_or(0);
+    if count >= config.key_quota {
+        return Ok(Err(KmsError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "Account {} already has {} keys in region {}, its quota",
+                key.account, count, config.region
+            ),
+        )));
+    }
+    let record = KeyRecord {
+        metadata: key.clone(),
+        versions: BTreeMap::from([(key.current_version, material.to_vec())]),
+    };
+    txn.put(keys::key(&key.key_id), &record)?;
+    txn.put(count_key, &(count + 1))?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+fn set_key_enabled(
+    txn: &mut Txn<'_>,
+    key_id: &KeyId,
+    enabled: bool,
+) -> Result<Response, StateError> {
+    let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    };
+    let target = if enabled {
+        KeyState::Enabled
+    } else {
+        KeyState::Disabled
+    };
+    match record.metadata.key_state {
+        KeyState::Enabled | KeyState::Disabled => {}
+        other => {
+            return Ok(Err(KmsError::new(
+                ErrorCode::InvalidState,
+                format!("{} is {}", record.metadata.arn, other.as_str()),
+            )))
+        }
+    }
+    if record.metadata.key_state != target {
+        record.metadata.key_state = target;
+        record.metadata.epoch += 1;
+        txn.put(keys::key(key_id), &record)?;
+    }
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+fn authorize_join(
+    txn: &mut Txn<'_>,
+    node: &NodeRecord,
+    public_key: &[u8],
+) -> Result<Response, StateError> {
+    if txn.get::<ClusterConfig>(keys::CLUSTER)?.is_none() {
+        return Ok(Err(not_bootstrapped()));
+    }
+    if public_key.len() != 32 {
+        return Ok(Err(KmsError::validation("a join public key is 32 bytes")));
+    }
+    if let Some(existing) = txn.get::<NodeRecord>(&keys::node(node.node_id))? {
+        if existing.retired {
+            return Ok(Err(KmsError::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "node id {} was used before and retired; node ids are never reused",
+                    node.node_id
+                ),
+            )));
+        }
+    }
+    let mut record = node.clone();
+    record.retired = false;
+    txn.put(keys::node(node.node_id), &record)?;
+    txn.put(
+        keys::join(node.node_id),
+        &JoinAuthorization {
+            node_id: node.node_id,
+            public_key: public_key.to_vec(),
+        },
+    )?;
+    Ok(Ok(Reply::Unit))
+}
+
+fn retire_node(txn: &mut Txn<'_>, node_id: NodeId) -> Result<Response, StateError> {
+    let Some(mut record) = txn.get::<NodeRecord>(&keys::node(node_id))? else {
+        return Ok(Err(KmsError::new(
+            ErrorCode::NotFound,
+            format!("node {node_id} is not registered"),
+        )));
+    };
+    record.retired = true;
+    txn.put(keys::node(node_id), &record)?;
+    txn.delete(keys::join(node_id));
+    Ok(Ok(Reply::Unit))
+}
+
+fn not_bootstrapped() -> KmsError {
+    KmsError::new(
+        ErrorCode::KeyUnavailable,
+        "the region is not bootstrapped yet; retry shortly",
+    )
+}

@@ -1,0 +1,179 @@
+//! Commands (what goes into the Raft log) and responses (what apply answers).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use keyraft_types::{AccountId, AuditRecord, KeyId, KeyMetadata, KmsError, NodeId, Region};
+
+/// One Raft log entry's application payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The caller's idempotency id for a mutation ("" for none). A second command with
+    /// the same id is answered with the first one's response and changes nothing.
+    pub request_id: String,
+    /// The proposer's clock, ms since the Unix epoch: the only time apply ever sees.
+    pub time_ms: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The operations of the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Initialises the region once: its name, the default account, the domain key's
+    /// fingerprint, the first administrator credential and the initial members.
+    Bootstrap(Box<Bootstrap>),
+    /// Creates a key whose first backing version the proposer's HSM generated.
+    CreateKey {
+        /// The new key's metadata (state Enabled, epoch 1, version 1).
+        key: Box<KeyMetadata>,
+        /// Version 1's key material, wrapped under the domain key.
+        material: Vec<u8>,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Enables or disables a key.
+    SetKeyEnabled {
+        /// The key.
+        key_id: KeyId,
+        /// Enable (true) or disable (false).
+        enabled: bool,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Audit records of requests that changed nothing in the state (cryptography,
+    /// reads, refusals), many per entry. Each gets its own verdict.
+    AuditBatch {
+        /// The records, in the order their verdicts are returned.
+        records: Vec<AuditRecord>,
+    },
+    /// Authorises node `node_id` to receive the domain key, wrapped to `public_key`.
+    AuthorizeJoin {
+        /// The joining node.
+        node: NodeRecord,
+        /// The public half of the joining HSM's ephemeral key.
+        public_key: Vec<u8>,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Marks a node id as retired after its removal: it can never be used again.
+    RetireNode {
+        /// The node.
+        node_id: NodeId,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+}
+
+impl Op {
+    /// The audit record a mutation carries, if any.
+    pub fn audit_record(&self) -> Option<&AuditRecord> {
+        match self {
+            Op::CreateKey { audit, .. }
+            | Op::SetKeyEnabled { audit, .. }
+            | Op::AuthorizeJoin { audit, .. }
+            | Op::RetireNode { audit, .. } => Some(audit),
+            Op::Bootstrap(_) | Op::AuditBatch { .. } => None,
+        }
+    }
+}
+
+/// The one-time initialisation of a region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    /// The region, fixed for the cluster's life.
+    pub region: Region,
+    /// The default account, owning the administrator.
+    pub account: AccountId,
+    /// Fingerprint of the domain key every member must hold.
+    pub domain_key_fingerprint: String,
+    /// The first administrator credential.
+    pub admin: AccessKeyRecord,
+    /// The initial members (registered so their ids are never reused).
+    pub members: Vec<NodeRecord>,
+    /// Key quota per account (0: [`crate::DEFAULT_KEY_QUOTA`]).
+    pub key_quota: u64,
+}
+
+/// A credential: the secret is stored only wrapped under the domain key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeyRecord {
+    /// The public access key id.
+    pub access_key_id: String,
+    /// The principal the key belongs to.
+    pub principal_arn: String,
+    /// The account of the principal.
+    pub account: AccountId,
+    /// The secret, wrapped by the HSM (purpose = the access key id).
+    pub wrapped_secret: Vec<u8>,
+    /// Whether the key may be used.
+    pub enabled: bool,
+}
+
+/// A node as the cluster registers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node id (never reused).
+    pub node_id: NodeId,
+    /// Client API URL.
+    pub api_endpoint: String,
+    /// Node-to-node address.
+    pub raft_addr: String,
+    /// Removed from the cluster; the id is retired.
+    pub retired: bool,
+}
+
+/// An authorised join: the member HSMs wrap the domain key only to this public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAuthorization {
+    /// The node.
+    pub node_id: NodeId,
+    /// The ephemeral public key to wrap to.
+    pub public_key: Vec<u8>,
+}
+
+/// Cluster-wide configuration written by `Bootstrap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// The region.
+    pub region: Region,
+    /// The default account.
+    pub account: AccountId,
+    /// Fingerprint of the domain key.
+    pub domain_key_fingerprint: String,
+    /// Key quota per account.
+    pub key_quota: u64,
+    /// When the region was bootstrapped.
+    pub bootstrapped_ms: u64,
+}
+
+/// A key with its wrapped backing versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Metadata.
+    pub metadata: KeyMetadata,
+    /// Backing versions: version -> material wrapped under the domain key.
+    pub versions: BTreeMap<u32, Vec<u8>>,
+}
+
+/// What apply answers for one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Nothing to report.
+    Unit,
+    /// The key after the change.
+    Key(Box<KeyMetadata>),
+    /// Per-record verdicts of an audit batch: `None` = confirmed.
+    Audit(Vec<Option<KmsError>>),
+}
+
+/// The response to a command: deterministic errors are values.
+pub type Response = Result<Reply, KmsError>;
+
+/// One entry handed to [`crate::StateMachine::apply`].
+#[derive(Debug, Clone)]
+pub struct ApplyEntry {
+    /// The command, or `None` for a blank or membership entry.
+    pub command: Option<Command>,
+}

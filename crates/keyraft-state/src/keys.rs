@@ -1,0 +1,46 @@
+//! The key layout of the state tree. Every record lives in one sled tree so that one
+//! atomic batch can change any of them together.
+
+use keyraft_types::{AccountId, KeyId, NodeId};
+
+pub(crate) const LAST_APPLIED: &[u8] = b"meta/last_applied";
+pub(crate) const MEMBERSHIP: &[u8] = b"meta/membership";
+pub(crate) const META_PREFIX: &[u8] = b"meta/";
+pub(crate) const CLUSTER: &[u8] = b"cluster";
+pub(crate) const AUDIT_HEAD: &[u8] = b"audit_head";
+pub(crate) const KEY_PREFIX: &[u8] = b"key/";
+pub(crate) const AUDIT_PREFIX: &[u8] = b"audit/";
+pub(crate) const REQUEST_TIME_PREFIX: &[u8] = b"reqt/";
+pub(crate) const NODE_PREFIX: &[u8] = b"node/";
+
+pub(crate) fn key(id: &KeyId) -> Vec<u8> {
+    [KEY_PREFIX, id.as_str().as_bytes()].concat()
+}
+
+pub(crate) fn key_count(account: &AccountId) -> Vec<u8> {
+    format!("acct/{account}/keycount").into_bytes()
+}
+
+pub(crate) fn access_key(id: &str) -> Vec<u8> {
+    format!("akey/{id}").into_bytes()
+}
+
+pub(crate) fn node(id: NodeId) -> Vec<u8> {
+    [NODE_PREFIX, &id.to_be_bytes()[..]].concat()
+}
+
+pub(crate) fn join(id: NodeId) -> Vec<u8> {
+    [b"join/".as_slice(), &id.to_be_bytes()[..]].concat()
+}
+
+pub(crate) fn request(id: &str) -> Vec<u8> {
+    format!("req/{id}").into_bytes()
+}
+
+pub(crate) fn request_time(time_ms: u64, id: &str) -> Vec<u8> {
+    [REQUEST_TIME_PREFIX, &time_ms.to_be_bytes()[..], id.as_bytes()].concat()
+}
+
+pub(crate) fn audit(seq: u64) -> Vec<u8> {
+    [AUDIT_PREFIX, &seq.to_be_bytes()[..]].concat()
+}

@@ -1,0 +1,49 @@
+//! # The replicated state machine
+//!
+//! Keyraft's replicated state is a function of the Raft log: every node applies the same
+//! [`Command`]s in the same order and so holds the same keys, node registry, credentials,
+//! idempotency records and audit chain. This crate is that function, and nothing else:
+//! it knows nothing of networks, HSMs or clocks, so it can be tested with none of them.
+//!
+//! ## Determinism
+//! [`StateMachine::apply`] reads only the command and the state. Everything that needs
+//! randomness, a clock or an HSM — key ids, wrapped key material, timestamps, event ids —
+//! is made by the proposing node *before* proposing and travels inside the command. An
+//! error that every replica reaches the same way (a quota exceeded, a key not found) is a
+//! *response*; an I/O error is returned as `Err` and stops the node, because a replica
+//! that cannot write its state must not answer as if it had.
+//!
+//! ## Atomicity and durability
+//! One call to `apply` turns a batch of entries into one atomic sled batch — data, the
+//! applied log id and the membership together — followed by a flush and a real
+//! `fdatasync` ([`storage::Durable::sync`]) before any response is released.
+//!
+//! ## The audit chain
+//! Every request leaves one [`AuditEvent`]. Apply decides its final outcome (re-checking
+//! the key's metadata epoch for cryptographic requests, see [`KeyCheck`]), numbers it and
+//! links it to its predecessor by SHA-256, so every node holds the identical chain.
+//!
+//! [`AuditEvent`]: keyraft_types::AuditEvent
+//! [`KeyCheck`]: keyraft_types::KeyCheck
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod apply;
+pub mod command;
+mod keys;
+pub mod storage;
+
+pub use apply::{StateMachine, StateSnapshot};
+pub use command::{
+    AccessKeyRecord, ApplyEntry, Bootstrap, ClusterConfig, Command, JoinAuthorization, KeyRecord,
+    NodeRecord, Op, Reply, Response,
+};
+pub use storage::{Durable, StateError};
+
+/// How long a mutation's request id is remembered for idempotent retries (ms of command
+/// time). A retry after this window acts again.
+pub const REQUEST_ID_TTL_MS: u64 = 60 * 60 * 1000;
+
+/// The key quota per account when the cluster configuration sets none (as AWS's seed).
+pub const DEFAULT_KEY_QUOTA: u64 = 1000;
