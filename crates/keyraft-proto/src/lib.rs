@@ -26,7 +26,10 @@ pub mod v1 {
     }
 }
 
-pub use status::{error_from_status, leader_hint, status_from_error, LeaderHint};
+pub use status::{
+    error_from_status, leader_hint, not_leader_status as not_leader_status_for, status_from_error,
+    LeaderHint,
+};
 
 use keyraft_types::KeyMetadata;
 

@@ -22,7 +22,7 @@ use crate::{DEFAULT_KEY_QUOTA, REQUEST_ID_TTL_MS};
 /// The replicated state of one node.
 pub struct StateMachine {
     durable: Durable,
-    tree: sled::Tree,
+    pub(crate) tree: sled::Tree,
     /// Serialises apply, snapshot export and install, so an export sees one applied state.
     write_lock: Mutex<()>,
 }
@@ -327,7 +327,7 @@ impl StateMachine {
 /// Applies one command. `Err` only for storage faults; decisions are in the `Response`.
 fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateError> {
     expire_request_ids(txn, cmd.time_ms)?;
-    let idempotent = !cmd.request_id.is_empty() && !matches!(cmd.op, Op::AuditBatch { .. });
+    let idempotent = !cmd.request_id.is_empty();
     if idempotent {
         if let Some(stored) = txn.get::<StoredResponse>(&keys::request(&cmd.request_id))? {
             return Ok(stored.response);

@@ -177,3 +177,19 @@ pub struct ApplyEntry {
     /// The command, or `None` for a blank or membership entry.
     pub command: Option<Command>,
 }
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match &self.op {
+            Op::Bootstrap(_) => "Bootstrap".to_string(),
+            Op::CreateKey { key, .. } => format!("CreateKey({})", key.key_id),
+            Op::SetKeyEnabled { key_id, enabled, .. } => {
+                format!("SetKeyEnabled({key_id}, {enabled})")
+            }
+            Op::AuditBatch { records } => format!("AuditBatch({})", records.len()),
+            Op::AuthorizeJoin { node, .. } => format!("AuthorizeJoin({})", node.node_id),
+            Op::RetireNode { node_id, .. } => format!("RetireNode({node_id})"),
+        };
+        write!(f, "{name} request_id={:?} t={}", self.request_id, self.time_ms)
+    }
+}

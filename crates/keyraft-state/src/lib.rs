@@ -41,6 +41,9 @@ pub use command::{
 };
 pub use storage::{Durable, StateError};
 
+#[cfg(test)]
+mod tests;
+
 /// How long a mutation's request id is remembered for idempotent retries (ms of command
 /// time). A retry after this window acts again.
 pub const REQUEST_ID_TTL_MS: u64 = 60 * 60 * 1000;

@@ -1,0 +1,398 @@
+//! Data-driven tests: scenario files in `testdata/` hold commands and the expected
+//! output after `----`. Run with `UPDATE_GOLDEN=1` to rewrite the expectations after a
+//! deliberate change, then review the diff.
+//!
+//! Commands (key names like `k1` stand for fixed key ids; `t=` sets the command time):
+//!
+//! ```text
+//! bootstrap [quota=N]                  create <key> [account=A] [request=R] [t=T]
+//! enable <key> [request=R]             disable <key> [request=R]
+//! crypto <key> epoch=E op=Encrypt      refused code=AccessDeniedException
+//! describe <key>                       list [account=A] [after=<key>] [limit=N]
+//! authorize node=N                     retire node=N
+//! audit                                verify        tamper seq=N
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use keyraft_types::{
+    AccountId, AuditRecord, CryptoOperation, ErrorCode, EventType, KeyCheck, KeyId, KeyManager,
+    KeyMetadata, KeySpec, KeyState, KeyUsage, Origin, Region, RequestParameters, UserIdentity,
+};
+
+use crate::command::{AccessKeyRecord, ApplyEntry, Bootstrap, Command, NodeRecord, Op, Reply};
+use crate::{keys, Durable, StateMachine};
+
+const ACCOUNT: &str = "111122223333";
+
+fn key_id(name: &str) -> KeyId {
+    let n: u64 = name.trim_start_matches('k').parse().unwrap_or(999);
+    KeyId::parse(&format!("00000000-0000-4000-8000-{n:012}")).unwrap()
+}
+
+fn key_name(id: &KeyId) -> String {
+    let n: u64 = id.as_str()[24..].parse().unwrap_or(0);
+    format!("k{n}")
+}
+
+fn record(name: &str) -> AuditRecord {
+    AuditRecord {
+        event_id: format!("event-{name}"),
+        event_time_ms: 0,
+        event_name: name.to_string(),
+        request_id: String::new(),
+        event_type: EventType::AwsApiCall,
+        read_only: false,
+        user_identity: UserIdentity::default(),
+        source_ip: "127.0.0.1".into(),
+        user_agent: "test".into(),
+        node_id: 1,
+        request_parameters: RequestParameters::default(),
+        resources: vec![],
+        error: None,
+        key_check: None,
+    }
+}
+
+struct Runner {
+    _dir: tempfile::TempDir,
+    sm: StateMachine,
+    index: u64,
+}
+
+impl Runner {
+    fn new() -> Runner {
+        let dir = tempfile::tempdir().unwrap();
+        let durable = Durable::open(dir.path()).unwrap();
+        let sm = StateMachine::open(&durable).unwrap();
+        Runner { _dir: dir, sm, index: 0 }
+    }
+
+    fn apply(&mut self, request_id: &str, time_ms: u64, op: Op) -> String {
+        self.index += 1;
+        let cmd = Command {
+            request_id: request_id.to_string(),
+            time_ms,
+            op,
+        };
+        let out = self
+            .sm
+            .apply(&[ApplyEntry { command: Some(cmd) }], self.index.to_be_bytes().to_vec(), None)
+            .unwrap();
+        match &out[0] {
+            Ok(Reply::Unit) => "ok".into(),
+            Ok(Reply::Key(k)) => format!("ok: {} {} epoch={}", key_name(&k.key_id), k.key_state.as_str(), k.epoch),
+            Ok(Reply::Audit(v)) => format!(
+                "audit: [{}]",
+                v.iter()
+                    .map(|e| e.as_ref().map_or("ok".to_string(), |e| e.code.as_str().to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => format!("error: {}: {}", e.code, e.message),
+        }
+    }
+
+    fn run(&mut self, line: &str) -> String {
+        let mut words = line.split_whitespace();
+        let cmd = words.next().unwrap_or_default();
+        let mut positional = Vec::new();
+        let mut args = BTreeMap::new();
+        for w in words {
+            match w.split_once('=') {
+                Some((k, v)) => {
+                    args.insert(k.to_string(), v.to_string());
+                }
+                None => positional.push(w.to_string()),
+            }
+        }
+        let arg = |k: &str, d: &str| args.get(k).cloned().unwrap_or_else(|| d.to_string());
+        let t: u64 = arg("t", "1000").parse().unwrap();
+        let request = arg("request", "");
+        let region = Region::parse("dev-1").unwrap();
+        match cmd {
+            "bootstrap" => self.apply(
+                "",
+                t,
+                Op::Bootstrap(Box::new(Bootstrap {
+                    region,
+                    account: AccountId::parse(ACCOUNT).unwrap(),
+                    domain_key_fingerprint: "fp".into(),
+                    admin: AccessKeyRecord {
+                        access_key_id: "KRADMIN".into(),
+                        principal_arn: format!("arn:keyraft:iam::{ACCOUNT}:user/admin"),
+                        account: AccountId::parse(ACCOUNT).unwrap(),
+                        wrapped_secret: vec![1, 2, 3],
+                        enabled: true,
+                    },
+                    members: vec![NodeRecord {
+                        node_id: 1,
+                        api_endpoint: "http://127.0.0.1:1".into(),
+                        raft_addr: "127.0.0.1:2".into(),
+                        retired: false,
+                    }],
+                    key_quota: arg("quota", "0").parse().unwrap(),
+                })),
+            ),
+            "create" => {
+                let id = key_id(&positional[0]);
+                let account = AccountId::parse(&arg("account", ACCOUNT)).unwrap();
+                let key = KeyMetadata {
+                    arn: region.key_arn(&account, &id),
+                    key_id: id,
+                    account,
+                    description: String::new(),
+                    key_state: KeyState::Enabled,
+                    key_spec: KeySpec::SymmetricDefault,
+                    key_usage: KeyUsage::EncryptDecrypt,
+                    origin: Origin::Kms,
+                    key_manager: KeyManager::Customer,
+                    creation_date_ms: t,
+                    epoch: 1,
+                    current_version: 1,
+                };
+                self.apply(
+                    &request,
+                    t,
+                    Op::CreateKey {
+                        key: Box::new(key),
+                        material: vec![0xAB; 60],
+                        audit: Box::new(record("CreateKey")),
+                    },
+                )
+            }
+            "enable" | "disable" => self.apply(
+                &request,
+                t,
+                Op::SetKeyEnabled {
+                    key_id: key_id(&positional[0]),
+                    enabled: cmd == "enable",
+                    audit: Box::new(record(if cmd == "enable" { "EnableKey" } else { "DisableKey" })),
+                },
+            ),
+            "crypto" => {
+                let mut r = record("Encrypt");
+                r.key_check = Some(KeyCheck {
+                    key_id: key_id(&positional[0]),
+                    epoch: arg("epoch", "1").parse().unwrap(),
+                    operation: match arg("op", "Encrypt").as_str() {
+                        "Decrypt" => CryptoOperation::Decrypt,
+                        _ => CryptoOperation::Encrypt,
+                    },
+                });
+                self.apply(&request, t, Op::AuditBatch { records: vec![r] })
+            }
+            "refused" => {
+                let mut r = record("Encrypt");
+                let code = ErrorCode::parse(&arg("code", "AccessDeniedException")).unwrap();
+                r.error = Some((code, "refused by the node".into()));
+                self.apply(&request, t, Op::AuditBatch { records: vec![r] })
+            }
+            "describe" => match self.sm.key(&key_id(&positional[0])).unwrap() {
+                Some(k) => format!(
+                    "{} {} epoch={} versions={:?}",
+                    key_name(&k.metadata.key_id),
+                    k.metadata.key_state.as_str(),
+                    k.metadata.epoch,
+                    k.versions.keys().collect::<Vec<_>>()
+                ),
+                None => "not found".into(),
+            },
+            "list" => {
+                let account = AccountId::parse(&arg("account", ACCOUNT)).unwrap();
+                let after = args.get("after").map(|a| key_id(a));
+                let (keys, more) = self
+                    .sm
+                    .list_keys(&account, after.as_ref(), arg("limit", "100").parse().unwrap())
+                    .unwrap();
+                let names: Vec<String> = keys.iter().map(|k| key_name(&k.key_id)).collect();
+                format!("[{}] truncated={more}", names.join(", "))
+            }
+            "authorize" => self.apply(
+                &request,
+                t,
+                Op::AuthorizeJoin {
+                    node: NodeRecord {
+                        node_id: arg("node", "2").parse().unwrap(),
+                        api_endpoint: "http://127.0.0.1:3".into(),
+                        raft_addr: "127.0.0.1:4".into(),
+                        retired: false,
+                    },
+                    public_key: vec![7; 32],
+                    audit: Box::new(record("AuthorizeJoin")),
+                },
+            ),
+            "retire" => self.apply(
+                &request,
+                t,
+                Op::RetireNode {
+                    node_id: arg("node", "2").parse().unwrap(),
+                    audit: Box::new(record("RetireNode")),
+                },
+            ),
+            "audit" => {
+                let mut out = String::new();
+                for e in self.sm.audit_events(1, 1000).unwrap() {
+                    let _ = writeln!(
+                        out,
+                        "{} {} {} links={}",
+                        e.sequence,
+                        e.record.event_name,
+                        e.error_code.as_deref().unwrap_or("ok"),
+                        e.hash == e.compute_hash()
+                    );
+                }
+                out.trim_end().to_string()
+            }
+            "verify" => match self.sm.verify_audit_chain().unwrap() {
+                Ok((seq, _)) => format!("chain ok, head {seq}"),
+                Err(seq) => format!("chain broken at {seq}"),
+            },
+            "tamper" => {
+                let seq: u64 = arg("seq", "1").parse().unwrap();
+                let k = keys::audit(seq);
+                let mut e: keyraft_types::AuditEvent =
+                    bincode::deserialize(&self.sm.tree.get(&k).unwrap().unwrap()).unwrap();
+                e.record.source_ip = "10.6.6.6".into();
+                self.sm.tree.insert(k, bincode::serialize(&e).unwrap()).unwrap();
+                "tampered".into()
+            }
+            other => panic!("unknown command {other}"),
+        }
+    }
+}
+
+fn run_file(name: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut runner = Runner::new();
+    let mut out = String::new();
+    let mut lines = text.lines().peekable();
+    let mut mismatches = Vec::new();
+    while let Some(line) = lines.next() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        // A command, "----", then the expected output up to a blank line.
+        out.push_str(line);
+        out.push('\n');
+        let got = runner.run(line);
+        let mut expected = Vec::new();
+        if lines.peek() == Some(&"----") {
+            lines.next();
+            while let Some(l) = lines.peek() {
+                if l.trim().is_empty() {
+                    break;
+                }
+                expected.push(lines.next().unwrap_or_default().to_string());
+            }
+        }
+        if expected.join("\n") != got {
+            mismatches.push(format!("{line}\n  expected: {}\n  got:      {got}", expected.join(" / ")));
+        }
+        out.push_str("----\n");
+        out.push_str(&got);
+        out.push('\n');
+    }
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, out).unwrap();
+        return;
+    }
+    assert!(mismatches.is_empty(), "{name}:\n{}", mismatches.join("\n"));
+}
+
+#[test]
+fn key_lifecycle() {
+    run_file("key_lifecycle.test");
+}
+
+#[test]
+fn audit_chain() {
+    run_file("audit_chain.test");
+}
+
+#[test]
+fn epoch_recheck() {
+    run_file("epoch_recheck.test");
+}
+
+#[test]
+fn idempotency_and_quota() {
+    run_file("idempotency_quota.test");
+}
+
+#[test]
+fn nodes_and_joins() {
+    run_file("nodes.test");
+}
+
+#[test]
+fn state_survives_reopen_and_snapshot_round_trip() {
+    let mut a = Runner::new();
+    a.run("bootstrap");
+    a.run("create k1");
+    a.run("disable k1");
+    let (snap, applied, membership) = a.sm.export().unwrap();
+    let b = Runner::new();
+    b.sm.install(&snap, applied.clone().unwrap(), membership.unwrap_or_default()).unwrap();
+    assert_eq!(b.sm.key(&key_id("k1")).unwrap(), a.sm.key(&key_id("k1")).unwrap());
+    assert_eq!(b.sm.audit_head().unwrap(), a.sm.audit_head().unwrap());
+    assert_eq!(b.sm.applied_meta().unwrap().0, applied);
+    assert!(b.sm.verify_audit_chain().unwrap().is_ok());
+}
+
+#[test]
+fn batch_is_one_atomic_apply() {
+    let mut r = Runner::new();
+    r.run("bootstrap");
+    // Two creates and a disable in one batch: later entries see earlier ones.
+    let mk = |name: &str| {
+        let id = key_id(name);
+        let account = AccountId::parse(ACCOUNT).unwrap();
+        Op::CreateKey {
+            key: Box::new(KeyMetadata {
+                arn: Region::parse("dev-1").unwrap().key_arn(&account, &id),
+                key_id: id,
+                account,
+                description: String::new(),
+                key_state: KeyState::Enabled,
+                key_spec: KeySpec::SymmetricDefault,
+                key_usage: KeyUsage::EncryptDecrypt,
+                origin: Origin::Kms,
+                key_manager: KeyManager::Customer,
+                creation_date_ms: 1,
+                epoch: 1,
+                current_version: 1,
+            }),
+            material: vec![1; 60],
+            audit: Box::new(record("CreateKey")),
+        }
+    };
+    let entries: Vec<ApplyEntry> = [
+        mk("k1"),
+        mk("k2"),
+        Op::SetKeyEnabled {
+            key_id: key_id("k1"),
+            enabled: false,
+            audit: Box::new(record("DisableKey")),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, op)| ApplyEntry {
+        command: Some(Command {
+            request_id: format!("r{i}"),
+            time_ms: 5,
+            op,
+        }),
+    })
+    .collect();
+    let out = r.sm.apply(&entries, vec![9], None).unwrap();
+    assert!(out.iter().all(|o| o.is_ok()), "{out:?}");
+    assert_eq!(r.sm.key(&key_id("k1")).unwrap().unwrap().metadata.key_state, KeyState::Disabled);
+    assert_eq!(r.sm.audit_head().unwrap().0, 3);
+    assert!(r.sm.verify_audit_chain().unwrap().is_ok());
+}
