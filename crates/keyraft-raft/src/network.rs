@@ -1,0 +1,494 @@
+//! The node-to-node transport: openraft's `RaftNetworkV2` over tonic, and the server side
+//! that hands incoming messages to the local Raft.
+//!
+//! Messages are openraft's own types encoded with bincode inside
+//! `keyraft.v1.internal.RaftMessage`, so the proto file does not shadow openraft's
+//! structs. Every call is signed by [`ClusterAuth`] with the cluster secret and names its
+//! target node: a stranger cannot append to the log, and a message sent to the wrong node
+//! (an address reused by another node) is refused instead of confusing its Raft.
+//!
+//! Snapshots are streamed: a first chunk with the vote, the snapshot metadata and the
+//! SHA-256 of the data, then the data in 1 MiB chunks; the receiver checks the digest
+//! before installing. Unlike appends, openraft puts no deadline on a snapshot transfer,
+//! so we enforce [`SNAPSHOT_TIMEOUT`] and honour openraft's cancel signal.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use keyraft_proto::auth;
+use keyraft_proto::v1::internal::raft_service_client::RaftServiceClient;
+use keyraft_proto::v1::internal::raft_service_server::RaftService;
+use keyraft_proto::v1::internal::{snapshot_chunk, RaftMessage, SnapshotChunk};
+use keyraft_types::NodeId;
+
+use crate::state_machine::SnapshotData;
+use crate::typ::{Snapshot, SnapshotMeta, Vote};
+use crate::{from_bytes, to_bytes, NodeAddr, Raft, TypeConfig};
+
+/// The longest a snapshot transfer may take.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Snapshot data chunk size.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Largest message a node accepts from a peer.
+pub const MAX_MESSAGE: usize = 64 << 20;
+const TARGET_HEADER: &str = "x-keyraft-target-node";
+
+/// Signs and verifies node-to-node calls with the cluster secret.
+#[derive(Clone)]
+pub struct ClusterAuth {
+    node_id: NodeId,
+    secret: Arc<Vec<u8>>,
+}
+
+impl ClusterAuth {
+    /// Credentials of node `node_id`.
+    pub fn new(node_id: NodeId, secret: &[u8]) -> ClusterAuth {
+        ClusterAuth {
+            node_id,
+            secret: Arc::new(secret.to_vec()),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Signs `req` for `target` over `body`.
+    pub fn sign<T>(&self, req: &mut Request<T>, method: &str, target: NodeId, body: &[u8]) {
+        let nonce = random_nonce();
+        let bound = bind_target(method, target);
+        let now = now_ms();
+        let md = req.metadata_mut();
+        // Both strings are ASCII we generate, so attaching cannot fail.
+        let _ = auth::attach(
+            md,
+            &format!("node:{}", self.node_id),
+            &self.secret,
+            &bound,
+            now,
+            &nonce,
+            &auth::body_digest(body),
+        );
+        if let Ok(v) = target.to_string().parse() {
+            md.insert(TARGET_HEADER, v);
+        }
+    }
+
+    /// Verifies a call made to this node; returns the sender's node id.
+    #[allow(clippy::result_large_err)]
+    pub fn verify<T>(&self, req: &Request<T>, method: &str, body: &[u8]) -> Result<NodeId, Status> {
+        let md = req.metadata();
+        let headers = auth::read(md).map_err(|e| Status::unauthenticated(e.message))?;
+        let sender = headers
+            .access_key_id
+            .strip_prefix("node:")
+            .and_then(|s| s.parse::<NodeId>().ok())
+            .ok_or_else(|| Status::unauthenticated("not a cluster node"))?;
+        let target: NodeId = md
+            .get(TARGET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Status::unauthenticated("missing target node"))?;
+        if !auth::is_fresh(headers.timestamp_ms, now_ms()) {
+            return Err(Status::unauthenticated("stale cluster signature"));
+        }
+        if !auth::verify(
+            &self.secret,
+            &bind_target(method, target),
+            &headers,
+            &auth::body_digest(body),
+        ) {
+            return Err(Status::unauthenticated("bad cluster signature"));
+        }
+        if target != self.node_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {target}",
+                self.node_id
+            )));
+        }
+        Ok(sender)
+    }
+}
+
+fn bind_target(method: &str, target: NodeId) -> String {
+    format!("{method}@node:{target}")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A fresh 32-hex-character nonce.
+pub fn random_nonce() -> String {
+    hex::encode(rand::thread_rng().gen::<[u8; 16]>())
+}
+
+/// A lazily connected channel to a peer's node-to-node address.
+pub fn peer_channel(raft_addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{raft_addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+/// Creates connections to peers, sharing one HTTP/2 channel per address.
+#[derive(Clone)]
+pub struct Network {
+    auth: ClusterAuth,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    /// A network that signs with `auth`.
+    pub fn new(auth: ClusterAuth) -> Network {
+        Network {
+            auth,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The shared channel to `raft_addr`.
+    pub fn channel(&self, raft_addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(raft_addr) {
+            return Ok(c.clone());
+        }
+        let c = peer_channel(raft_addr)?;
+        channels.insert(raft_addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The signer.
+    pub fn auth(&self) -> &ClusterAuth {
+        &self.auth
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Connection {
+        Connection {
+            target,
+            client: self
+                .channel(&node.raft_addr)
+                .map(|c| RaftServiceClient::new(c).max_decoding_message_size(MAX_MESSAGE)),
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// A connection to one peer.
+pub struct Connection {
+    target: NodeId,
+    client: Result<RaftServiceClient<Channel>, tonic::transport::Error>,
+    auth: ClusterAuth,
+}
+
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
+
+fn unreachable(e: &(impl std::error::Error + 'static)) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(e))
+}
+
+fn status_to_rpc(status: Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            unreachable(&status)
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+fn io_to_rpc(e: std::io::Error) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&e))
+}
+
+impl Connection {
+    fn client(&self) -> RpcResult<RaftServiceClient<Channel>> {
+        match &self.client {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                e.to_string(),
+            )))),
+        }
+    }
+
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        method: &str,
+        req: &Req,
+        timeout: Duration,
+        call: F,
+    ) -> RpcResult<Resp>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftServiceClient<Channel>, Request<RaftMessage>) -> Fut,
+        Fut: Future<Output = Result<Response<RaftMessage>, Status>>,
+    {
+        let data = to_bytes(req).map_err(io_to_rpc)?;
+        let mut request = Request::new(RaftMessage { data: Vec::new() });
+        self.auth.sign(&mut request, method, self.target, &data);
+        request.get_mut().data = data;
+        request.set_timeout(timeout);
+        let client = self.client()?;
+        let reply = tokio::time::timeout(timeout, call(client, request))
+            .await
+            .map_err(|_| {
+                RPCError::Timeout(openraft::errors::Timeout {
+                    action: openraft::network::RPCTypes::AppendEntries,
+                    id: self.auth.node_id(),
+                    target: self.target,
+                    timeout,
+                })
+            })?
+            .map_err(status_to_rpc)?;
+        from_bytes(&reply.into_inner().data).map_err(io_to_rpc)
+    }
+}
+
+/// Method names used for signing (the gRPC paths).
+pub mod methods {
+    /// AppendEntries.
+    pub const APPEND: &str = "/keyraft.v1.internal.RaftService/AppendEntries";
+    /// Vote.
+    pub const VOTE: &str = "/keyraft.v1.internal.RaftService/Vote";
+    /// PreVote.
+    pub const PRE_VOTE: &str = "/keyraft.v1.internal.RaftService/PreVote";
+    /// TransferLeader.
+    pub const TRANSFER_LEADER: &str = "/keyraft.v1.internal.RaftService/TransferLeader";
+    /// InstallSnapshot.
+    pub const SNAPSHOT: &str = "/keyraft.v1.internal.RaftService/InstallSnapshot";
+}
+
+impl RaftNetworkV2<TypeConfig> for Connection {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
+        self.unary(methods::APPEND, &rpc, option.hard_ttl(), |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        self.unary(methods::VOTE, &rpc, option.hard_ttl(), |mut c, r| async move {
+            c.vote(r).await
+        })
+        .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        self.unary(methods::PRE_VOTE, &rpc, option.hard_ttl(), |mut c, r| async move {
+            c.pre_vote(r).await
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
+        self.unary(
+            methods::TRANSFER_LEADER,
+            &req,
+            option.hard_ttl(),
+            |mut c, r| async move { c.transfer_leader(r).await },
+        )
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let data = snapshot.snapshot.into_inner();
+        let digest: [u8; 32] = Sha256::digest(&data).into();
+        let meta = to_bytes(&(vote, snapshot.meta, digest))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let mut chunks = vec![SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Meta(meta.clone())),
+        }];
+        chunks.extend(data.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Data(c.to_vec())),
+        }));
+        let mut request = Request::new(tokio_stream::iter(chunks));
+        self.auth
+            .sign(&mut request, methods::SNAPSHOT, self.target, &meta);
+        let mut client = self.client().map_err(|e| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        })?;
+        let send = async {
+            tokio::time::timeout(SNAPSHOT_TIMEOUT, client.install_snapshot(request)).await
+        };
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = send => r,
+        };
+        let reply = reply
+            .map_err(|_| {
+                StreamingError::Timeout(openraft::errors::Timeout {
+                    action: openraft::network::RPCTypes::InstallSnapshot,
+                    id: self.auth.node_id(),
+                    target: self.target,
+                    timeout: SNAPSHOT_TIMEOUT,
+                })
+            })?
+            .map_err(|s| match status_to_rpc(s) {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                other => StreamingError::Network(NetworkError::new(&other)),
+            })?;
+        from_bytes(&reply.into_inner().data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+}
+
+/// The server side: hands verified messages to the local Raft.
+pub struct RaftServer {
+    raft: Raft,
+    auth: ClusterAuth,
+}
+
+impl RaftServer {
+    /// Serves `raft`, accepting calls signed with `auth`'s secret.
+    pub fn new(raft: Raft, auth: ClusterAuth) -> RaftServer {
+        RaftServer { raft, auth }
+    }
+
+    /// The tonic service.
+    pub fn into_service(
+        self,
+    ) -> keyraft_proto::v1::internal::raft_service_server::RaftServiceServer<RaftServer> {
+        keyraft_proto::v1::internal::raft_service_server::RaftServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn decode_request<T: serde::de::DeserializeOwned>(
+    auth: &ClusterAuth,
+    req: &Request<RaftMessage>,
+    method: &str,
+) -> Result<T, Status> {
+    auth.verify(req, method, &req.get_ref().data)?;
+    from_bytes(&req.get_ref().data).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[allow(clippy::result_large_err)]
+fn encode_reply<T: serde::Serialize, E: std::fmt::Display>(
+    result: Result<T, E>,
+) -> Result<Response<RaftMessage>, Status> {
+    let value = result.map_err(|e| Status::unavailable(format!("raft: {e}")))?;
+    let data = to_bytes(&value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftMessage { data }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftServer {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = decode_request(&self.auth, &request, methods::APPEND)?;
+        encode_reply(self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc = decode_request(&self.auth, &request, methods::VOTE)?;
+        encode_reply(self.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = decode_request(&self.auth, &request, methods::PRE_VOTE)?;
+        encode_reply(self.raft.pre_vote(rpc).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = decode_request(&self.auth, &request, methods::TRANSFER_LEADER)?;
+        encode_reply(self.raft.handle_transfer_leader(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let (metadata, extensions, mut stream) = request.into_parts();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let Some(snapshot_chunk::Kind::Meta(meta_bytes)) = first.kind else {
+            return Err(Status::invalid_argument("the first snapshot chunk must be metadata"));
+        };
+        let check = Request::from_parts(metadata, extensions, ());
+        self.auth.verify(&check, methods::SNAPSHOT, &meta_bytes)?;
+        let (vote, meta, digest): (Vote, SnapshotMeta, [u8; 32]) =
+            from_bytes(&meta_bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk?.kind {
+                Some(snapshot_chunk::Kind::Data(d)) => {
+                    if data.len() + d.len() > (1 << 32) {
+                        return Err(Status::resource_exhausted("snapshot too large"));
+                    }
+                    data.extend_from_slice(&d)
+                }
+                _ => return Err(Status::invalid_argument("unexpected snapshot chunk")),
+            }
+        }
+        let got: [u8; 32] = Sha256::digest(&data).into();
+        if got != digest {
+            return Err(Status::data_loss("snapshot data does not match its digest"));
+        }
+        let snapshot = Snapshot {
+            meta,
+            snapshot: std::io::Cursor::new(data),
+        };
+        encode_reply(self.raft.install_full_snapshot(vote, snapshot).await)
+    }
+}

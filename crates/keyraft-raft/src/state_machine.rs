@@ -1,0 +1,230 @@
+//! The state machine adapter: openraft's `RaftStateMachine` over
+//! [`keyraft_state::StateMachine`].
+//!
+//! openraft hands `apply` a stream of committed entries; we drain what is ready into one
+//! batch, let the state machine apply it in one atomic, fsync'd sled batch together with
+//! the last applied log id and the newest membership, and only then send the responses.
+//!
+//! Snapshots are the state machine's records (everything but the Raft metadata) encoded
+//! with bincode. A built or installed snapshot is also written to
+//! `<dir>/snapshots/current.snap` (temp file, fsync, rename, directory fsync), which is
+//! what `get_current_snapshot` serves to lagging followers after the log was purged.
+
+use std::io::{self, Cursor};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+
+use keyraft_state::{ApplyEntry, StateMachine, StateSnapshot};
+
+use crate::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::{from_bytes, to_bytes, TypeConfig};
+
+/// The bytes of a snapshot as openraft moves them around.
+pub type SnapshotData = Cursor<Vec<u8>>;
+
+/// openraft's view of a node's state machine.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    sm: Arc<StateMachine>,
+    snapshot_dir: PathBuf,
+    /// Serialises writes of the snapshot file.
+    snapshot_lock: Arc<Mutex<()>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+const CURRENT_SNAPSHOT: &str = "current.snap";
+
+impl StateMachineStore {
+    /// Wraps `sm`; snapshots are kept under `dir/snapshots`.
+    pub fn new(sm: Arc<StateMachine>, dir: &Path) -> io::Result<StateMachineStore> {
+        let snapshot_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir)?;
+        Ok(StateMachineStore {
+            sm,
+            snapshot_dir,
+            snapshot_lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The state machine, for queries.
+    pub fn state(&self) -> &Arc<StateMachine> {
+        &self.sm
+    }
+
+    fn read_meta(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let (applied, membership) = self.sm.applied_meta()?;
+        let applied = match applied {
+            Some(b) => from_bytes(&b)?,
+            None => None,
+        };
+        let membership = match membership {
+            Some(b) => from_bytes(&b)?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    fn write_snapshot_file(&self, file: &SnapshotFile) -> io::Result<()> {
+        let _guard = self
+            .snapshot_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let bytes = to_bytes(file)?;
+        let tmp = self.snapshot_dir.join(format!("{CURRENT_SNAPSHOT}.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.snapshot_dir.join(CURRENT_SNAPSHOT))?;
+        std::fs::File::open(&self.snapshot_dir)?.sync_all()?;
+        Ok(())
+    }
+
+    fn read_snapshot_file(&self) -> io::Result<Option<SnapshotFile>> {
+        let path = self.snapshot_dir.join(CURRENT_SNAPSHOT);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(from_bytes(&bytes)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Runs blocking storage work (sled + fsync) off the async executor.
+async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let this = self.clone();
+        blocking(move || {
+            let (state, applied, membership) = this.sm.export()?;
+            let last_log_id: Option<LogId> = match applied {
+                Some(b) => from_bytes(&b)?,
+                None => None,
+            };
+            let last_membership: StoredMembership = match membership {
+                Some(b) => from_bytes(&b)?,
+                None => StoredMembership::default(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id,
+                last_membership,
+            };
+            let data = to_bytes(&state)?;
+            let file = SnapshotFile {
+                meta: meta.clone(),
+                data,
+            };
+            this.write_snapshot_file(&file)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: Cursor::new(file.data),
+            })
+        })
+        .await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        self.read_meta()
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        let mut last_applied = None;
+        let mut membership = None;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id();
+            let command = match entry.payload {
+                EntryPayload::Blank => None,
+                EntryPayload::Normal(cmd) => Some(cmd),
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(log_id), m));
+                    None
+                }
+            };
+            batch.push(ApplyEntry { command });
+            responders.push(responder);
+            last_applied = Some(log_id);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let applied_bytes = to_bytes(&last_applied)?;
+        let membership_bytes = membership.as_ref().map(to_bytes).transpose()?;
+        let sm = self.sm.clone();
+        let responses = blocking(move || {
+            sm.apply(&batch, applied_bytes, membership_bytes)
+                .map_err(io::Error::from)
+        })
+        .await?;
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+        let data = snapshot.into_inner();
+        let state: StateSnapshot = from_bytes(&data)?;
+        let applied = to_bytes(&meta.last_log_id)?;
+        let membership = to_bytes(&meta.last_membership)?;
+        let this = self.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            this.sm
+                .install(&state, applied, membership)
+                .map_err(io::Error::from)?;
+            this.write_snapshot_file(&SnapshotFile { meta, data })
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        let this = self.clone();
+        blocking(move || {
+            Ok(this.read_snapshot_file()?.map(|f| Snapshot {
+                meta: f.meta,
+                snapshot: Cursor::new(f.data),
+            }))
+        })
+        .await
+    }
+}
