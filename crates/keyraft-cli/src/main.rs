@@ -1,1 +1,235 @@
-fn main() {}
+//! `keyraft`: run a node (`server`), a local development cluster (`dev`), and talk to a
+//! cluster (`key`, `encrypt`, `decrypt`, `data-key`, `cluster`, `audit`).
+//!
+//! Client commands print JSON on stdout with AWS field names; on failure they print
+//! `{"Error":{"Code":..,"Message":..}}` on stderr and exit with status 1.
+
+#![forbid(unsafe_code)]
+
+mod commands;
+mod dev;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Keyraft: a Raft-replicated key management service.
+#[derive(Parser)]
+#[command(name = "keyraft", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Start a local N-node cluster on 127.0.0.1 (development).
+    Dev(dev::DevArgs),
+    /// Run one node.
+    Server(ServerArgs),
+    /// Key life cycle.
+    Key {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: commands::KeyCommand,
+    },
+    /// Encrypt up to 4096 bytes.
+    Encrypt {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: commands::EncryptArgs,
+    },
+    /// Decrypt a ciphertext blob.
+    Decrypt {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: commands::DecryptArgs,
+    },
+    /// Data keys for envelope encryption.
+    DataKey {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: commands::DataKeyCommand,
+    },
+    /// Cluster administration.
+    Cluster {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: commands::ClusterCommand,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: commands::AuditCommand,
+    },
+}
+
+/// Where the cluster is and who we are (flags override `KEYRAFT_*`).
+#[derive(Args, Clone)]
+pub(crate) struct Connection {
+    /// Comma-separated client API URLs.
+    #[arg(long, env = "KEYRAFT_ENDPOINTS", global = true, hide_env_values = true)]
+    endpoints: Option<String>,
+    /// Region of the cluster.
+    #[arg(long, env = "KEYRAFT_REGION", global = true)]
+    region: Option<String>,
+    /// Access key id.
+    #[arg(
+        long,
+        env = "KEYRAFT_ACCESS_KEY_ID",
+        global = true,
+        hide_env_values = true
+    )]
+    access_key_id: Option<String>,
+    /// Secret access key (prefer the environment variable).
+    #[arg(
+        long,
+        env = "KEYRAFT_SECRET_ACCESS_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    secret_access_key: Option<String>,
+    /// Deadline of the whole call, retries included, in seconds.
+    #[arg(long, default_value_t = 30, global = true)]
+    timeout: u64,
+}
+
+/// `keyraft server` flags (override the file and `KEYRAFT_*`).
+#[derive(Args)]
+struct ServerArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Node id.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Client API listen address.
+    #[arg(long)]
+    api_addr: Option<String>,
+    /// Node-to-node listen address.
+    #[arg(long)]
+    raft_addr: Option<String>,
+    /// Region.
+    #[arg(long)]
+    region: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Top::Dev(args) => {
+            init_tracing("warn");
+            dev::run(args).await
+        }
+        Top::Server(args) => {
+            init_tracing("info");
+            server(args).await
+        }
+        Top::Key { conn, command } => output::finish(commands::key(&conn, command).await),
+        Top::Encrypt { conn, args } => output::finish(commands::encrypt(&conn, args).await),
+        Top::Decrypt { conn, args } => output::finish(commands::decrypt(&conn, args).await),
+        Top::DataKey { conn, command } => output::finish(commands::data_key(&conn, command).await),
+        Top::Cluster { conn, command } => output::finish(commands::cluster(&conn, command).await),
+        Top::Audit { conn, command } => output::finish(commands::audit(&conn, command).await),
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn server(args: ServerArgs) -> ExitCode {
+    use keyraft_server::{Config, Node};
+    let mut config = match &args.config {
+        Some(path) => match Config::from_file(path) {
+            Ok(c) => c,
+            Err(e) => return fail_start(e.to_string()),
+        },
+        None => Config::default(),
+    };
+    if let Err(e) = config.apply_env(|k| std::env::var(k).ok()) {
+        return fail_start(e.to_string());
+    }
+    if let Some(v) = args.node_id {
+        config.node_id = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.api_addr {
+        config.api_addr = v;
+    }
+    if let Some(v) = args.raft_addr {
+        config.raft_addr = v;
+    }
+    if let Some(v) = args.region {
+        config.region = v;
+    }
+    if let Err(e) = config.validate() {
+        return fail_start(e.to_string());
+    }
+    let api = match tokio::net::TcpListener::bind(&config.api_addr).await {
+        Ok(l) => l,
+        Err(e) => return fail_start(format!("cannot listen on {}: {e}", config.api_addr)),
+    };
+    let raft = match tokio::net::TcpListener::bind(&config.raft_addr).await {
+        Ok(l) => l,
+        Err(e) => return fail_start(format!("cannot listen on {}: {e}", config.raft_addr)),
+    };
+    let handle = match Node::start(config, api, raft).await {
+        Ok(h) => h,
+        Err(e) => return fail_start(e.to_string()),
+    };
+    let stop = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    stop.await;
+    tracing::info!("stopping");
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn fail_start(message: String) -> ExitCode {
+    tracing::error!("{message}");
+    eprintln!("keyraft server: {message}");
+    ExitCode::FAILURE
+}

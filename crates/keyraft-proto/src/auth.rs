@@ -65,7 +65,13 @@ fn string_to_sign(method: &str, timestamp_ms: u64, nonce: &str, digest: &[u8; 32
 }
 
 /// Computes the hex signature.
-pub fn sign(secret: &[u8], method: &str, timestamp_ms: u64, nonce: &str, digest: &[u8; 32]) -> String {
+pub fn sign(
+    secret: &[u8],
+    method: &str,
+    timestamp_ms: u64,
+    nonce: &str,
+    digest: &[u8; 32],
+) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
         Ok(m) => m,
@@ -100,7 +106,10 @@ pub fn attach(
     let signature = sign(secret, method, timestamp_ms, nonce, digest);
     let bad = |_| KmsError::validation("access key id and nonce must be printable ASCII");
     metadata.insert(ACCESS_KEY_HEADER, access_key_id.parse().map_err(bad)?);
-    metadata.insert(TIMESTAMP_HEADER, timestamp_ms.to_string().parse().map_err(bad)?);
+    metadata.insert(
+        TIMESTAMP_HEADER,
+        timestamp_ms.to_string().parse().map_err(bad)?,
+    );
     metadata.insert(NONCE_HEADER, nonce.parse().map_err(bad)?);
     metadata.insert(SIGNATURE_HEADER, signature.parse().map_err(bad)?);
     Ok(())
@@ -122,7 +131,10 @@ pub fn read(metadata: &MetadataMap) -> Result<SignedHeaders, KmsError> {
     };
     let access_key_id = get(ACCESS_KEY_HEADER)?;
     let timestamp_ms = get(TIMESTAMP_HEADER)?.parse().map_err(|_| {
-        KmsError::new(ErrorCode::InvalidSignature, "the request timestamp is not a number")
+        KmsError::new(
+            ErrorCode::InvalidSignature,
+            "the request timestamp is not a number",
+        )
     })?;
     let nonce = get(NONCE_HEADER)?;
     if nonce.len() < 16 || nonce.len() > 128 {
@@ -152,7 +164,16 @@ mod tests {
     fn sign_and_verify() {
         let d = body_digest(b"body");
         let mut md = MetadataMap::new();
-        attach(&mut md, "AKID", b"secret", "/m", 1000, "0123456789abcdef", &d).unwrap();
+        attach(
+            &mut md,
+            "AKID",
+            b"secret",
+            "/m",
+            1000,
+            "0123456789abcdef",
+            &d,
+        )
+        .unwrap();
         let h = read(&md).unwrap();
         assert!(verify(b"secret", "/m", &h, &d));
         assert!(!verify(b"other", "/m", &h, &d));

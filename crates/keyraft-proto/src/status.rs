@@ -62,7 +62,9 @@ pub fn not_leader_status(hint: &LeaderHint) -> Status {
     let mut status = status_from_error(&KmsError::new(
         ErrorCode::NotLeader,
         match (&hint.id, &hint.endpoint) {
-            (Some(id), Some(ep)) => format!("this node is not the leader; the leader is node {id} at {ep}"),
+            (Some(id), Some(ep)) => {
+                format!("this node is not the leader; the leader is node {id} at {ep}")
+            }
             _ => "this node is not the leader and knows no leader yet".to_string(),
         },
     ));
@@ -118,7 +120,10 @@ mod tests {
 
     #[test]
     fn foreign_status_is_not_an_error_code() {
-        assert_eq!(error_from_status(&Status::unavailable("connection refused")), None);
+        assert_eq!(
+            error_from_status(&Status::unavailable("connection refused")),
+            None
+        );
     }
 
     #[test]
@@ -129,6 +134,9 @@ mod tests {
         };
         let status = not_leader_status(&hint);
         assert_eq!(leader_hint(&status), hint);
-        assert_eq!(error_from_status(&status).map(|e| e.code), Some(ErrorCode::NotLeader));
+        assert_eq!(
+            error_from_status(&status).map(|e| e.code),
+            Some(ErrorCode::NotLeader)
+        );
     }
 }

@@ -126,7 +126,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         match committed {
-            Some(c) => self.meta.insert(COMMITTED, to_bytes(&c)?).map_err(sled_err)?,
+            Some(c) => self
+                .meta
+                .insert(COMMITTED, to_bytes(&c)?)
+                .map_err(sled_err)?,
             None => self.meta.remove(COMMITTED).map_err(sled_err)?,
         };
         Ok(())

@@ -230,9 +230,9 @@ impl Connection {
     fn client(&self) -> RpcResult<RaftServiceClient<Channel>> {
         match &self.client {
             Ok(c) => Ok(c.clone()),
-            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-                e.to_string(),
-            )))),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(e.to_string()),
+            ))),
         }
     }
 
@@ -292,9 +292,12 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
-        self.unary(methods::APPEND, &rpc, option.hard_ttl(), |mut c, r| async move {
-            c.append_entries(r).await
-        })
+        self.unary(
+            methods::APPEND,
+            &rpc,
+            option.hard_ttl(),
+            |mut c, r| async move { c.append_entries(r).await },
+        )
         .await
     }
 
@@ -303,9 +306,12 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
-        self.unary(methods::VOTE, &rpc, option.hard_ttl(), |mut c, r| async move {
-            c.vote(r).await
-        })
+        self.unary(
+            methods::VOTE,
+            &rpc,
+            option.hard_ttl(),
+            |mut c, r| async move { c.vote(r).await },
+        )
         .await
     }
 
@@ -314,9 +320,12 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
-        self.unary(methods::PRE_VOTE, &rpc, option.hard_ttl(), |mut c, r| async move {
-            c.pre_vote(r).await
-        })
+        self.unary(
+            methods::PRE_VOTE,
+            &rpc,
+            option.hard_ttl(),
+            |mut c, r| async move { c.pre_vote(r).await },
+        )
         .await
     }
 
@@ -378,7 +387,8 @@ impl RaftNetworkV2<TypeConfig> for Connection {
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                 other => StreamingError::Network(NetworkError::new(&other)),
             })?;
-        from_bytes(&reply.into_inner().data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+        from_bytes(&reply.into_inner().data)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 }
 
@@ -463,7 +473,9 @@ impl RaftService for RaftServer {
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let Some(snapshot_chunk::Kind::Meta(meta_bytes)) = first.kind else {
-            return Err(Status::invalid_argument("the first snapshot chunk must be metadata"));
+            return Err(Status::invalid_argument(
+                "the first snapshot chunk must be metadata",
+            ));
         };
         let check = Request::from_parts(metadata, extensions, ());
         self.auth.verify(&check, methods::SNAPSHOT, &meta_bytes)?;

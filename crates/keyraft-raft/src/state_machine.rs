@@ -76,10 +76,7 @@ impl StateMachineStore {
     }
 
     fn write_snapshot_file(&self, file: &SnapshotFile) -> io::Result<()> {
-        let _guard = self
-            .snapshot_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _guard = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = to_bytes(file)?;
         let tmp = self.snapshot_dir.join(format!("{CURRENT_SNAPSHOT}.tmp"));
         {
@@ -201,7 +198,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> io::Result<()> {
         let data = snapshot.into_inner();
         let state: StateSnapshot = from_bytes(&data)?;
         let applied = to_bytes(&meta.last_log_id)?;

@@ -15,11 +15,15 @@ struct Builder;
 
 fn storage_error(e: impl std::fmt::Display) -> StorageError<TypeConfig> {
     use openraft::type_config::TypeConfigExt;
-    StorageError::read(TypeConfig::err_from_error(&std::io::Error::other(e.to_string())))
+    StorageError::read(TypeConfig::err_from_error(&std::io::Error::other(
+        e.to_string(),
+    )))
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().map_err(storage_error)?;
         let durable = Durable::open(&dir.path().join("store")).map_err(storage_error)?;
         let log = LogStore::open(&durable).map_err(storage_error)?;

@@ -160,9 +160,7 @@ impl StateMachine {
     /// Exports the state (without the Raft metadata) and the metadata it corresponds to,
     /// read under the apply lock so both describe the same point of the log.
     #[allow(clippy::type_complexity)]
-    pub fn export(
-        &self,
-    ) -> Result<(StateSnapshot, Option<Vec<u8>>, Option<Vec<u8>>), StateError> {
+    pub fn export(&self) -> Result<(StateSnapshot, Option<Vec<u8>>, Option<Vec<u8>>), StateError> {
         let _guard = self.lock();
         let mut records = Vec::new();
         for item in self.tree.iter() {
@@ -199,10 +197,7 @@ impl StateMachine {
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
-        self.tree
-            .get(key)?
-            .map(|v| decode(key, &v))
-            .transpose()
+        self.tree.get(key)?.map(|v| decode(key, &v)).transpose()
     }
 
     /// The cluster configuration, once bootstrapped.
@@ -431,7 +426,10 @@ fn append_audit(
         .unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
     let event = AuditEvent::link(seq + 1, &prev, record, error.map(|e| (e.code, e.message)));
     txn.put(keys::audit(event.sequence), &event)?;
-    txn.put(keys::AUDIT_HEAD.to_vec(), &(event.sequence, event.hash.clone()))?;
+    txn.put(
+        keys::AUDIT_HEAD.to_vec(),
+        &(event.sequence, event.hash.clone()),
+    )?;
     Ok(())
 }
 
@@ -475,7 +473,10 @@ fn bootstrap(txn: &mut Txn<'_>, b: &Bootstrap, time_ms: u64) -> Result<Response,
     txn.put(keys::CLUSTER.to_vec(), &config)?;
     txn.put(keys::access_key(&b.admin.access_key_id), &b.admin)?;
     for member in &b.members {
-        if txn.get::<NodeRecord>(&keys::node(member.node_id))?.is_none() {
+        if txn
+            .get::<NodeRecord>(&keys::node(member.node_id))?
+            .is_none()
+        {
             txn.put(keys::node(member.node_id), member)?;
         }
     }

@@ -183,13 +183,19 @@ impl std::fmt::Display for Command {
         let name = match &self.op {
             Op::Bootstrap(_) => "Bootstrap".to_string(),
             Op::CreateKey { key, .. } => format!("CreateKey({})", key.key_id),
-            Op::SetKeyEnabled { key_id, enabled, .. } => {
+            Op::SetKeyEnabled {
+                key_id, enabled, ..
+            } => {
                 format!("SetKeyEnabled({key_id}, {enabled})")
             }
             Op::AuditBatch { records } => format!("AuditBatch({})", records.len()),
             Op::AuthorizeJoin { node, .. } => format!("AuthorizeJoin({})", node.node_id),
             Op::RetireNode { node_id, .. } => format!("RetireNode({node_id})"),
         };
-        write!(f, "{name} request_id={:?} t={}", self.request_id, self.time_ms)
+        write!(
+            f,
+            "{name} request_id={:?} t={}",
+            self.request_id, self.time_ms
+        )
     }
 }

@@ -38,7 +38,12 @@ pub(crate) fn request(id: &str) -> Vec<u8> {
 }
 
 pub(crate) fn request_time(time_ms: u64, id: &str) -> Vec<u8> {
-    [REQUEST_TIME_PREFIX, &time_ms.to_be_bytes()[..], id.as_bytes()].concat()
+    [
+        REQUEST_TIME_PREFIX,
+        &time_ms.to_be_bytes()[..],
+        id.as_bytes(),
+    ]
+    .concat()
 }
 
 pub(crate) fn audit(seq: u64) -> Vec<u8> {

@@ -66,7 +66,11 @@ impl Runner {
         let dir = tempfile::tempdir().unwrap();
         let durable = Durable::open(dir.path()).unwrap();
         let sm = StateMachine::open(&durable).unwrap();
-        Runner { _dir: dir, sm, index: 0 }
+        Runner {
+            _dir: dir,
+            sm,
+            index: 0,
+        }
     }
 
     fn apply(&mut self, request_id: &str, time_ms: u64, op: Op) -> String {
@@ -78,15 +82,26 @@ impl Runner {
         };
         let out = self
             .sm
-            .apply(&[ApplyEntry { command: Some(cmd) }], self.index.to_be_bytes().to_vec(), None)
+            .apply(
+                &[ApplyEntry { command: Some(cmd) }],
+                self.index.to_be_bytes().to_vec(),
+                None,
+            )
             .unwrap();
         match &out[0] {
             Ok(Reply::Unit) => "ok".into(),
-            Ok(Reply::Key(k)) => format!("ok: {} {} epoch={}", key_name(&k.key_id), k.key_state.as_str(), k.epoch),
+            Ok(Reply::Key(k)) => format!(
+                "ok: {} {} epoch={}",
+                key_name(&k.key_id),
+                k.key_state.as_str(),
+                k.epoch
+            ),
             Ok(Reply::Audit(v)) => format!(
                 "audit: [{}]",
                 v.iter()
-                    .map(|e| e.as_ref().map_or("ok".to_string(), |e| e.code.as_str().to_string()))
+                    .map(|e| e
+                        .as_ref()
+                        .map_or("ok".to_string(), |e| e.code.as_str().to_string()))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -168,7 +183,11 @@ impl Runner {
                 Op::SetKeyEnabled {
                     key_id: key_id(&positional[0]),
                     enabled: cmd == "enable",
-                    audit: Box::new(record(if cmd == "enable" { "EnableKey" } else { "DisableKey" })),
+                    audit: Box::new(record(if cmd == "enable" {
+                        "EnableKey"
+                    } else {
+                        "DisableKey"
+                    })),
                 },
             ),
             "crypto" => {
@@ -204,7 +223,11 @@ impl Runner {
                 let after = args.get("after").map(|a| key_id(a));
                 let (keys, more) = self
                     .sm
-                    .list_keys(&account, after.as_ref(), arg("limit", "100").parse().unwrap())
+                    .list_keys(
+                        &account,
+                        after.as_ref(),
+                        arg("limit", "100").parse().unwrap(),
+                    )
                     .unwrap();
                 let names: Vec<String> = keys.iter().map(|k| key_name(&k.key_id)).collect();
                 format!("[{}] truncated={more}", names.join(", "))
@@ -255,7 +278,10 @@ impl Runner {
                 let mut e: keyraft_types::AuditEvent =
                     bincode::deserialize(&self.sm.tree.get(&k).unwrap().unwrap()).unwrap();
                 e.record.source_ip = "10.6.6.6".into();
-                self.sm.tree.insert(k, bincode::serialize(&e).unwrap()).unwrap();
+                self.sm
+                    .tree
+                    .insert(k, bincode::serialize(&e).unwrap())
+                    .unwrap();
                 "tampered".into()
             }
             other => panic!("unknown command {other}"),
@@ -264,7 +290,9 @@ impl Runner {
 }
 
 fn run_file(name: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     let mut runner = Runner::new();
     let mut out = String::new();
@@ -291,7 +319,10 @@ fn run_file(name: &str) {
             }
         }
         if expected.join("\n") != got {
-            mismatches.push(format!("{line}\n  expected: {}\n  got:      {got}", expected.join(" / ")));
+            mismatches.push(format!(
+                "{line}\n  expected: {}\n  got:      {got}",
+                expected.join(" / ")
+            ));
         }
         out.push_str("----\n");
         out.push_str(&got);
@@ -337,8 +368,16 @@ fn state_survives_reopen_and_snapshot_round_trip() {
     a.run("disable k1");
     let (snap, applied, membership) = a.sm.export().unwrap();
     let b = Runner::new();
-    b.sm.install(&snap, applied.clone().unwrap(), membership.unwrap_or_default()).unwrap();
-    assert_eq!(b.sm.key(&key_id("k1")).unwrap(), a.sm.key(&key_id("k1")).unwrap());
+    b.sm.install(
+        &snap,
+        applied.clone().unwrap(),
+        membership.unwrap_or_default(),
+    )
+    .unwrap();
+    assert_eq!(
+        b.sm.key(&key_id("k1")).unwrap(),
+        a.sm.key(&key_id("k1")).unwrap()
+    );
     assert_eq!(b.sm.audit_head().unwrap(), a.sm.audit_head().unwrap());
     assert_eq!(b.sm.applied_meta().unwrap().0, applied);
     assert!(b.sm.verify_audit_chain().unwrap().is_ok());
@@ -392,7 +431,10 @@ fn batch_is_one_atomic_apply() {
     .collect();
     let out = r.sm.apply(&entries, vec![9], None).unwrap();
     assert!(out.iter().all(|o| o.is_ok()), "{out:?}");
-    assert_eq!(r.sm.key(&key_id("k1")).unwrap().unwrap().metadata.key_state, KeyState::Disabled);
+    assert_eq!(
+        r.sm.key(&key_id("k1")).unwrap().unwrap().metadata.key_state,
+        KeyState::Disabled
+    );
     assert_eq!(r.sm.audit_head().unwrap().0, 3);
     assert!(r.sm.verify_audit_chain().unwrap().is_ok());
 }

@@ -88,7 +88,10 @@ impl KeyUsage {
             "" | "ENCRYPT_DECRYPT" => Ok(KeyUsage::EncryptDecrypt),
             other => Err(KmsError::new(
                 ErrorCode::UnsupportedOperation,
-                format!("KeyUsage '{}' is not supported", crate::ids::truncate(other)),
+                format!(
+                    "KeyUsage '{}' is not supported",
+                    crate::ids::truncate(other)
+                ),
             )),
         }
     }

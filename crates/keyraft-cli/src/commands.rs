@@ -1,0 +1,335 @@
+//! The client subcommands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use keyraft_client::{Client, ClientConfig, EncryptionContext, Error};
+
+use crate::output::{b64, cluster_status, key_metadata, unb64};
+use crate::Connection;
+
+#[derive(Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a symmetric key.
+    Create {
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Show a key's metadata.
+    Describe {
+        /// Key id or key ARN.
+        #[arg(long)]
+        key_id: String,
+    },
+    /// List every key of the account (all pages).
+    List {
+        /// Page size (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Enable a key.
+    Enable {
+        /// Key id or key ARN.
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Disable a key.
+    Disable {
+        /// Key id or key ARN.
+        #[arg(long)]
+        key_id: String,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct EncryptArgs {
+    /// Key id or key ARN.
+    #[arg(long)]
+    key_id: String,
+    /// The plaintext as text.
+    #[arg(
+        long,
+        conflicts_with = "plaintext_file",
+        required_unless_present = "plaintext_file"
+    )]
+    plaintext: Option<String>,
+    /// Read the plaintext from a file (raw bytes).
+    #[arg(long)]
+    plaintext_file: Option<PathBuf>,
+    /// Encryption context entries.
+    #[arg(long = "context", value_parser = parse_kv)]
+    context: Vec<(String, String)>,
+}
+
+#[derive(Args)]
+pub(crate) struct DecryptArgs {
+    /// The ciphertext blob, base64.
+    #[arg(
+        long,
+        conflicts_with = "ciphertext_file",
+        required_unless_present = "ciphertext_file"
+    )]
+    ciphertext: Option<String>,
+    /// Read the ciphertext from a file (raw bytes, or base64 text).
+    #[arg(long)]
+    ciphertext_file: Option<PathBuf>,
+    /// Encryption context entries (must equal the ones used to encrypt).
+    #[arg(long = "context", value_parser = parse_kv)]
+    context: Vec<(String, String)>,
+    /// Expected key (optional).
+    #[arg(long)]
+    key_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DataKeyCommand {
+    /// Generate a data key under a KMS key.
+    Generate {
+        /// Key id or key ARN.
+        #[arg(long)]
+        key_id: String,
+        /// AES_128 or AES_256 (default AES_256 unless --number-of-bytes).
+        #[arg(long)]
+        key_spec: Option<String>,
+        /// 1-1024 bytes instead of a key spec.
+        #[arg(long, conflicts_with = "key_spec")]
+        number_of_bytes: Option<u32>,
+        /// Return only the encrypted data key.
+        #[arg(long)]
+        without_plaintext: bool,
+        /// Encryption context entries.
+        #[arg(long = "context", value_parser = parse_kv)]
+        context: Vec<(String, String)>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Members, leader, term and per-node progress.
+    Status,
+    /// Add a node: learner first, voter once caught up and holding the domain key.
+    AddNode {
+        /// The new node's id (never used before in this cluster).
+        #[arg(long)]
+        node_id: u64,
+        /// Its client API URL.
+        #[arg(long)]
+        endpoint: String,
+        /// Its node-to-node address (host:port).
+        #[arg(long)]
+        raft_addr: String,
+    },
+    /// Remove a node; its id is retired.
+    RemoveNode {
+        /// The node.
+        #[arg(long)]
+        node_id: u64,
+    },
+    /// Move leadership to a voter.
+    TransferLeader {
+        /// The new leader.
+        #[arg(long)]
+        node_id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// The newest audit events (CloudTrail-like JSON).
+    Tail {
+        /// How many (1-1000).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected key=value, got '{s}'")),
+    }
+}
+
+fn context(pairs: Vec<(String, String)>) -> EncryptionContext {
+    pairs.into_iter().collect()
+}
+
+fn client(conn: &Connection) -> Result<Client, Error> {
+    let need = |v: &Option<String>, name: &str| {
+        v.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+            Error::Config(format!(
+                "--{name} (or KEYRAFT_{}) is required",
+                name.to_uppercase().replace('-', "_")
+            ))
+        })
+    };
+    Client::new(ClientConfig {
+        endpoints: need(&conn.endpoints, "endpoints")?
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        region: conn.region.clone().unwrap_or_default(),
+        access_key_id: need(&conn.access_key_id, "access-key-id")?,
+        secret_access_key: need(&conn.secret_access_key, "secret-access-key")?,
+        timeout: Duration::from_secs(conn.timeout.max(1)),
+        user_agent: format!("keyraft-cli/{}", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
+}
+
+pub(crate) async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Value, Error> {
+    let c = client(conn)?;
+    Ok(match cmd {
+        KeyCommand::Create { description } => {
+            let m = c.create_key(&description).await?;
+            json!({"KeyMetadata": key_metadata(&m)})
+        }
+        KeyCommand::Describe { key_id } => {
+            let m = c.describe_key(&key_id).await?;
+            json!({"KeyMetadata": key_metadata(&m)})
+        }
+        KeyCommand::List { limit } => {
+            let mut keys = Vec::new();
+            let mut marker = String::new();
+            loop {
+                let page = c.list_keys(limit, &marker).await?;
+                keys.extend(
+                    page.keys
+                        .iter()
+                        .map(|k| json!({"KeyId": k.key_id, "KeyArn": k.key_arn})),
+                );
+                if !page.truncated {
+                    break;
+                }
+                marker = page.next_marker;
+            }
+            json!({"Keys": keys})
+        }
+        KeyCommand::Enable { key_id } => {
+            c.enable_key(&key_id).await?;
+            json!({})
+        }
+        KeyCommand::Disable { key_id } => {
+            c.disable_key(&key_id).await?;
+            json!({})
+        }
+    })
+}
+
+pub(crate) async fn encrypt(conn: &Connection, args: EncryptArgs) -> Result<Value, Error> {
+    let plaintext = match (&args.plaintext, &args.plaintext_file) {
+        (Some(text), _) => text.as_bytes().to_vec(),
+        (None, Some(path)) => read_file(path)?,
+        (None, None) => {
+            return Err(Error::Config(
+                "--plaintext or --plaintext-file is required".into(),
+            ))
+        }
+    };
+    let r = client(conn)?
+        .encrypt(&args.key_id, &plaintext, &context(args.context))
+        .await?;
+    Ok(json!({
+        "KeyId": r.key_id,
+        "CiphertextBlob": b64(&r.ciphertext_blob),
+        "EncryptionAlgorithm": r.encryption_algorithm,
+    }))
+}
+
+pub(crate) async fn decrypt(conn: &Connection, args: DecryptArgs) -> Result<Value, Error> {
+    let blob = match (&args.ciphertext, &args.ciphertext_file) {
+        (Some(text), _) => unb64(text)?,
+        (None, Some(path)) => {
+            let bytes = read_file(path)?;
+            // A file may hold the raw blob or the base64 text `encrypt` printed.
+            match std::str::from_utf8(&bytes).ok().map(|s| unb64(s)) {
+                Some(Ok(decoded)) => decoded,
+                _ => bytes,
+            }
+        }
+        (None, None) => {
+            return Err(Error::Config(
+                "--ciphertext or --ciphertext-file is required".into(),
+            ))
+        }
+    };
+    let r = client(conn)?
+        .decrypt(&blob, &context(args.context), args.key_id.as_deref())
+        .await?;
+    Ok(json!({
+        "KeyId": r.key_id,
+        "Plaintext": b64(&r.plaintext),
+        "EncryptionAlgorithm": r.encryption_algorithm,
+    }))
+}
+
+pub(crate) async fn data_key(conn: &Connection, cmd: DataKeyCommand) -> Result<Value, Error> {
+    let DataKeyCommand::Generate {
+        key_id,
+        key_spec,
+        number_of_bytes,
+        without_plaintext,
+        context: ctx,
+    } = cmd;
+    let spec = match (&key_spec, number_of_bytes) {
+        (Some(s), _) => s.clone(),
+        (None, Some(_)) => String::new(),
+        (None, None) => "AES_256".to_string(),
+    };
+    let n = number_of_bytes.unwrap_or(0);
+    let c = client(conn)?;
+    let ctx = context(ctx);
+    if without_plaintext {
+        let r = c
+            .generate_data_key_without_plaintext(&key_id, &spec, n, &ctx)
+            .await?;
+        Ok(json!({"KeyId": r.key_id, "CiphertextBlob": b64(&r.ciphertext_blob)}))
+    } else {
+        let r = c.generate_data_key(&key_id, &spec, n, &ctx).await?;
+        Ok(json!({
+            "KeyId": r.key_id,
+            "CiphertextBlob": b64(&r.ciphertext_blob),
+            "Plaintext": b64(&r.plaintext),
+        }))
+    }
+}
+
+pub(crate) async fn cluster(conn: &Connection, cmd: ClusterCommand) -> Result<Value, Error> {
+    let c = client(conn)?;
+    Ok(match cmd {
+        ClusterCommand::Status => cluster_status(&c.cluster_status().await?),
+        ClusterCommand::AddNode {
+            node_id,
+            endpoint,
+            raft_addr,
+        } => cluster_status(&c.add_node(node_id, &endpoint, &raft_addr).await?),
+        ClusterCommand::RemoveNode { node_id } => cluster_status(&c.remove_node(node_id).await?),
+        ClusterCommand::TransferLeader { node_id } => {
+            json!({"Leader": c.transfer_leader(node_id).await?})
+        }
+    })
+}
+
+pub(crate) async fn audit(conn: &Connection, cmd: AuditCommand) -> Result<Value, Error> {
+    let AuditCommand::Tail { limit } = cmd;
+    let r = client(conn)?.audit_tail(limit).await?;
+    let events: Vec<Value> = r
+        .events_json
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or(Value::String(e.clone())))
+        .collect();
+    Ok(json!({
+        "Events": events,
+        "ChainVerified": r.chain_ok,
+        "HeadSequence": r.head_sequence,
+        "HeadHash": r.head_hash,
+    }))
+}

@@ -1,0 +1,425 @@
+//! `AdminService`: cluster status, membership changes (one at a time, node ids never
+//! reused), leadership transfer and the audit trail.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use tonic::{Request, Response, Status};
+
+use keyraft_proto::v1::admin_service_server::AdminService;
+use keyraft_proto::v1::internal::{NodeStatusRequest, NodeStatusResponse};
+use keyraft_proto::v1::*;
+use keyraft_raft::network::now_ms;
+use keyraft_raft::NodeAddr;
+use keyraft_state::{Command, NodeRecord, Op};
+use keyraft_types::{ErrorCode, KmsError, NodeId};
+
+use crate::audit_json::event_json;
+use crate::core::{handler, node_methods, NodeCore};
+use crate::join::service_record;
+use crate::kms::internal;
+
+pub(crate) struct AdminApi {
+    core: Arc<NodeCore>,
+}
+
+impl AdminApi {
+    pub(crate) fn new(core: Arc<NodeCore>) -> AdminApi {
+        AdminApi { core }
+    }
+}
+
+macro_rules! method {
+    ($name:literal) => {
+        concat!("/keyraft.v1.AdminService/", $name)
+    };
+}
+
+/// How long a new node may take to catch up and receive the domain key.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "Leader",
+        ServerState::Follower => "Follower",
+        ServerState::Learner => "Learner",
+        ServerState::Candidate => "Candidate",
+        ServerState::Shutdown => "Shutdown",
+    }
+}
+
+fn membership_error<E: std::fmt::Display>(
+    e: RaftError<keyraft_raft::TypeConfig, ClientWriteError<keyraft_raft::TypeConfig>>,
+    what: E,
+) -> KmsError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_))
+        | RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => KmsError::new(
+            ErrorCode::NotLeader,
+            "leadership changed during the membership change",
+        ),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            KmsError::new(ErrorCode::Conflict, format!("{what}: {c}"))
+        }
+        other => {
+            tracing::error!(error = %other, "membership change failed");
+            KmsError::internal()
+        }
+    }
+}
+
+impl NodeCore {
+    /// This node's own status line.
+    pub(crate) fn local_status(&self) -> NodeStatusResponse {
+        let m = self.metrics();
+        let learner = m
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|id| id == self.id);
+        NodeStatusResponse {
+            id: self.id,
+            role: if learner {
+                "Learner"
+            } else {
+                role_name(m.state)
+            }
+            .to_string(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            leader: m.current_leader.unwrap_or(0),
+            has_domain_key: self.hsm.has_domain_key(),
+        }
+    }
+
+    /// The cluster as this node sees it, each member asked for its own numbers.
+    pub(crate) async fn cluster_status(&self) -> ClusterStatusResponse {
+        let m = self.metrics();
+        let members: Vec<(NodeId, NodeAddr)> = m
+            .membership_config
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        let learners: BTreeSet<NodeId> = m.membership_config.membership().learner_ids().collect();
+        let learners = &learners;
+        let asks = members.into_iter().map(|(id, addr)| async move {
+            let status = if id == self.id {
+                Some(self.local_status())
+            } else {
+                match self.peer(&addr.raft_addr) {
+                    Ok(mut client) => {
+                        let mut req =
+                            self.signed(NodeStatusRequest {}, node_methods::NODE_STATUS, id);
+                        req.set_timeout(Duration::from_millis(800));
+                        client.node_status(req).await.ok().map(|r| r.into_inner())
+                    }
+                    Err(_) => None,
+                }
+            };
+            let role = match &status {
+                Some(_) if learners.contains(&id) => "Learner".to_string(),
+                Some(s) => s.role.clone(),
+                None => "Unreachable".to_string(),
+            };
+            MemberStatus {
+                id,
+                endpoint: addr.api_endpoint,
+                raft_addr: addr.raft_addr,
+                role,
+                last_log_index: status.as_ref().map_or(0, |s| s.last_log_index),
+                last_applied: status.as_ref().map_or(0, |s| s.last_applied),
+                reachable: status.is_some(),
+                term: status.as_ref().map_or(0, |s| s.term),
+                has_domain_key: status.as_ref().is_some_and(|s| s.has_domain_key),
+            }
+        });
+        let members = futures::future::join_all(asks).await;
+        ClusterStatusResponse {
+            leader: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            members,
+            region: self.region.to_string(),
+        }
+    }
+
+    fn require_leader(&self) -> Result<(), KmsError> {
+        if self.raft.is_leader() {
+            Ok(())
+        } else {
+            Err(KmsError::new(
+                ErrorCode::NotLeader,
+                "membership changes run on the leader",
+            ))
+        }
+    }
+
+    async fn add_node(&self, req: AddNodeRequest) -> Result<(), KmsError> {
+        let id = req.node_id;
+        if id == 0 {
+            return Err(KmsError::validation("node_id must be at least 1"));
+        }
+        if !req.endpoint.starts_with("http://") && !req.endpoint.starts_with("https://") {
+            return Err(KmsError::validation(
+                "endpoint must be an http:// or https:// URL",
+            ));
+        }
+        if req.raft_addr.is_empty() || req.raft_addr.contains('/') {
+            return Err(KmsError::validation("raft_addr must be host:port"));
+        }
+        let _one_at_a_time = self.membership_lock.lock().await;
+        self.require_leader()?;
+        let m = self.metrics();
+        if m.membership_config.get_node(&id).is_some() {
+            return Err(KmsError::new(
+                ErrorCode::AlreadyExists,
+                format!("node {id} is already a member"),
+            ));
+        }
+        if self
+            .state
+            .node(id)
+            .map_err(internal)?
+            .is_some_and(|n| n.retired)
+        {
+            return Err(KmsError::new(
+                ErrorCode::AlreadyExists,
+                format!("node id {id} was used before and retired; node ids are never reused"),
+            ));
+        }
+        let record = NodeRecord {
+            node_id: id,
+            api_endpoint: req.endpoint.clone(),
+            raft_addr: req.raft_addr.clone(),
+            retired: false,
+        };
+        self.authorize_join(&record, service_record(self, "AuthorizeJoin", Some(id)))
+            .await?;
+        let addr = NodeAddr {
+            api_endpoint: req.endpoint,
+            raft_addr: req.raft_addr,
+        };
+        match tokio::time::timeout(JOIN_TIMEOUT, self.raft.add_learner(id, addr, true)).await {
+            Err(_) => {
+                return Err(KmsError::new(
+                    ErrorCode::DependencyTimeout,
+                    format!("node {id} did not catch up in time"),
+                ))
+            }
+            Ok(Err(e)) => return Err(membership_error(e, "add learner")),
+            Ok(Ok(_)) => {}
+        }
+        // The learner now replicates the authorisation and fetches the domain key.
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        loop {
+            match self.join_info(id, &record.raft_addr).await {
+                Ok(info) if info.has_domain_key => break,
+                _ if Instant::now() > deadline => {
+                    return Err(KmsError::new(
+                        ErrorCode::DependencyTimeout,
+                        format!(
+                            "node {id} did not receive the domain key in time; it stays a learner"
+                        ),
+                    ))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        let voters = BTreeSet::from([id]);
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(|e| membership_error(e, "promote to voter"))?;
+        tracing::info!(node = id, "node joined as a voter");
+        Ok(())
+    }
+
+    async fn remove_node(&self, id: NodeId) -> Result<(), KmsError> {
+        let _one_at_a_time = self.membership_lock.lock().await;
+        self.require_leader()?;
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(KmsError::new(
+                ErrorCode::NotFound,
+                format!("node {id} is not a member"),
+            ));
+        }
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        if is_voter && membership.voter_ids().count() <= 1 {
+            return Err(KmsError::validation("cannot remove the last voter"));
+        }
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| membership_error(e, "remove node"))?;
+        let cmd = Command {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            time_ms: now_ms(),
+            op: Op::RetireNode {
+                node_id: id,
+                audit: Box::new(service_record(self, "RetireNode", Some(id))),
+            },
+        };
+        self.propose(cmd).await??;
+        tracing::info!(node = id, "node removed; its id is retired");
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn cluster_status(
+        &self,
+        request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ClusterStatus",
+                method!("ClusterStatus"),
+                true,
+                handler!(|core, _call, _req| { Ok(core.cluster_status().await) }),
+            )
+            .await
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<AddNodeResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "AddNode",
+                method!("AddNode"),
+                false,
+                handler!(|core, call, req| {
+                    call.record.request_parameters.node_id = Some(req.node_id);
+                    core.add_node(req).await?;
+                    Ok(AddNodeResponse {
+                        status: Some(core.cluster_status().await),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "RemoveNode",
+                method!("RemoveNode"),
+                false,
+                handler!(|core, call, req| {
+                    call.record.request_parameters.node_id = Some(req.node_id);
+                    core.remove_node(req.node_id).await?;
+                    Ok(RemoveNodeResponse {
+                        status: Some(core.cluster_status().await),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "TransferLeader",
+                method!("TransferLeader"),
+                false,
+                handler!(|core, call, req| {
+                    let to = req.node_id;
+                    call.record.request_parameters.node_id = Some(to);
+                    core.require_leader()?;
+                    let m = core.metrics();
+                    if !m
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == to)
+                    {
+                        return Err(KmsError::new(
+                            ErrorCode::NotFound,
+                            format!("node {to} is not a voter"),
+                        ));
+                    }
+                    if to != core.id {
+                        core.raft
+                            .trigger()
+                            .transfer_leader(to)
+                            .await
+                            .map_err(|_| KmsError::internal())?;
+                        core.raft
+                            .wait(Some(Duration::from_secs(10)))
+                            .current_leader(to, "transfer leader")
+                            .await
+                            .map_err(|_| {
+                                KmsError::new(
+                                    ErrorCode::DependencyTimeout,
+                                    format!("node {to} did not take over in time"),
+                                )
+                            })?;
+                    }
+                    Ok(TransferLeaderResponse { leader: to })
+                }),
+            )
+            .await
+    }
+
+    async fn audit_tail(
+        &self,
+        request: Request<AuditTailRequest>,
+    ) -> Result<Response<AuditTailResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "AuditTail",
+                method!("AuditTail"),
+                true,
+                handler!(|core, _call, req| {
+                    let limit = match req.limit {
+                        0 => 20,
+                        n @ 1..=1000 => n as usize,
+                        n => {
+                            return Err(KmsError::validation(format!(
+                                "limit must be 1 to 1000, not {n}"
+                            )))
+                        }
+                    };
+                    core.read_barrier().await?;
+                    let events = core.state.audit_tail(limit).map_err(internal)?;
+                    let (head_sequence, head_hash) = core.state.audit_head().map_err(internal)?;
+                    let chain_ok = events.windows(2).all(|w| w[1].verify(&w[0].hash))
+                        && events.first().is_none_or(|e| e.hash == e.compute_hash());
+                    let region = core.region.to_string();
+                    Ok(AuditTailResponse {
+                        events_json: events
+                            .iter()
+                            .map(|e| event_json(e, &region).to_string())
+                            .collect(),
+                        chain_ok,
+                        head_sequence,
+                        head_hash,
+                    })
+                }),
+            )
+            .await
+    }
+}

@@ -1,0 +1,62 @@
+//! Audit events as CloudTrail-like JSON, for `AuditTail` and `keyraft audit tail`.
+
+use serde_json::{json, Value};
+
+use keyraft_types::{AuditEvent, EventType};
+
+/// Renders one event with CloudTrail's field names plus the chain fields.
+pub(crate) fn event_json(e: &AuditEvent, region: &str) -> Value {
+    let r = &e.record;
+    let p = &r.request_parameters;
+    let mut params = serde_json::Map::new();
+    if let Some(k) = &p.key_id {
+        params.insert("keyId".into(), json!(k));
+    }
+    if let Some(c) = &p.encryption_context {
+        params.insert("encryptionContext".into(), json!(c));
+    }
+    if let Some(a) = &p.encryption_algorithm {
+        params.insert("encryptionAlgorithm".into(), json!(a));
+    }
+    if let Some(s) = &p.key_spec {
+        params.insert("keySpec".into(), json!(s));
+    }
+    if let Some(n) = p.number_of_bytes {
+        params.insert("numberOfBytes".into(), json!(n));
+    }
+    if let Some(n) = p.node_id {
+        params.insert("nodeId".into(), json!(n));
+    }
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.event_time_ms);
+    json!({
+        "eventVersion": "1.08",
+        "sequence": e.sequence,
+        "eventTime": humantime::format_rfc3339_millis(time).to_string(),
+        "eventSource": "keyraft",
+        "eventName": r.event_name,
+        "eventType": match r.event_type {
+            EventType::AwsApiCall => "AwsApiCall",
+            EventType::AwsServiceEvent => "AwsServiceEvent",
+        },
+        "awsRegion": region,
+        "requestID": r.request_id,
+        "eventID": r.event_id,
+        "readOnly": r.read_only,
+        "userIdentity": {
+            "type": r.user_identity.identity_type,
+            "arn": r.user_identity.principal_arn,
+            "accountId": r.user_identity.account_id,
+            "accessKeyId": r.user_identity.access_key_id,
+        },
+        "sourceIPAddress": r.source_ip,
+        "userAgent": r.user_agent,
+        "node": r.node_id,
+        "requestParameters": Value::Object(params),
+        "resources": r.resources.iter().map(|arn| json!({"ARN": arn})).collect::<Vec<_>>(),
+        "errorCode": e.error_code,
+        "errorMessage": e.error_message,
+        "keyEpoch": r.key_check.as_ref().map(|c| c.epoch),
+        "prevHash": e.prev_hash,
+        "hash": e.hash,
+    })
+}

@@ -1,0 +1,133 @@
+//! Authentication of client requests: who signed this, and is the signature good?
+//!
+//! The secret of an access key is stored in the replicated state only wrapped under the
+//! domain key; this node's HSM unwraps it on first use and the plaintext is cached in
+//! memory (zeroized on drop). A signature must be fresh (within five minutes of this
+//! node's clock) and its nonce unseen by this node within that window.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tonic::Request;
+use zeroize::Zeroizing;
+
+use keyraft_hsm::Hsm;
+use keyraft_proto::auth;
+use keyraft_raft::network::now_ms;
+use keyraft_state::StateMachine;
+use keyraft_types::{AccountId, AuditRecord, ErrorCode, KmsError};
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub(crate) struct Principal {
+    /// The principal's ARN.
+    pub arn: String,
+    /// The principal's account.
+    pub account: AccountId,
+}
+
+pub(crate) struct Authenticator {
+    state: Arc<StateMachine>,
+    hsm: Arc<dyn Hsm>,
+    secrets: Mutex<HashMap<String, Zeroizing<Vec<u8>>>>,
+    nonces: Mutex<HashMap<String, u64>>,
+}
+
+/// The purpose an access key's secret is wrapped under (binds it to its key id).
+pub(crate) fn secret_purpose(access_key_id: &str) -> Vec<u8> {
+    format!("keyraft-access-key-secret:{access_key_id}").into_bytes()
+}
+
+impl Authenticator {
+    pub(crate) fn new(state: Arc<StateMachine>, hsm: Arc<dyn Hsm>) -> Authenticator {
+        Authenticator {
+            state,
+            hsm,
+            secrets: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks the request's signature and fills the audit record's identity.
+    pub(crate) fn authenticate<T: prost::Message>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        record: &mut AuditRecord,
+    ) -> Result<Principal, KmsError> {
+        record.user_identity.identity_type = "Anonymous".to_string();
+        let headers = auth::read(request.metadata())?;
+        record.user_identity.access_key_id = headers.access_key_id.chars().take(128).collect();
+        let unrecognized = || {
+            KmsError::new(
+                ErrorCode::UnrecognizedClient,
+                "The security token included in the request is invalid.",
+            )
+        };
+        let key = self
+            .state
+            .access_key(&headers.access_key_id)
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading access key");
+                KmsError::internal()
+            })?
+            .filter(|k| k.enabled)
+            .ok_or_else(unrecognized)?;
+        let now = now_ms();
+        if !auth::is_fresh(headers.timestamp_ms, now) {
+            return Err(KmsError::new(
+                ErrorCode::InvalidSignature,
+                "Signature expired: the request timestamp is more than 5 minutes from the server's time.",
+            ));
+        }
+        let secret = self.secret(&key.access_key_id, &key.wrapped_secret)?;
+        let digest = auth::message_digest(request.get_ref());
+        if !auth::verify(&secret, method, &headers, &digest) {
+            return Err(KmsError::new(
+                ErrorCode::InvalidSignature,
+                "The request signature we calculated does not match the signature you provided.",
+            ));
+        }
+        self.check_nonce(&headers.access_key_id, &headers.nonce, now)?;
+        record.user_identity = keyraft_types::UserIdentity {
+            identity_type: "IAMUser".to_string(),
+            principal_arn: key.principal_arn.clone(),
+            account_id: key.account.to_string(),
+            access_key_id: key.access_key_id.clone(),
+        };
+        Ok(Principal {
+            arn: key.principal_arn,
+            account: key.account,
+        })
+    }
+
+    fn secret(&self, id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let mut cache = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = cache.get(id) {
+            return Ok(s.clone());
+        }
+        let secret = self
+            .hsm
+            .unwrap_secret(wrapped, &secret_purpose(id))
+            .map_err(KmsError::from)?;
+        cache.insert(id.to_string(), secret.clone());
+        Ok(secret)
+    }
+
+    /// Refuses a nonce seen within the freshness window; forgets expired ones.
+    fn check_nonce(&self, access_key_id: &str, nonce: &str, now: u64) -> Result<(), KmsError> {
+        let mut seen = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 100_000 {
+            seen.retain(|_, expiry| *expiry > now);
+        }
+        let key = format!("{access_key_id}/{nonce}");
+        if seen.get(&key).is_some_and(|expiry| *expiry > now) {
+            return Err(KmsError::new(
+                ErrorCode::InvalidSignature,
+                "The request was replayed: its nonce was already used.",
+            ));
+        }
+        seen.insert(key, now + 2 * auth::MAX_SKEW_MS);
+        Ok(())
+    }
+}

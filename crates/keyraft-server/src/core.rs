@@ -1,0 +1,460 @@
+//! [`NodeCore`]: what every service of a node shares, and the request pipeline —
+//! propose (or forward) a command, commit audit records in batches, read barriers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::ReadPolicy;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::{Request, Response, Status};
+
+use keyraft_hsm::Hsm;
+use keyraft_proto::v1::internal::node_service_client::NodeServiceClient;
+use keyraft_proto::v1::internal::{RaftMessage, ReadIndexRequest};
+use keyraft_proto::{status_from_error, LeaderHint};
+use keyraft_raft::network::{now_ms, ClusterAuth, Network, MAX_MESSAGE};
+use keyraft_raft::{NodeAddr, Raft};
+use keyraft_state::{Command, Op, Reply, Response as StateResponse, StateMachine};
+use keyraft_types::{
+    AuditRecord, ErrorCode, EventType, KmsError, NodeId, Region, RequestParameters, UserIdentity,
+};
+
+use crate::authn::{Authenticator, Principal};
+use crate::config::Config;
+
+/// gRPC method paths of the internal node service, used for signing.
+pub(crate) mod node_methods {
+    pub const PROPOSE: &str = "/keyraft.v1.internal.NodeService/Propose";
+    pub const NODE_STATUS: &str = "/keyraft.v1.internal.NodeService/NodeStatus";
+    pub const JOIN_INFO: &str = "/keyraft.v1.internal.NodeService/JoinInfo";
+    pub const REQUEST_DOMAIN_KEY: &str = "/keyraft.v1.internal.NodeService/RequestDomainKey";
+    pub const READ_INDEX: &str = "/keyraft.v1.internal.NodeService/ReadIndex";
+}
+
+type AuditVerdict = Result<Option<KmsError>, KmsError>;
+
+pub(crate) struct AuditJob {
+    record: AuditRecord,
+    reply: oneshot::Sender<AuditVerdict>,
+}
+
+/// Everything a node's services share.
+pub struct NodeCore {
+    /// This node's id.
+    pub id: NodeId,
+    /// The validated configuration.
+    pub config: Config,
+    /// The region (from the configuration; checked against the replicated one).
+    pub region: Region,
+    /// The Raft node.
+    pub raft: Raft,
+    /// The local replica of the state.
+    pub state: Arc<StateMachine>,
+    /// This node's HSM.
+    pub hsm: Arc<dyn Hsm>,
+    /// Channels to peers and the cluster signer.
+    pub network: Network,
+    pub(crate) authn: Authenticator,
+    audit_tx: mpsc::Sender<AuditJob>,
+    /// One membership change at a time (per node; openraft refuses concurrent ones too).
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+}
+
+/// Writes a request handler for [`NodeCore::run`]: `handler!(|core, call, req| { ... })`
+/// gives the body `core: Arc<NodeCore>`, `call: &mut Call` and the request message, and
+/// hands the call back to `run` with the body's result.
+macro_rules! handler {
+    (|$core:ident, $call:ident, $req:ident| $body:block) => {
+        |$core: std::sync::Arc<$crate::core::NodeCore>, mut call_value: $crate::core::Call, $req| async move {
+            let result = async {
+                let $call = &mut call_value;
+                $body
+            }
+            .await;
+            (call_value, result)
+        }
+    };
+}
+pub(crate) use handler;
+
+/// What a handler fills in about its request, for the audit record.
+pub(crate) struct Call {
+    /// The authenticated caller.
+    pub principal: Principal,
+    /// The record, pre-filled with who, when, where.
+    pub record: AuditRecord,
+    /// Set when the handler put the record into a mutation command itself.
+    pub audited: bool,
+}
+
+impl NodeCore {
+    pub(crate) fn new(
+        config: Config,
+        region: Region,
+        raft: Raft,
+        state: Arc<StateMachine>,
+        hsm: Arc<dyn Hsm>,
+        network: Network,
+    ) -> (Arc<NodeCore>, mpsc::Receiver<AuditJob>) {
+        let (audit_tx, audit_rx) = mpsc::channel(4096);
+        let authn = Authenticator::new(state.clone(), hsm.clone());
+        let core = Arc::new(NodeCore {
+            id: config.node_id,
+            config,
+            region,
+            raft,
+            state,
+            hsm,
+            network,
+            authn,
+            audit_tx,
+            membership_lock: tokio::sync::Mutex::new(()),
+        });
+        (core, audit_rx)
+    }
+
+    /// The cluster signer.
+    pub fn cluster_auth(&self) -> &ClusterAuth {
+        self.network.auth()
+    }
+
+    fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.commit_timeout_ms)
+    }
+
+    /// A snapshot of this node's Raft metrics.
+    pub fn metrics(&self) -> keyraft_raft::typ::RaftMetrics {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The leader as this node knows it.
+    pub fn leader(&self) -> (Option<NodeId>, Option<NodeAddr>) {
+        let m = self.metrics();
+        let leader = m.current_leader;
+        let addr = leader.and_then(|l| m.membership_config.get_node(&l).cloned());
+        (leader, addr)
+    }
+
+    /// The leader hint a NotLeader answer carries.
+    pub fn leader_hint(&self) -> LeaderHint {
+        let (id, addr) = self.leader();
+        LeaderHint {
+            id,
+            endpoint: addr.map(|a| a.api_endpoint),
+        }
+    }
+
+    /// A client for a peer's node service.
+    pub(crate) fn peer(
+        &self,
+        raft_addr: &str,
+    ) -> Result<NodeServiceClient<tonic::transport::Channel>, KmsError> {
+        let channel = self.network.channel(raft_addr).map_err(|e| {
+            KmsError::new(
+                ErrorCode::Validation,
+                format!("bad peer address {raft_addr}: {e}"),
+            )
+        })?;
+        Ok(NodeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+    }
+
+    /// Signs an internal request to `target`.
+    pub(crate) fn signed<T: prost::Message>(
+        &self,
+        msg: T,
+        method: &str,
+        target: NodeId,
+    ) -> Request<T> {
+        let body = msg.encode_to_vec();
+        let mut req = Request::new(msg);
+        self.cluster_auth().sign(&mut req, method, target, &body);
+        req.set_timeout(self.commit_timeout());
+        req
+    }
+
+    /// Proposes a command on the leader — here, or forwarded — and returns apply's
+    /// response. Every command carries a request id and apply deduplicates them, so a
+    /// proposal whose outcome is unknown (a forward that timed out, a leader that
+    /// changed) is retried until the deadline without acting twice.
+    pub async fn propose(&self, mut cmd: Command) -> Result<StateResponse, KmsError> {
+        if cmd.request_id.is_empty() {
+            cmd.request_id = uuid::Uuid::new_v4().to_string();
+        }
+        let deadline = Instant::now() + self.commit_timeout();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let (leader, addr) = self.leader();
+            let attempt = match (leader, addr) {
+                (Some(l), _) if l == self.id => self.propose_local(cmd.clone()).await,
+                (Some(l), Some(addr)) => self.forward(l, &addr.raft_addr, &cmd).await,
+                _ => Err(KmsError::new(ErrorCode::NotLeader, "no leader known")),
+            };
+            match attempt {
+                Ok(resp) => return Ok(resp),
+                Err(e) if !e.code.is_retryable() => return Err(e),
+                Err(e) => {
+                    if Instant::now() + backoff > deadline {
+                        tracing::warn!(error = %e, "proposal did not commit in time");
+                        return Err(KmsError::new(
+                            ErrorCode::DependencyTimeout,
+                            "the cluster could not commit the request in time (no quorum?); retry with the same request id",
+                        ));
+                    }
+                    // Wait for a leader change or a short backoff, whichever comes first.
+                    let mut metrics = self.raft.metrics();
+                    let _ = tokio::time::timeout(backoff, metrics.changed()).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Proposes on this node, which believes it leads.
+    pub(crate) async fn propose_local(&self, cmd: Command) -> Result<StateResponse, KmsError> {
+        match tokio::time::timeout(self.commit_timeout(), self.raft.client_write(cmd)).await {
+            Err(_) => Err(KmsError::new(
+                ErrorCode::DependencyTimeout,
+                "commit timed out",
+            )),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))))
+            | Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Err(KmsError::new(ErrorCode::NotLeader, "leadership changed"))
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "client_write failed");
+                Err(KmsError::internal())
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        raft_addr: &str,
+        cmd: &Command,
+    ) -> Result<StateResponse, KmsError> {
+        let data = bincode::serialize(cmd).map_err(|_| KmsError::internal())?;
+        let mut client = self.peer(raft_addr)?;
+        let req = self.signed(RaftMessage { data }, node_methods::PROPOSE, leader);
+        match client.propose(req).await {
+            Ok(resp) => {
+                bincode::deserialize(&resp.into_inner().data).map_err(|_| KmsError::internal())
+            }
+            Err(status) => Err(
+                keyraft_proto::error_from_status(&status).unwrap_or_else(|| {
+                    KmsError::new(
+                        ErrorCode::NotLeader,
+                        format!("forward to node {leader}: {}", status.message()),
+                    )
+                }),
+            ),
+        }
+    }
+
+    /// Waits until this node's replica reflects every write that committed before the
+    /// call (ReadIndex on the leader, then local apply up to it).
+    pub async fn read_barrier(&self) -> Result<(), KmsError> {
+        let deadline = Instant::now() + self.commit_timeout();
+        loop {
+            let (leader, addr) = self.leader();
+            let attempt = match (leader, addr) {
+                (Some(l), _) if l == self.id => self.read_index_local().await.map(|_| ()),
+                (Some(l), Some(addr)) => match self.remote_read_index(l, &addr.raft_addr).await {
+                    Ok(index) => self.wait_applied(index, deadline).await,
+                    Err(e) => Err(e),
+                },
+                _ => Err(KmsError::new(ErrorCode::NotLeader, "no leader known")),
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if !e.code.is_retryable() => return Err(e),
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(KmsError::new(
+                        ErrorCode::DependencyTimeout,
+                        "could not confirm a consistent read in time (no quorum?)",
+                    ))
+                }
+                Err(_) => {
+                    let mut metrics = self.raft.metrics();
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+                }
+            }
+        }
+    }
+
+    /// On the leader: confirms leadership and returns the index reads must wait for
+    /// (openraft also waits for the local state machine to reach it).
+    pub(crate) async fn read_index_local(&self) -> Result<u64, KmsError> {
+        match tokio::time::timeout(
+            self.commit_timeout(),
+            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
+        {
+            Ok(Ok(read)) => Ok(read.index()),
+            Ok(Err(_)) => Err(KmsError::new(ErrorCode::NotLeader, "not the leader")),
+            Err(_) => Err(KmsError::new(
+                ErrorCode::DependencyTimeout,
+                "read index timed out",
+            )),
+        }
+    }
+
+    async fn remote_read_index(&self, leader: NodeId, raft_addr: &str) -> Result<u64, KmsError> {
+        let mut client = self.peer(raft_addr)?;
+        let req = self.signed(ReadIndexRequest {}, node_methods::READ_INDEX, leader);
+        match client.read_index(req).await {
+            Ok(resp) => Ok(resp.into_inner().index),
+            Err(status) => Err(
+                keyraft_proto::error_from_status(&status).unwrap_or_else(|| {
+                    KmsError::new(ErrorCode::NotLeader, status.message().to_string())
+                }),
+            ),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), KmsError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                KmsError::new(ErrorCode::DependencyTimeout, "this node is not catching up")
+            })
+    }
+
+    /// Commits an audit record (batched with others) and returns apply's verdict.
+    pub(crate) async fn audit(&self, record: AuditRecord) -> AuditVerdict {
+        let (tx, rx) = oneshot::channel();
+        self.audit_tx
+            .send(AuditJob { record, reply: tx })
+            .await
+            .map_err(|_| KmsError::internal())?;
+        rx.await.map_err(|_| KmsError::internal())?
+    }
+
+    /// The audit group-commit loop: drains waiting records into one `AuditBatch` entry
+    /// while up to `max_in_flight` earlier entries are still committing. The fuller the
+    /// pipe, the bigger the batches: batching comes from load, not from a timer.
+    pub(crate) async fn run_audit_batcher(self: Arc<Self>, mut rx: mpsc::Receiver<AuditJob>) {
+        let slots = Arc::new(Semaphore::new(self.config.audit.max_in_flight));
+        while let Some(first) = rx.recv().await {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < self.config.audit.max_batch {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let core = self.clone();
+            tokio::spawn(async move {
+                let (records, replies): (Vec<_>, Vec<_>) =
+                    jobs.into_iter().map(|j| (j.record, j.reply)).unzip();
+                let n = records.len();
+                let cmd = Command {
+                    request_id: String::new(),
+                    time_ms: now_ms(),
+                    op: Op::AuditBatch { records },
+                };
+                let verdicts: Vec<AuditVerdict> = match core.propose(cmd).await {
+                    Ok(Ok(Reply::Audit(v))) if v.len() == n => v.into_iter().map(Ok).collect(),
+                    Ok(other) => {
+                        tracing::error!(?other, "unexpected audit batch response");
+                        (0..n).map(|_| Err(KmsError::internal())).collect()
+                    }
+                    Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+                };
+                for (reply, verdict) in replies.into_iter().zip(verdicts) {
+                    let _ = reply.send(verdict);
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// Runs one client request through authentication, the handler and the audit log.
+    ///
+    /// `handler` gets the authenticated [`Call`] and the message; it fills in the audit
+    /// record's parameters (and, for cryptography, the key check). Unless the handler
+    /// committed the record inside a mutation, the record is committed here and only
+    /// apply's verdict is released.
+    pub(crate) async fn run<Req, Resp, F, Fut>(
+        self: &Arc<Self>,
+        request: Request<Req>,
+        event_name: &str,
+        method: &str,
+        read_only: bool,
+        handler: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: prost::Message,
+        F: FnOnce(Arc<NodeCore>, Call, Req) -> Fut,
+        Fut: std::future::Future<Output = (Call, Result<Resp, KmsError>)>,
+    {
+        let mut record = AuditRecord {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            event_time_ms: now_ms(),
+            event_name: event_name.to_string(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            event_type: EventType::AwsApiCall,
+            read_only,
+            user_identity: UserIdentity::default(),
+            source_ip: request
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+            user_agent: request
+                .metadata()
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .chars()
+                .take(256)
+                .collect(),
+            node_id: self.id,
+            request_parameters: RequestParameters::default(),
+            resources: Vec::new(),
+            error: None,
+            key_check: None,
+        };
+        let principal = match self.authn.authenticate(&request, method, &mut record) {
+            Ok(p) => p,
+            Err(err) => {
+                record.error = Some((err.code, err.message.clone()));
+                // A refusal is audited too; if even that cannot commit, the caller still
+                // only learns that authentication failed.
+                if let Err(e) = self.audit(record).await {
+                    tracing::warn!(error = %e, "could not audit an authentication failure");
+                }
+                return Err(status_from_error(&err));
+            }
+        };
+        let call = Call {
+            principal,
+            record,
+            audited: false,
+        };
+        let (mut call, result) = handler(self.clone(), call, request.into_inner()).await;
+        if call.audited {
+            return result.map(Response::new).map_err(|e| status_from_error(&e));
+        }
+        if let Err(e) = &result {
+            call.record.error = Some((e.code, e.message.clone()));
+            call.record.key_check = None;
+        }
+        match self.audit(call.record).await {
+            Ok(None) => result.map(Response::new).map_err(|e| status_from_error(&e)),
+            Ok(Some(verdict)) => Err(status_from_error(&verdict)),
+            Err(e) => Err(status_from_error(&e)),
+        }
+    }
+}

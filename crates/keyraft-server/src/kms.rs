@@ -1,0 +1,542 @@
+//! `KeyService`: key life cycle (mutations through Raft) and cryptography (served here).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use keyraft_hsm::CiphertextBlob;
+use keyraft_proto::v1::key_service_server::KeyService;
+use keyraft_proto::v1::*;
+use keyraft_proto::SYMMETRIC_DEFAULT;
+use keyraft_raft::network::now_ms;
+use keyraft_state::{Command, KeyRecord, Op, Reply};
+use keyraft_types::{
+    CryptoOperation, DataKeySpec, EncryptionContext, ErrorCode, KeyCheck, KeyId, KeyManager,
+    KeyMetadata, KeySpec, KeyState, KeyUsage, KmsError, Origin,
+};
+
+use crate::core::{handler, Call, NodeCore};
+
+/// Largest plaintext Encrypt accepts (as AWS).
+pub const MAX_PLAINTEXT: usize = 4096;
+/// Largest description.
+pub const MAX_DESCRIPTION: usize = 8192;
+/// Largest encoded encryption context.
+pub const MAX_CONTEXT_BYTES: usize = 8192;
+
+/// The client API's key operations.
+pub(crate) struct KeyApi {
+    core: Arc<NodeCore>,
+}
+
+impl KeyApi {
+    pub(crate) fn new(core: Arc<NodeCore>) -> KeyApi {
+        KeyApi { core }
+    }
+}
+
+macro_rules! method {
+    ($name:literal) => {
+        concat!("/keyraft.v1.KeyService/", $name)
+    };
+}
+
+impl NodeCore {
+    /// Reads a key from the local replica; if this replica does not know it yet, passes
+    /// a read barrier and looks again, so a key created through another node is found.
+    pub(crate) async fn load_key(&self, key_ref: &str) -> Result<KeyRecord, KmsError> {
+        let id = self.region.resolve_key_ref(key_ref)?;
+        if let Some(k) = self.state.key(&id).map_err(internal)? {
+            return Ok(k);
+        }
+        self.read_barrier().await?;
+        self.state
+            .key(&id)
+            .map_err(internal)?
+            .ok_or_else(|| KmsError::key_not_found(key_ref))
+    }
+
+    /// Loads a key the caller's account owns. Policies arrive with their own issue; until
+    /// then an account sees only its own keys.
+    async fn owned_key(&self, call: &Call, key_ref: &str) -> Result<KeyRecord, KmsError> {
+        let key = self.load_key(key_ref).await?;
+        if key.metadata.account != call.principal.account {
+            return Err(KmsError::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "User: {} is not authorized to use key {}",
+                    call.principal.arn, key.metadata.arn
+                ),
+            ));
+        }
+        Ok(key)
+    }
+}
+
+pub(crate) fn internal(e: keyraft_state::StateError) -> KmsError {
+    tracing::error!(error = %e, "state read failed");
+    KmsError::internal()
+}
+
+fn check_context(ctx: &EncryptionContext) -> Result<(), KmsError> {
+    let size: usize = ctx.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_CONTEXT_BYTES {
+        return Err(KmsError::validation(format!(
+            "encryptionContext must be at most {MAX_CONTEXT_BYTES} bytes"
+        )));
+    }
+    if ctx.keys().any(|k| k.is_empty()) {
+        return Err(KmsError::validation(
+            "encryptionContext keys must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+fn check_algorithm(alg: &str) -> Result<(), KmsError> {
+    if alg.is_empty() || alg == SYMMETRIC_DEFAULT {
+        Ok(())
+    } else {
+        Err(KmsError::new(
+            ErrorCode::InvalidKeyUsage,
+            format!("EncryptionAlgorithm {alg} is not valid for a SYMMETRIC_DEFAULT key"),
+        ))
+    }
+}
+
+fn data_key_len(spec: &str, number_of_bytes: u32) -> Result<usize, KmsError> {
+    match (spec.is_empty(), number_of_bytes) {
+        (true, 0) => Err(KmsError::validation(
+            "Please specify either number of bytes or key spec.",
+        )),
+        (false, n) if n != 0 => Err(KmsError::validation(
+            "Please specify either number of bytes or key spec, not both.",
+        )),
+        (false, _) => Ok(DataKeySpec::parse(spec)?.len()),
+        (true, n) if (1..=1024).contains(&n) => Ok(n as usize),
+        (true, n) => Err(KmsError::validation(format!(
+            "Value '{n}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024"
+        ))),
+    }
+}
+
+fn material(key: &KeyRecord, version: u32) -> Result<keyraft_hsm::WrappedKey, KmsError> {
+    key.versions
+        .get(&version)
+        .map(|m| keyraft_hsm::WrappedKey(m.clone()))
+        .ok_or_else(|| {
+            KmsError::new(
+                ErrorCode::InvalidCiphertext,
+                "the ciphertext names a key version that does not exist",
+            )
+        })
+}
+
+fn request_id(given: String) -> Result<String, KmsError> {
+    if given.len() > 128 {
+        return Err(KmsError::validation(
+            "request_id must be at most 128 characters",
+        ));
+    }
+    Ok(if given.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        given
+    })
+}
+
+fn expect_key(reply: keyraft_state::Response) -> Result<KeyMetadata, KmsError> {
+    match reply? {
+        Reply::Key(k) => Ok(*k),
+        other => {
+            tracing::error!(?other, "unexpected reply");
+            Err(KmsError::internal())
+        }
+    }
+}
+
+impl KeyApi {
+    async fn set_enabled(
+        core: Arc<NodeCore>,
+        call: &mut Call,
+        key_ref: String,
+        rid: String,
+        enabled: bool,
+    ) -> Result<(), KmsError> {
+        call.record.request_parameters.key_id = Some(key_ref.clone());
+        let key = core.owned_key(call, &key_ref).await?;
+        call.record.resources.push(key.metadata.arn.clone());
+        call.record.request_id = request_id(rid)?;
+        let cmd = Command {
+            request_id: call.record.request_id.clone(),
+            time_ms: now_ms(),
+            op: Op::SetKeyEnabled {
+                key_id: key.metadata.key_id,
+                enabled,
+                audit: Box::new(call.record.clone()),
+            },
+        };
+        call.audited = true;
+        expect_key(core.propose(cmd).await?).map(|_| ())
+    }
+
+    async fn data_key(
+        core: Arc<NodeCore>,
+        call: &mut Call,
+        key_ref: String,
+        ctx: EncryptionContext,
+        spec: String,
+        number_of_bytes: u32,
+        op: CryptoOperation,
+    ) -> Result<(String, Vec<u8>, zeroize::Zeroizing<Vec<u8>>), KmsError> {
+        let p = &mut call.record.request_parameters;
+        p.key_id = Some(key_ref.clone());
+        p.encryption_context = Some(ctx.clone());
+        p.key_spec = (!spec.is_empty()).then(|| spec.clone());
+        p.number_of_bytes = (number_of_bytes != 0).then_some(number_of_bytes);
+        check_context(&ctx)?;
+        let len = data_key_len(&spec, number_of_bytes)?;
+        let key = core.owned_key(call, &key_ref).await?;
+        call.record.resources.push(key.metadata.arn.clone());
+        key.metadata.check_usable(op)?;
+        let version = key.metadata.current_version;
+        let (plaintext, blob) = core.hsm.generate_data_key(
+            &material(&key, version)?,
+            &key.metadata.key_id,
+            version,
+            len,
+            &ctx,
+        )?;
+        call.record.key_check = Some(KeyCheck {
+            key_id: key.metadata.key_id.clone(),
+            epoch: key.metadata.epoch,
+            operation: op,
+        });
+        Ok((key.metadata.arn, blob, plaintext))
+    }
+}
+
+#[tonic::async_trait]
+impl KeyService for KeyApi {
+    async fn create_key(
+        &self,
+        request: Request<CreateKeyRequest>,
+    ) -> Result<Response<CreateKeyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "CreateKey",
+                method!("CreateKey"),
+                false,
+                handler!(|core, call, req| {
+                    call.record.request_parameters.key_spec = Some(if req.key_spec.is_empty() {
+                        "SYMMETRIC_DEFAULT".into()
+                    } else {
+                        req.key_spec.clone()
+                    });
+                    if req.description.chars().count() > MAX_DESCRIPTION {
+                        return Err(KmsError::validation(format!(
+                            "description must be at most {MAX_DESCRIPTION} characters"
+                        )));
+                    }
+                    let key_spec = KeySpec::parse(&req.key_spec)?;
+                    let key_usage = KeyUsage::parse(&req.key_usage)?;
+                    call.record.request_id = request_id(req.request_id)?;
+                    let key_id = KeyId::random();
+                    let material = core.hsm.generate_key_material(&key_id, 1)?;
+                    let account = call.principal.account.clone();
+                    let arn = core.region.key_arn(&account, &key_id);
+                    call.record.resources.push(arn.clone());
+                    let key = KeyMetadata {
+                        key_id,
+                        arn,
+                        account,
+                        description: req.description,
+                        key_state: KeyState::Enabled,
+                        key_spec,
+                        key_usage,
+                        origin: Origin::Kms,
+                        key_manager: KeyManager::Customer,
+                        creation_date_ms: now_ms(),
+                        epoch: 1,
+                        current_version: 1,
+                    };
+                    let cmd = Command {
+                        request_id: call.record.request_id.clone(),
+                        time_ms: now_ms(),
+                        op: Op::CreateKey {
+                            key: Box::new(key),
+                            material: material.0,
+                            audit: Box::new(call.record.clone()),
+                        },
+                    };
+                    call.audited = true;
+                    let key = expect_key(core.propose(cmd).await?)?;
+                    Ok(CreateKeyResponse {
+                        key_metadata: Some((&key).into()),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn describe_key(
+        &self,
+        request: Request<DescribeKeyRequest>,
+    ) -> Result<Response<DescribeKeyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "DescribeKey",
+                method!("DescribeKey"),
+                true,
+                handler!(|core, call, req| {
+                    call.record.request_parameters.key_id = Some(req.key_id.clone());
+                    core.read_barrier().await?;
+                    let key = core.owned_key(call, &req.key_id).await?;
+                    call.record.resources.push(key.metadata.arn.clone());
+                    Ok(DescribeKeyResponse {
+                        key_metadata: Some((&key.metadata).into()),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        self.core
+            .run(request, "ListKeys", method!("ListKeys"), true, handler!(|core, call, req| {
+                let limit = match req.limit {
+                    0 => 100,
+                    n @ 1..=1000 => n as usize,
+                    n => {
+                        return Err(KmsError::validation(format!(
+                            "Value '{n}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 1000"
+                        )))
+                    }
+                };
+                let after = if req.marker.is_empty() {
+                    None
+                } else {
+                    Some(KeyId::parse(&req.marker).map_err(|_| {
+                        KmsError::new(ErrorCode::InvalidMarker, "the marker is not one this service issued")
+                    })?)
+                };
+                core.read_barrier().await?;
+                let (keys, truncated) = core
+                    .state
+                    .list_keys(&call.principal.account, after.as_ref(), limit)
+                    .map_err(internal)?;
+                let next_marker = if truncated {
+                    keys.last().map(|k| k.key_id.to_string()).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(ListKeysResponse {
+                    keys: keys
+                        .into_iter()
+                        .map(|k| KeyListEntry {
+                            key_id: k.key_id.to_string(),
+                            key_arn: k.arn,
+                        })
+                        .collect(),
+                    next_marker,
+                    truncated,
+                })
+            }))
+            .await
+    }
+
+    async fn enable_key(
+        &self,
+        request: Request<EnableKeyRequest>,
+    ) -> Result<Response<EnableKeyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "EnableKey",
+                method!("EnableKey"),
+                false,
+                handler!(|core, call, req| {
+                    KeyApi::set_enabled(core, call, req.key_id, req.request_id, true).await?;
+                    Ok(EnableKeyResponse {})
+                }),
+            )
+            .await
+    }
+
+    async fn disable_key(
+        &self,
+        request: Request<DisableKeyRequest>,
+    ) -> Result<Response<DisableKeyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "DisableKey",
+                method!("DisableKey"),
+                false,
+                handler!(|core, call, req| {
+                    KeyApi::set_enabled(core, call, req.key_id, req.request_id, false).await?;
+                    Ok(DisableKeyResponse {})
+                }),
+            )
+            .await
+    }
+
+    async fn encrypt(
+        &self,
+        request: Request<EncryptRequest>,
+    ) -> Result<Response<EncryptResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "Encrypt",
+                method!("Encrypt"),
+                false,
+                handler!(|core, call, req| {
+                    let p = &mut call.record.request_parameters;
+                    p.key_id = Some(req.key_id.clone());
+                    p.encryption_context = Some(req.encryption_context.clone());
+                    p.encryption_algorithm = Some(SYMMETRIC_DEFAULT.to_string());
+                    check_algorithm(&req.encryption_algorithm)?;
+                    check_context(&req.encryption_context)?;
+                    if req.plaintext.is_empty() || req.plaintext.len() > MAX_PLAINTEXT {
+                        return Err(KmsError::validation(format!(
+                            "plaintext must be 1 to {MAX_PLAINTEXT} bytes, not {}",
+                            req.plaintext.len()
+                        )));
+                    }
+                    let key = core.owned_key(call, &req.key_id).await?;
+                    call.record.resources.push(key.metadata.arn.clone());
+                    key.metadata.check_usable(CryptoOperation::Encrypt)?;
+                    let version = key.metadata.current_version;
+                    let blob = core.hsm.encrypt(
+                        &material(&key, version)?,
+                        &key.metadata.key_id,
+                        version,
+                        &req.plaintext,
+                        &req.encryption_context,
+                    )?;
+                    call.record.key_check = Some(KeyCheck {
+                        key_id: key.metadata.key_id.clone(),
+                        epoch: key.metadata.epoch,
+                        operation: CryptoOperation::Encrypt,
+                    });
+                    Ok(EncryptResponse {
+                        key_id: key.metadata.arn,
+                        ciphertext_blob: blob,
+                        encryption_algorithm: SYMMETRIC_DEFAULT.to_string(),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn decrypt(
+        &self,
+        request: Request<DecryptRequest>,
+    ) -> Result<Response<DecryptResponse>, Status> {
+        self.core
+            .run(request, "Decrypt", method!("Decrypt"), false, handler!(|core, call, req| {
+                let p = &mut call.record.request_parameters;
+                p.key_id = (!req.key_id.is_empty()).then(|| req.key_id.clone());
+                p.encryption_context = Some(req.encryption_context.clone());
+                p.encryption_algorithm = Some(SYMMETRIC_DEFAULT.to_string());
+                check_algorithm(&req.encryption_algorithm)?;
+                let blob = CiphertextBlob::parse(&req.ciphertext_blob)?;
+                if !req.key_id.is_empty() {
+                    let named = core.region.resolve_key_ref(&req.key_id)?;
+                    if named != blob.key_id {
+                        return Err(KmsError::new(
+                            ErrorCode::IncorrectKey,
+                            "The key ID in the request does not identify a KMS key that can perform this operation.",
+                        ));
+                    }
+                }
+                let key = core.owned_key(call, blob.key_id.as_str()).await?;
+                call.record.request_parameters.key_id = Some(key.metadata.arn.clone());
+                call.record.resources.push(key.metadata.arn.clone());
+                key.metadata.check_usable(CryptoOperation::Decrypt)?;
+                let plaintext = core.hsm.decrypt(
+                    &material(&key, blob.version)?,
+                    &blob,
+                    &req.encryption_context,
+                )?;
+                call.record.key_check = Some(KeyCheck {
+                    key_id: key.metadata.key_id.clone(),
+                    epoch: key.metadata.epoch,
+                    operation: CryptoOperation::Decrypt,
+                });
+                Ok(DecryptResponse {
+                    key_id: key.metadata.arn,
+                    plaintext: plaintext.to_vec(),
+                    encryption_algorithm: SYMMETRIC_DEFAULT.to_string(),
+                })
+            }))
+            .await
+    }
+
+    async fn generate_data_key(
+        &self,
+        request: Request<GenerateDataKeyRequest>,
+    ) -> Result<Response<GenerateDataKeyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "GenerateDataKey",
+                method!("GenerateDataKey"),
+                false,
+                handler!(|core, call, req| {
+                    let (arn, blob, plaintext) = KeyApi::data_key(
+                        core,
+                        call,
+                        req.key_id,
+                        req.encryption_context,
+                        req.key_spec,
+                        req.number_of_bytes,
+                        CryptoOperation::GenerateDataKey,
+                    )
+                    .await?;
+                    Ok(GenerateDataKeyResponse {
+                        key_id: arn,
+                        ciphertext_blob: blob,
+                        plaintext: plaintext.to_vec(),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn generate_data_key_without_plaintext(
+        &self,
+        request: Request<GenerateDataKeyWithoutPlaintextRequest>,
+    ) -> Result<Response<GenerateDataKeyWithoutPlaintextResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "GenerateDataKeyWithoutPlaintext",
+                method!("GenerateDataKeyWithoutPlaintext"),
+                false,
+                handler!(|core, call, req| {
+                    let (arn, blob, _plaintext) = KeyApi::data_key(
+                        core,
+                        call,
+                        req.key_id,
+                        req.encryption_context,
+                        req.key_spec,
+                        req.number_of_bytes,
+                        CryptoOperation::GenerateDataKeyWithoutPlaintext,
+                    )
+                    .await?;
+                    Ok(GenerateDataKeyWithoutPlaintextResponse {
+                        key_id: arn,
+                        ciphertext_blob: blob,
+                    })
+                }),
+            )
+            .await
+    }
+}

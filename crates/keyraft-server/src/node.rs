@@ -1,0 +1,213 @@
+//! Starting and stopping a node: storage, HSM, Raft, the two gRPC servers and the
+//! background tasks (audit group commit, bootstrap, domain-key fetch).
+//!
+//! A node takes already bound listeners, so tests can bind port 0 and learn the
+//! addresses before any node starts (the mini-redis pattern).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use keyraft_hsm::{Hsm, SoftHsm};
+use keyraft_proto::v1::admin_service_server::AdminServiceServer;
+use keyraft_proto::v1::internal::node_service_server::NodeServiceServer;
+use keyraft_proto::v1::key_service_server::KeyServiceServer;
+use keyraft_raft::log_store::LogStore;
+use keyraft_raft::network::{ClusterAuth, Network, RaftServer, MAX_MESSAGE};
+use keyraft_raft::state_machine::StateMachineStore;
+use keyraft_raft::Raft;
+use keyraft_state::{Durable, StateMachine};
+use keyraft_types::{KmsError, Region};
+
+use crate::admin::AdminApi;
+use crate::config::Config;
+use crate::core::NodeCore;
+use crate::internal::NodeApi;
+use crate::kms::KeyApi;
+
+/// A running node.
+pub struct Node;
+
+/// Controls a running node.
+pub struct NodeHandle {
+    core: Arc<NodeCore>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(#[from] KmsError),
+    /// Storage could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] keyraft_state::StateError),
+    /// The HSM could not be opened (wrong sealing secret?).
+    #[error("hsm: {0}")]
+    Hsm(#[from] keyraft_hsm::HsmError),
+    /// A file or socket operation failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl Node {
+    /// Starts a node on the given listeners (client API and node-to-node).
+    pub async fn start(
+        config: Config,
+        api_listener: TcpListener,
+        raft_listener: TcpListener,
+    ) -> Result<NodeHandle, StartError> {
+        config.validate()?;
+        let region = Region::parse(&config.region)?;
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)?;
+
+        let hsm: Arc<dyn Hsm> = Arc::new(SoftHsm::open(
+            &data_dir.join("hsm"),
+            config.sealing_secret.as_bytes(),
+        )?);
+        let durable = Durable::open(&data_dir.join("store"))?;
+        let state = Arc::new(StateMachine::open(&durable)?);
+        let log_store = LogStore::open(&durable)?;
+        let sm_store = StateMachineStore::new(state.clone(), &data_dir)?;
+
+        let raft_config = openraft::Config {
+            cluster_name: format!("keyraft-{region}"),
+            heartbeat_interval: config.raft.heartbeat_ms,
+            election_timeout_min: config.raft.election_timeout_min_ms,
+            election_timeout_max: config.raft.election_timeout_max_ms,
+            enable_pre_vote: Some(true),
+            max_payload_entries: 300,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                config.raft.snapshot_every_logs,
+            ),
+            max_in_snapshot_log_to_keep: config.raft.keep_logs_after_snapshot,
+            replication_lag_threshold: config.raft.snapshot_every_logs * 2,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let network = Network::new(ClusterAuth::new(
+            config.node_id,
+            config.cluster_secret.as_bytes(),
+        ));
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network.clone(),
+            log_store,
+            sm_store,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let bootstrap = config.bootstrap.clone();
+        let (core, audit_rx) = NodeCore::new(config, region, raft.clone(), state, hsm, network);
+
+        if let Some(cfg) = core.state.cluster_config()? {
+            if cfg.region != core.region {
+                return Err(StartError::Config(KmsError::validation(format!(
+                    "this data directory belongs to region {}, not {}",
+                    cfg.region, core.region
+                ))));
+            }
+            if core.hsm.has_domain_key()
+                && core.hsm.domain_key_fingerprint()? != cfg.domain_key_fingerprint
+            {
+                return Err(StartError::Config(KmsError::validation(
+                    "this node's domain key is not the region's (fingerprint mismatch)",
+                )));
+            }
+        }
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = vec![
+            tokio::spawn(core.clone().run_audit_batcher(audit_rx)),
+            tokio::spawn(crate::join::fetch_domain_key(core.clone())),
+        ];
+        if let Some(boot) = bootstrap {
+            tasks.push(tokio::spawn(crate::join::bootstrap(core.clone(), boot)));
+        }
+
+        let stop = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let raft_server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(RaftServer::new(raft.clone(), core.cluster_auth().clone()).into_service())
+            .add_service(
+                NodeServiceServer::new(NodeApi::new(core.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE),
+            )
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(raft_listener),
+                stop(shutdown_rx.clone()),
+            );
+        let api_server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_service(KeyServiceServer::new(KeyApi::new(core.clone())))
+            .add_service(AdminServiceServer::new(AdminApi::new(core.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), stop(shutdown_rx));
+        let servers = vec![tokio::spawn(raft_server), tokio::spawn(api_server)];
+        tracing::info!(node = core.id, api = %core.config.api_endpoint(), raft = %core.config.raft_endpoint(), "node started");
+        Ok(NodeHandle {
+            core,
+            shutdown,
+            servers,
+            tasks,
+        })
+    }
+}
+
+impl NodeHandle {
+    /// The node's shared core (Raft handle, state replica, HSM).
+    pub fn core(&self) -> &Arc<NodeCore> {
+        &self.core
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.core.raft
+    }
+
+    /// Stops the servers and Raft.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        for s in self.servers {
+            let _ = s.await;
+        }
+        let _ = self.core.raft.shutdown().await;
+    }
+
+    /// Runs until the servers stop (e.g. after a shutdown signal).
+    pub async fn wait(self) {
+        for s in self.servers {
+            match s.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "server stopped"),
+                Err(e) => tracing::error!(error = %e, "server task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+        let _ = self.core.raft.shutdown().await;
+    }
+
+    /// Signals the node to stop; `wait` then returns.
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
