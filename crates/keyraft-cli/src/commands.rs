@@ -250,7 +250,7 @@ pub(crate) async fn decrypt(conn: &Connection, args: DecryptArgs) -> Result<Valu
         (None, Some(path)) => {
             let bytes = read_file(path)?;
             // A file may hold the raw blob or the base64 text `encrypt` printed.
-            match std::str::from_utf8(&bytes).ok().map(|s| unb64(s)) {
+            match std::str::from_utf8(&bytes).ok().map(unb64) {
                 Some(Ok(decoded)) => decoded,
                 _ => bytes,
             }

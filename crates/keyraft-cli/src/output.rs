@@ -59,6 +59,8 @@ pub(crate) fn cluster_status(s: &ClusterStatusResponse) -> Value {
             "Term": m.term,
             "LastLogIndex": m.last_log_index,
             "LastApplied": m.last_applied,
+            "SnapshotIndex": m.snapshot_index,
+            "PurgedIndex": m.purged_index,
         })).collect::<Vec<_>>(),
     })
 }

@@ -1,7 +1,7 @@
 //! # Keyraft on the wire
 //!
 //! The code generated from `proto/keyraft/v1` (by protox and tonic, no system `protoc`),
-//! the one table that maps [`KmsError`] to a gRPC status and back ([`status`]), request
+//! the one table that maps [`keyraft_types::KmsError`] to a gRPC status and back ([`status`]), request
 //! signing shared by the client, the server and the node-to-node transport ([`auth`]),
 //! and conversions from the domain types.
 //!

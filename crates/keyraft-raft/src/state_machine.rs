@@ -63,12 +63,12 @@ impl StateMachineStore {
     }
 
     fn read_meta(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let (applied, membership) = self.sm.applied_meta()?;
-        let applied = match applied {
+        let meta = self.sm.applied_meta()?;
+        let applied = match meta.last_applied {
             Some(b) => from_bytes(&b)?,
             None => None,
         };
-        let membership = match membership {
+        let membership = match meta.membership {
             Some(b) => from_bytes(&b)?,
             None => StoredMembership::default(),
         };
@@ -117,12 +117,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let this = self.clone();
         blocking(move || {
-            let (state, applied, membership) = this.sm.export()?;
-            let last_log_id: Option<LogId> = match applied {
+            let (state, applied) = this.sm.export()?;
+            let last_log_id: Option<LogId> = match applied.last_applied {
                 Some(b) => from_bytes(&b)?,
                 None => None,
             };
-            let last_membership: StoredMembership = match membership {
+            let last_membership: StoredMembership = match applied.membership {
                 Some(b) => from_bytes(&b)?,
                 None => StoredMembership::default(),
             };

@@ -93,6 +93,8 @@ impl NodeCore {
             last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
             leader: m.current_leader.unwrap_or(0),
             has_domain_key: self.hsm.has_domain_key(),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         }
     }
 
@@ -135,6 +137,8 @@ impl NodeCore {
                 reachable: status.is_some(),
                 term: status.as_ref().map_or(0, |s| s.term),
                 has_domain_key: status.as_ref().is_some_and(|s| s.has_domain_key),
+                snapshot_index: status.as_ref().map_or(0, |s| s.snapshot_index),
+                purged_index: status.as_ref().map_or(0, |s| s.purged_index),
             }
         });
         let members = futures::future::join_all(asks).await;

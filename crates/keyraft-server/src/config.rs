@@ -182,6 +182,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("KEYRAFT_SEALING_SECRET", "sealing_secret"),
     ("KEYRAFT_DEV_MODE", "dev_mode"),
     ("KEYRAFT_COMMIT_TIMEOUT_MS", "commit_timeout_ms"),
+    (
+        "KEYRAFT_BOOTSTRAP_ADMIN_ACCESS_KEY_ID",
+        "bootstrap.admin_access_key_id",
+    ),
+    (
+        "KEYRAFT_BOOTSTRAP_ADMIN_SECRET_ACCESS_KEY",
+        "bootstrap.admin_secret_access_key",
+    ),
 ];
 
 impl Config {
@@ -235,6 +243,14 @@ impl Config {
         }
         if let Some(v) = get("KEYRAFT_COMMIT_TIMEOUT_MS") {
             self.commit_timeout_ms = parse_u64("KEYRAFT_COMMIT_TIMEOUT_MS", v)?;
+        }
+        if let Some(b) = self.bootstrap.as_mut() {
+            if let Some(v) = get("KEYRAFT_BOOTSTRAP_ADMIN_ACCESS_KEY_ID") {
+                b.admin_access_key_id = v;
+            }
+            if let Some(v) = get("KEYRAFT_BOOTSTRAP_ADMIN_SECRET_ACCESS_KEY") {
+                b.admin_secret_access_key = v;
+            }
         }
         Ok(())
     }
@@ -341,6 +357,22 @@ mod tests {
             .apply_env(|k| (k == "KEYRAFT_NODE_ID").then(|| "x".to_string()))
             .unwrap_err();
         assert!(err.message.contains("KEYRAFT_NODE_ID"));
+    }
+
+    #[test]
+    fn the_example_cluster_configs_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster");
+        for i in 1..=3 {
+            let mut c = Config::from_file(&dir.join(format!("node{i}.toml"))).unwrap();
+            c.apply_env(|k| match k {
+                "KEYRAFT_CLUSTER_SECRET" | "KEYRAFT_SEALING_SECRET" => Some("x".repeat(32)),
+                _ => None,
+            })
+            .unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.node_id, i);
+            assert_eq!(c.bootstrap.is_some(), i == 1);
+        }
     }
 
     #[test]

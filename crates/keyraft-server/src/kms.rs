@@ -71,6 +71,26 @@ impl NodeCore {
         }
         Ok(key)
     }
+
+    /// Loads a key that must allow `op`. A refusal is only given after a read barrier:
+    /// a replica that has not yet applied an EnableKey that completed before this request
+    /// began must not refuse on its stale view. (The opposite staleness — a key disabled
+    /// after this replica last looked — is caught by the epoch re-check in apply.)
+    async fn usable_key(
+        &self,
+        call: &Call,
+        key_ref: &str,
+        op: CryptoOperation,
+    ) -> Result<KeyRecord, KmsError> {
+        let key = self.owned_key(call, key_ref).await?;
+        if key.metadata.check_usable(op).is_ok() {
+            return Ok(key);
+        }
+        self.read_barrier().await?;
+        let key = self.owned_key(call, key_ref).await?;
+        key.metadata.check_usable(op)?;
+        Ok(key)
+    }
 }
 
 pub(crate) fn internal(e: keyraft_state::StateError) -> KmsError {
@@ -112,7 +132,7 @@ fn data_key_len(spec: &str, number_of_bytes: u32) -> Result<usize, KmsError> {
         (false, n) if n != 0 => Err(KmsError::validation(
             "Please specify either number of bytes or key spec, not both.",
         )),
-        (false, _) => Ok(DataKeySpec::parse(spec)?.len()),
+        (false, _) => Ok(DataKeySpec::parse(spec)?.byte_len()),
         (true, n) if (1..=1024).contains(&n) => Ok(n as usize),
         (true, n) => Err(KmsError::validation(format!(
             "Value '{n}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024"
@@ -196,9 +216,8 @@ impl KeyApi {
         p.number_of_bytes = (number_of_bytes != 0).then_some(number_of_bytes);
         check_context(&ctx)?;
         let len = data_key_len(&spec, number_of_bytes)?;
-        let key = core.owned_key(call, &key_ref).await?;
+        let key = core.usable_key(call, &key_ref, op).await?;
         call.record.resources.push(key.metadata.arn.clone());
-        key.metadata.check_usable(op)?;
         let version = key.metadata.current_version;
         let (plaintext, blob) = core.hsm.generate_data_key(
             &material(&key, version)?,
@@ -409,9 +428,10 @@ impl KeyService for KeyApi {
                             req.plaintext.len()
                         )));
                     }
-                    let key = core.owned_key(call, &req.key_id).await?;
+                    let key = core
+                        .usable_key(call, &req.key_id, CryptoOperation::Encrypt)
+                        .await?;
                     call.record.resources.push(key.metadata.arn.clone());
-                    key.metadata.check_usable(CryptoOperation::Encrypt)?;
                     let version = key.metadata.current_version;
                     let blob = core.hsm.encrypt(
                         &material(&key, version)?,
@@ -456,10 +476,9 @@ impl KeyService for KeyApi {
                         ));
                     }
                 }
-                let key = core.owned_key(call, blob.key_id.as_str()).await?;
+                let key = core.usable_key(call, blob.key_id.as_str(), CryptoOperation::Decrypt).await?;
                 call.record.request_parameters.key_id = Some(key.metadata.arn.clone());
                 call.record.resources.push(key.metadata.arn.clone());
-                key.metadata.check_usable(CryptoOperation::Decrypt)?;
                 let plaintext = core.hsm.decrypt(
                     &material(&key, blob.version)?,
                     &blob,

@@ -5,7 +5,7 @@
 //! machine holds every key, credential and audit event of the region.
 //!
 //! ## The request pipeline
-//! Every client request goes through [`core::NodeCore::run`]:
+//! Every client request goes through `NodeCore::run` (in [`core`]):
 //!
 //! 1. **Authenticate** the signature (HMAC with the access key's secret, fresh timestamp,
 //!    unseen nonce).

@@ -27,6 +27,16 @@ pub struct StateMachine {
     write_lock: Mutex<()>,
 }
 
+/// The Raft layer's metadata as the state machine stores it: opaque bytes of the last
+/// applied log id and of the membership, written atomically with the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedMeta {
+    /// The last applied log id.
+    pub last_applied: Option<Vec<u8>>,
+    /// The newest membership.
+    pub membership: Option<Vec<u8>>,
+}
+
 /// Everything in the state machine except the Raft metadata, as a snapshot carries it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct StateSnapshot {
@@ -150,17 +160,16 @@ impl StateMachine {
     }
 
     /// The Raft layer's opaque applied log id and membership, as last applied.
-    pub fn applied_meta(&self) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), StateError> {
-        Ok((
-            self.tree.get(keys::LAST_APPLIED)?.map(|v| v.to_vec()),
-            self.tree.get(keys::MEMBERSHIP)?.map(|v| v.to_vec()),
-        ))
+    pub fn applied_meta(&self) -> Result<AppliedMeta, StateError> {
+        Ok(AppliedMeta {
+            last_applied: self.tree.get(keys::LAST_APPLIED)?.map(|v| v.to_vec()),
+            membership: self.tree.get(keys::MEMBERSHIP)?.map(|v| v.to_vec()),
+        })
     }
 
     /// Exports the state (without the Raft metadata) and the metadata it corresponds to,
     /// read under the apply lock so both describe the same point of the log.
-    #[allow(clippy::type_complexity)]
-    pub fn export(&self) -> Result<(StateSnapshot, Option<Vec<u8>>, Option<Vec<u8>>), StateError> {
+    pub fn export(&self) -> Result<(StateSnapshot, AppliedMeta), StateError> {
         let _guard = self.lock();
         let mut records = Vec::new();
         for item in self.tree.iter() {
@@ -169,8 +178,7 @@ impl StateMachine {
                 records.push((k.to_vec(), v.to_vec()));
             }
         }
-        let (applied, membership) = self.applied_meta()?;
-        Ok((StateSnapshot { records }, applied, membership))
+        Ok((StateSnapshot { records }, self.applied_meta()?))
     }
 
     /// Replaces the whole state with a snapshot, atomically and durably.

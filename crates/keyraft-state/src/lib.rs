@@ -34,7 +34,7 @@ pub mod command;
 mod keys;
 pub mod storage;
 
-pub use apply::{StateMachine, StateSnapshot};
+pub use apply::{AppliedMeta, StateMachine, StateSnapshot};
 pub use command::{
     AccessKeyRecord, ApplyEntry, Bootstrap, ClusterConfig, Command, JoinAuthorization, KeyRecord,
     NodeRecord, Op, Reply, Response,

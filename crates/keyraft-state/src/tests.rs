@@ -366,12 +366,12 @@ fn state_survives_reopen_and_snapshot_round_trip() {
     a.run("bootstrap");
     a.run("create k1");
     a.run("disable k1");
-    let (snap, applied, membership) = a.sm.export().unwrap();
+    let (snap, meta) = a.sm.export().unwrap();
     let b = Runner::new();
     b.sm.install(
         &snap,
-        applied.clone().unwrap(),
-        membership.unwrap_or_default(),
+        meta.last_applied.clone().unwrap(),
+        meta.membership.clone().unwrap_or_default(),
     )
     .unwrap();
     assert_eq!(
@@ -379,7 +379,7 @@ fn state_survives_reopen_and_snapshot_round_trip() {
         a.sm.key(&key_id("k1")).unwrap()
     );
     assert_eq!(b.sm.audit_head().unwrap(), a.sm.audit_head().unwrap());
-    assert_eq!(b.sm.applied_meta().unwrap().0, applied);
+    assert_eq!(b.sm.applied_meta().unwrap().last_applied, meta.last_applied);
     assert!(b.sm.verify_audit_chain().unwrap().is_ok());
 }
 

@@ -106,6 +106,9 @@ pub struct ClusterFile {
     pub added: Vec<NodeSpec>,
 }
 
+/// A change applied to every node's configuration (see [`LocalCluster::configure`]).
+pub type ConfigAdjust = Box<dyn Fn(&mut Config) + Send + Sync>;
+
 /// A local cluster of `keyraft server` processes.
 pub struct LocalCluster {
     dir: PathBuf,
@@ -114,6 +117,7 @@ pub struct LocalCluster {
     children: Vec<(u64, Child)>,
     /// Extra environment for node processes (e.g. `RUST_LOG`).
     pub node_env: Vec<(String, String)>,
+    adjust: Option<ConfigAdjust>,
 }
 
 fn random_secret() -> String {
@@ -194,6 +198,7 @@ impl LocalCluster {
             file,
             children: Vec::new(),
             node_env: Vec::new(),
+            adjust: None,
         };
         for spec in cluster.file.members.iter().chain(&cluster.file.added) {
             cluster.write_config(
@@ -243,6 +248,20 @@ impl LocalCluster {
         self.dir.join(format!("node{id}.toml"))
     }
 
+    /// Adjusts every node's configuration (e.g. Raft timing or snapshot thresholds in a
+    /// test); applies to nodes started afterwards, and to nodes added later.
+    pub fn configure(
+        &mut self,
+        adjust: impl Fn(&mut Config) + Send + Sync + 'static,
+    ) -> Result<(), Error> {
+        self.adjust = Some(Box::new(adjust));
+        for spec in self.nodes() {
+            let bootstrap = spec.id == 1 && self.file.members.iter().any(|m| m.id == 1);
+            self.write_config(&spec, bootstrap)?;
+        }
+        Ok(())
+    }
+
     fn write_config(&self, spec: &NodeSpec, bootstrap: bool) -> Result<(), Error> {
         let config = Config {
             node_id: spec.id,
@@ -271,6 +290,10 @@ impl LocalCluster {
             }),
             ..Config::default()
         };
+        let mut config = config;
+        if let Some(adjust) = &self.adjust {
+            adjust(&mut config);
+        }
         let text = toml::to_string_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
         let header =
             "# Written by keyraft dev / keyraft-testkit. Development only: it holds secrets.\n";

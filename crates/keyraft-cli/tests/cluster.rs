@@ -1,0 +1,623 @@
+//! Multi-node behaviour with real `keyraft server` processes on 127.0.0.1: the seams the
+//! rest of Keyraft stands on, tested the way users and operators meet them.
+//!
+//! Clusters in this file run one at a time (a 2-core CI machine runs three Raft nodes
+//! per test), each in its own temp dir on free ports; every process is killed when its
+//! `LocalCluster` drops, also when a test fails.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use keyraft_client::{Client, EncryptionContext, Error, ErrorCode};
+use keyraft_testkit::LocalCluster;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_keyraft"))
+}
+
+async fn cluster(dir: &Path) -> LocalCluster {
+    let mut c = LocalCluster::prepare(dir, binary(), 3, 0, "test-1").expect("prepare");
+    c.start_all().expect("start");
+    c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
+        .await
+        .expect("ready");
+    c
+}
+
+fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn code(r: Result<impl std::fmt::Debug, Error>) -> Option<ErrorCode> {
+    match r {
+        Err(e) => e.code(),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+/// Retries `f` until it succeeds or `timeout` passes.
+async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("condition not met in {timeout:?}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_on_one_node_encrypt_on_another_decrypt_on_the_third() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let (n1, n2, n3) = (
+        c.client_of(1).unwrap(),
+        c.client_of(2).unwrap(),
+        c.client_of(3).unwrap(),
+    );
+
+    let key = n1.create_key("across nodes").await.unwrap();
+    assert_eq!(key.key_state, "Enabled");
+    assert!(key.arn.starts_with("arn:keyraft:test-1:111122223333:key/"));
+    let context = ctx(&[("tenant", "a")]);
+    let ct = n2
+        .encrypt(&key.key_id, b"attack at dawn", &context)
+        .await
+        .unwrap();
+    assert_eq!(ct.key_id, key.arn);
+    let pt = n3
+        .decrypt(&ct.ciphertext_blob, &context, None)
+        .await
+        .unwrap();
+    assert_eq!(pt.plaintext, b"attack at dawn");
+    assert_eq!(pt.key_id, key.arn);
+
+    // Wrong context, wrong key, tampered blob: typed errors, from any node.
+    assert_eq!(
+        code(
+            n1.decrypt(&ct.ciphertext_blob, &ctx(&[("tenant", "b")]), None)
+                .await
+        ),
+        Some(ErrorCode::InvalidCiphertext)
+    );
+    let other = n3.create_key("other").await.unwrap();
+    assert_eq!(
+        code(
+            n2.decrypt(&ct.ciphertext_blob, &context, Some(&other.key_id))
+                .await
+        ),
+        Some(ErrorCode::IncorrectKey)
+    );
+    let mut bad = ct.ciphertext_blob.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert_eq!(
+        code(n1.decrypt(&bad, &context, None).await),
+        Some(ErrorCode::InvalidCiphertext)
+    );
+
+    // Data keys of both kinds decrypt to what GenerateDataKey returned.
+    let dk = n3
+        .generate_data_key(&key.key_id, "AES_128", 0, &context)
+        .await
+        .unwrap();
+    assert_eq!(dk.plaintext.len(), 16);
+    let back = n1
+        .decrypt(&dk.ciphertext_blob, &context, None)
+        .await
+        .unwrap();
+    assert_eq!(back.plaintext, dk.plaintext);
+    let dk2 = n2
+        .generate_data_key_without_plaintext(&key.key_id, "", 1024, &context)
+        .await
+        .unwrap();
+    assert_eq!(
+        n3.decrypt(&dk2.ciphertext_blob, &context, None)
+            .await
+            .unwrap()
+            .plaintext
+            .len(),
+        1024
+    );
+    assert_eq!(
+        code(n2.generate_data_key(&key.key_id, "", 1025, &context).await),
+        Some(ErrorCode::Validation)
+    );
+    assert_eq!(
+        code(
+            n2.generate_data_key(&key.key_id, "AES_256", 32, &context)
+                .await
+        ),
+        Some(ErrorCode::Validation)
+    );
+    assert_eq!(
+        code(n1.encrypt(&key.key_id, &[0; 4097], &context).await),
+        Some(ErrorCode::Validation)
+    );
+    assert_eq!(
+        code(
+            n1.describe_key("00000000-0000-4000-8000-000000000000")
+                .await
+        ),
+        Some(ErrorCode::NotFound)
+    );
+
+    // Paging: every key is listed once.
+    let page = n2.list_keys(1, "").await.unwrap();
+    assert!(page.truncated);
+    let rest = n2.list_keys(1000, &page.next_marker).await.unwrap();
+    assert_eq!(page.keys.len() + rest.keys.len(), 2);
+    assert_eq!(
+        code(n2.list_keys(1, "not-a-marker").await),
+        Some(ErrorCode::InvalidMarker)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_on_one_node_is_seen_by_crypto_on_every_other_node_at_once() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let clients: Vec<Client> = (1..=3).map(|i| c.client_of(i).unwrap()).collect();
+    let key = clients[0].create_key("toggled").await.unwrap();
+    let ct = clients[1]
+        .encrypt(&key.key_id, b"x", &ctx(&[]))
+        .await
+        .unwrap();
+    for round in 0..15 {
+        let (admin, user) = (&clients[round % 3], &clients[(round + 1) % 3]);
+        admin.disable_key(&key.key_id).await.unwrap();
+        assert_eq!(
+            code(user.encrypt(&key.key_id, b"x", &ctx(&[])).await),
+            Some(ErrorCode::Disabled),
+            "round {round}"
+        );
+        assert_eq!(
+            code(user.decrypt(&ct.ciphertext_blob, &ctx(&[]), None).await),
+            Some(ErrorCode::Disabled)
+        );
+        assert_eq!(
+            user.describe_key(&key.key_id).await.unwrap().key_state,
+            "Disabled"
+        );
+        admin.enable_key(&key.key_id).await.unwrap();
+        user.encrypt(&key.key_id, b"x", &ctx(&[])).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_survivors_serve_and_the_restarted_node_catches_up_by_snapshot() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = LocalCluster::prepare(dir.path(), binary(), 3, 0, "test-1").unwrap();
+    c.configure(|cfg| {
+        cfg.raft.snapshot_every_logs = 20;
+        cfg.raft.keep_logs_after_snapshot = 5;
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let client = c.client().unwrap();
+    let key = client.create_key("before the kill").await.unwrap();
+    let before = client
+        .encrypt(&key.key_id, b"acknowledged", &ctx(&[]))
+        .await
+        .unwrap();
+
+    let status = client.cluster_status().await.unwrap();
+    let leader = status.leader;
+    let leader_last = status
+        .members
+        .iter()
+        .find(|m| m.id == leader)
+        .unwrap()
+        .last_log_index;
+    c.kill(leader).unwrap();
+
+    // A survivor decrypts and creates keys within seconds.
+    let survivor = c.client_of(if leader == 1 { 2 } else { 1 }).unwrap();
+    let started = Instant::now();
+    let pt = survivor
+        .decrypt(&before.ciphertext_blob, &ctx(&[]), None)
+        .await
+        .unwrap();
+    assert_eq!(pt.plaintext, b"acknowledged");
+    let during = survivor
+        .create_key("while the leader was down")
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "failover took {:?}",
+        started.elapsed()
+    );
+
+    // Enough writes that the new leader snapshots and purges past the dead node's log.
+    let mut last_ct = None;
+    for i in 0..40 {
+        last_ct = Some(
+            survivor
+                .encrypt(&during.key_id, format!("m{i}").as_bytes(), &ctx(&[]))
+                .await
+                .unwrap(),
+        );
+    }
+    let purged = eventually(Duration::from_secs(30), || async {
+        let s = survivor.cluster_status().await.map_err(|e| e.to_string())?;
+        let l = s
+            .members
+            .iter()
+            .find(|m| m.id == s.leader)
+            .ok_or("no leader")?;
+        if l.purged_index > leader_last {
+            Ok(l.purged_index)
+        } else {
+            Err(format!("purged {} <= {leader_last}", l.purged_index))
+        }
+    })
+    .await;
+    assert!(purged > leader_last);
+
+    // The killed node restarts with every acknowledged write and catches up; the log
+    // it lacks is gone, so it can only have caught up through a snapshot.
+    c.start(leader).unwrap();
+    let back = c.client_of(leader).unwrap();
+    eventually(Duration::from_secs(60), || async {
+        let s = back.cluster_status().await.map_err(|e| e.to_string())?;
+        let me = s.members.iter().find(|m| m.id == leader).ok_or("missing")?;
+        let top = s.members.iter().map(|m| m.last_applied).max().unwrap_or(0);
+        if me.reachable && me.last_applied >= top && me.snapshot_index > leader_last {
+            Ok(())
+        } else {
+            Err(format!("{me:?}"))
+        }
+    })
+    .await;
+    assert_eq!(
+        back.describe_key(&during.key_id).await.unwrap().description,
+        "while the leader was down"
+    );
+    let last_ct = last_ct.unwrap();
+    assert_eq!(
+        back.decrypt(&last_ct.ciphertext_blob, &ctx(&[]), None)
+            .await
+            .unwrap()
+            .plaintext,
+        b"m39"
+    );
+    assert_eq!(
+        back.decrypt(&before.ciphertext_blob, &ctx(&[]), None)
+            .await
+            .unwrap()
+            .plaintext,
+        b"acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_killed_at_once_loses_nothing_acknowledged() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path()).await;
+    let client = c.client().unwrap();
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let k = client.create_key(&format!("k{i}")).await.unwrap();
+        let ct = client
+            .encrypt(&k.key_id, format!("p{i}").as_bytes(), &ctx(&[]))
+            .await
+            .unwrap();
+        acked.push((k, ct, format!("p{i}")));
+    }
+    acked[3].0.key_state.clear();
+    client.disable_key(&acked[3].0.key_id).await.unwrap();
+    for id in [1, 2, 3] {
+        c.kill(id).unwrap();
+    }
+    c.start_all().unwrap();
+    c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let client = c.client().unwrap();
+    for (i, (k, ct, pt)) in acked.iter().enumerate() {
+        let m = client.describe_key(&k.key_id).await.unwrap();
+        if i == 3 {
+            assert_eq!(m.key_state, "Disabled");
+            continue;
+        }
+        assert_eq!(
+            client
+                .decrypt(&ct.ciphertext_blob, &ctx(&[]), None)
+                .await
+                .unwrap()
+                .plaintext,
+            pt.as_bytes()
+        );
+    }
+    let tail = client.audit_tail(1000).await.unwrap();
+    assert!(tail.chain_ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_node_decrypts_what_was_encrypted_before_it_joined() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path()).await;
+    let client = c.client().unwrap();
+    let key = client.create_key("old").await.unwrap();
+    let ct = client
+        .encrypt(&key.key_id, b"from before", &ctx(&[("a", "1")]))
+        .await
+        .unwrap();
+
+    let spec = c.add_node_spec(4).unwrap();
+    c.start(4).unwrap();
+    let status = client
+        .add_node(4, &spec.endpoint(), &spec.raft_addr())
+        .await
+        .unwrap();
+    let four = status
+        .members
+        .iter()
+        .find(|m| m.id == 4)
+        .expect("node 4 is a member");
+    assert_eq!(four.role, "Follower");
+    assert!(four.has_domain_key);
+
+    let n4 = c.client_of(4).unwrap();
+    assert_eq!(
+        n4.decrypt(&ct.ciphertext_blob, &ctx(&[("a", "1")]), None)
+            .await
+            .unwrap()
+            .plaintext,
+        b"from before"
+    );
+    let k2 = n4.create_key("made through node 4").await.unwrap();
+    let ct2 = n4.encrypt(&k2.key_id, b"new", &ctx(&[])).await.unwrap();
+    assert_eq!(
+        c.client_of(1)
+            .unwrap()
+            .decrypt(&ct2.ciphertext_blob, &ctx(&[]), None)
+            .await
+            .unwrap()
+            .plaintext,
+        b"new"
+    );
+
+    // Membership: an existing id, a retired id, leadership transfer.
+    assert_eq!(
+        code(
+            client
+                .add_node(4, &spec.endpoint(), &spec.raft_addr())
+                .await
+        ),
+        Some(ErrorCode::AlreadyExists)
+    );
+    let status = client.transfer_leader(2).await.unwrap();
+    assert_eq!(status, 2);
+    assert_eq!(client.cluster_status().await.unwrap().leader, 2);
+    let after = client.remove_node(3).await.unwrap();
+    assert!(after.members.iter().all(|m| m.id != 3));
+    c.kill(3).unwrap();
+    let spare = c.add_node_spec(5).unwrap();
+    assert_eq!(
+        code(
+            client
+                .add_node(3, &spare.endpoint(), &spare.raft_addr())
+                .await
+        ),
+        Some(ErrorCode::AlreadyExists)
+    );
+    // The cluster of 1, 2, 4 still serves.
+    client
+        .encrypt(&key.key_id, b"still", &ctx(&[]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_badly_signed_stale_and_replayed_requests_are_refused_and_audited() {
+    use keyraft_proto::auth;
+    use keyraft_proto::v1::key_service_client::KeyServiceClient;
+    use keyraft_proto::v1::ListKeysRequest;
+
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let admin = c.client().unwrap();
+
+    let mut wrong = c.client_config();
+    wrong.secret_access_key = "not-the-secret-0123456789".into();
+    wrong.timeout = Duration::from_secs(5);
+    let bad = Client::new(wrong.clone()).unwrap();
+    assert_eq!(
+        code(bad.create_key("nope").await),
+        Some(ErrorCode::InvalidSignature)
+    );
+    let mut unknown = wrong;
+    unknown.access_key_id = "KRNOSUCHKEY000000000".into();
+    assert_eq!(
+        code(Client::new(unknown).unwrap().list_keys(0, "").await),
+        Some(ErrorCode::UnrecognizedClient)
+    );
+    assert!(
+        admin.list_keys(0, "").await.unwrap().keys.is_empty(),
+        "the refused create changed nothing"
+    );
+
+    // Raw requests: unsigned, stale, replayed.
+    let endpoint = c.node(2).unwrap().endpoint();
+    let mut raw = KeyServiceClient::connect(endpoint).await.unwrap();
+    let method = "/keyraft.v1.KeyService/ListKeys";
+    let msg = ListKeysRequest::default();
+    let signed = |ts: u64, nonce: &str| {
+        let mut r = tonic::Request::new(msg.clone());
+        auth::attach(
+            r.metadata_mut(),
+            &c.file().access_key_id,
+            c.file().secret_access_key.as_bytes(),
+            method,
+            ts,
+            nonce,
+            &auth::message_digest(&msg),
+        )
+        .unwrap();
+        r
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let status = raw
+        .list_keys(tonic::Request::new(msg.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        keyraft_proto::error_from_status(&status).unwrap().code,
+        ErrorCode::InvalidSignature
+    );
+    let status = raw
+        .list_keys(signed(now - 10 * 60 * 1000, "nonce-stale-0000001"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        keyraft_proto::error_from_status(&status).unwrap().code,
+        ErrorCode::InvalidSignature
+    );
+    raw.list_keys(signed(now, "nonce-replayed-00001"))
+        .await
+        .unwrap();
+    let status = raw
+        .list_keys(signed(now, "nonce-replayed-00001"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        keyraft_proto::error_from_status(&status).unwrap().code,
+        ErrorCode::InvalidSignature
+    );
+
+    // Every refusal left an audit event with its error code.
+    let tail = admin.audit_tail(50).await.unwrap();
+    assert!(tail.chain_ok);
+    let events: Vec<serde_json::Value> = tail
+        .events_json
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let refused = |code: &str| events.iter().filter(|e| e["errorCode"] == code).count();
+    assert!(refused("InvalidSignatureException") >= 4, "{events:#?}");
+    assert!(refused("UnrecognizedClientException") >= 1);
+    let bad_create = events
+        .iter()
+        .find(|e| e["eventName"] == "CreateKey" && e["errorCode"] == "InvalidSignatureException")
+        .expect("the refused CreateKey is audited");
+    assert_eq!(
+        bad_create["userIdentity"]["accessKeyId"],
+        c.file().access_key_id.as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_key_material_in_any_data_directory() {
+    use keyraft_hsm::{SoftHsm, WrappedKey};
+    use keyraft_state::{Durable, StateMachine};
+
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = LocalCluster::prepare(dir.path(), binary(), 3, 0, "test-1").unwrap();
+    // Snapshot often, so snapshots are scanned too.
+    c.configure(|cfg| cfg.raft.snapshot_every_logs = 10)
+        .unwrap();
+    c.start_all().unwrap();
+    c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let client = c.client().unwrap();
+    let mut data_keys = Vec::new();
+    let mut key_ids = Vec::new();
+    for i in 0..5 {
+        let k = client.create_key(&format!("scan {i}")).await.unwrap();
+        client
+            .encrypt(&k.key_id, b"some plaintext", &ctx(&[]))
+            .await
+            .unwrap();
+        data_keys.push(
+            client
+                .generate_data_key(&k.key_id, "AES_256", 0, &ctx(&[]))
+                .await
+                .unwrap()
+                .plaintext,
+        );
+        key_ids.push(k.key_id);
+    }
+    c.stop_all(Duration::from_secs(10));
+
+    let mut secrets: Vec<Vec<u8>> = data_keys;
+    secrets.push(c.file().secret_access_key.as_bytes().to_vec());
+    for spec in c.nodes() {
+        let node_dir = c.data_dir(spec.id);
+        let hsm = SoftHsm::open(&node_dir.join("hsm"), spec.sealing_secret.as_bytes()).unwrap();
+        secrets.push(hsm.insecure_domain_key_for_tests().unwrap());
+        let durable = Durable::open(&node_dir.join("store")).unwrap();
+        let state = StateMachine::open(&durable).unwrap();
+        for id in &key_ids {
+            let record = state
+                .key(&keyraft_types::KeyId::parse(id).unwrap())
+                .unwrap()
+                .expect("key replicated");
+            for (version, wrapped) in &record.versions {
+                let raw = hsm
+                    .insecure_unwrap_for_tests(
+                        &WrappedKey(wrapped.clone()),
+                        &record.metadata.key_id,
+                        *version,
+                    )
+                    .unwrap();
+                secrets.push(raw);
+            }
+        }
+    }
+    assert!(secrets.len() >= 5 + 1 + 3 + 15);
+    let mut files = 0;
+    let mut scanned = 0u64;
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            // cluster.json / cluster.env / node*.toml hold the dev credentials on purpose.
+            if name == "cluster.json" || name == "cluster.env" || name.ends_with(".toml") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            files += 1;
+            scanned += bytes.len() as u64;
+            for s in &secrets {
+                assert!(
+                    !bytes.windows(s.len()).any(|w| w == s.as_slice()),
+                    "plaintext secret found in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 10, "scanned only {files} files");
+    assert!(scanned > 10_000);
+}
