@@ -200,11 +200,8 @@ impl LocalCluster {
             node_env: Vec::new(),
             adjust: None,
         };
-        for spec in cluster.file.members.iter().chain(&cluster.file.added) {
-            cluster.write_config(
-                spec,
-                spec.id == 1 && cluster.file.members.iter().any(|m| m.id == spec.id),
-            )?;
+        for spec in cluster.nodes() {
+            cluster.write_config(&spec)?;
         }
         cluster.write_env()?;
         Ok(cluster)
@@ -256,13 +253,14 @@ impl LocalCluster {
     ) -> Result<(), Error> {
         self.adjust = Some(Box::new(adjust));
         for spec in self.nodes() {
-            let bootstrap = spec.id == 1 && self.file.members.iter().any(|m| m.id == 1);
-            self.write_config(&spec, bootstrap)?;
+            self.write_config(&spec)?;
         }
         Ok(())
     }
 
-    fn write_config(&self, spec: &NodeSpec, bootstrap: bool) -> Result<(), Error> {
+    /// Writes a node's configuration; the first initial member bootstraps the region.
+    fn write_config(&self, spec: &NodeSpec) -> Result<(), Error> {
+        let bootstrap = self.file.members.first().is_some_and(|m| m.id == spec.id);
         let config = Config {
             node_id: spec.id,
             data_dir: self.data_dir(spec.id),
@@ -410,14 +408,18 @@ impl LocalCluster {
         gone
     }
 
-    /// `kill -9` node `id` and wait for it to be gone.
-    pub fn kill(&mut self, id: u64) -> Result<(), Error> {
+    fn take_child(&mut self, id: u64) -> Result<Child, Error> {
         let pos = self
             .children
             .iter()
             .position(|(n, _)| *n == id)
             .ok_or_else(|| Error::Invalid(format!("node {id} is not running")))?;
-        let (_, mut child) = self.children.remove(pos);
+        Ok(self.children.remove(pos).1)
+    }
+
+    /// `kill -9` node `id` and wait for it to be gone.
+    pub fn kill(&mut self, id: u64) -> Result<(), Error> {
+        let mut child = self.take_child(id)?;
         child.kill().map_err(io("killing a node"))?;
         child.wait().map_err(io("waiting for a killed node"))?;
         Ok(())
@@ -425,12 +427,7 @@ impl LocalCluster {
 
     /// Stops node `id` gracefully (SIGTERM), or kills it after `grace`.
     pub fn stop(&mut self, id: u64, grace: Duration) -> Result<(), Error> {
-        let pos = self
-            .children
-            .iter()
-            .position(|(n, _)| *n == id)
-            .ok_or_else(|| Error::Invalid(format!("node {id} is not running")))?;
-        let (_, mut child) = self.children.remove(pos);
+        let mut child = self.take_child(id)?;
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
@@ -468,7 +465,7 @@ impl LocalCluster {
             &self.dir.join("cluster.json"),
             &serde_json::to_vec_pretty(&self.file).map_err(|e| Error::Invalid(e.to_string()))?,
         )?;
-        self.write_config(&spec, false)?;
+        self.write_config(&spec)?;
         self.write_env()?;
         Ok(spec)
     }

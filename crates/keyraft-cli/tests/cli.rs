@@ -1,0 +1,205 @@
+//! The `keyraft` binary as a user drives it: `keyraft dev` brings a cluster up and writes
+//! `cluster.env`; client commands print AWS-shaped JSON, and failures print the error
+//! envelope on stderr with exit status 1; Ctrl-C (SIGINT) stops every node.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+fn keyraft() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keyraft"))
+}
+
+fn env_file(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Runs a client command; returns (exit ok, stdout JSON or stderr JSON).
+fn run(env: &[(String, String)], args: &[&str]) -> (bool, Value) {
+    let out = keyraft()
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap();
+    let text = if out.status.success() {
+        out.stdout
+    } else {
+        out.stderr
+    };
+    let value = serde_json::from_slice(&text).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&text)
+        )
+    });
+    (out.status.success(), value)
+}
+
+#[test]
+fn dev_cluster_and_client_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let mut dev = keyraft()
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--base-port",
+            "0",
+            "--region",
+            "cli-1",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // `dev` prints one JSON line once the cluster is ready.
+    let stdout = dev.stdout.take().unwrap();
+    let line = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        line
+    })
+    .join()
+    .unwrap();
+    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+        // SIGINT, not SIGKILL: `dev` must get the chance to stop its nodes.
+        let _ = kill(Pid::from_raw(dev.id() as i32), Signal::SIGINT);
+        let _ = dev.wait();
+        panic!("keyraft dev did not come up: {line:?}")
+    });
+    assert_eq!(ready["Region"], "cli-1");
+    let pids: Vec<i32> = ready["Nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["Pid"].as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(pids.len(), 3);
+
+    let env = env_file(&data.join("cluster.env"));
+    let endpoints = &env
+        .iter()
+        .find(|(k, _)| k == "KEYRAFT_ENDPOINTS")
+        .unwrap()
+        .1;
+    assert_eq!(endpoints.split(',').count(), 3);
+
+    let (ok, created) = run(&env, &["key", "create", "--description", "from the cli"]);
+    assert!(ok, "{created}");
+    let key_id = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(created["KeyMetadata"]["KeyState"], "Enabled");
+    assert!(created["KeyMetadata"]["Arn"]
+        .as_str()
+        .unwrap()
+        .starts_with("arn:keyraft:cli-1:111122223333:key/"));
+
+    let (ok, enc) = run(
+        &env,
+        &[
+            "encrypt",
+            "--key-id",
+            &key_id,
+            "--plaintext",
+            "hello",
+            "--context",
+            "app=cli",
+        ],
+    );
+    assert!(ok, "{enc}");
+    let blob = enc["CiphertextBlob"].as_str().unwrap().to_string();
+    let (ok, dec) = run(
+        &env,
+        &["decrypt", "--ciphertext", &blob, "--context", "app=cli"],
+    );
+    assert!(ok, "{dec}");
+    assert_eq!(dec["Plaintext"], "aGVsbG8=");
+    assert_eq!(dec["KeyId"], enc["KeyId"]);
+
+    let (ok, err) = run(&env, &["decrypt", "--ciphertext", &blob]);
+    assert!(!ok);
+    assert_eq!(err["Error"]["Code"], "InvalidCiphertextException");
+    let (ok, err) = run(&env, &["key", "describe", "--key-id", "alias/nope"]);
+    assert!(!ok);
+    assert_eq!(err["Error"]["Code"], "NotFoundException");
+
+    let (ok, dk) = run(
+        &env,
+        &[
+            "data-key",
+            "generate",
+            "--key-id",
+            &key_id,
+            "--key-spec",
+            "AES_128",
+        ],
+    );
+    assert!(ok, "{dk}");
+    assert_eq!(dk["Plaintext"].as_str().unwrap().len(), 24);
+    let (ok, list) = run(&env, &["key", "list"]);
+    assert!(ok);
+    assert_eq!(list["Keys"][0]["KeyId"], key_id.as_str());
+
+    let (ok, status) = run(&env, &["cluster", "status"]);
+    assert!(ok, "{status}");
+    let members = status["Members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(status["Leader"].as_u64().unwrap() >= 1);
+    for m in members {
+        assert!(endpoints.contains(m["Endpoint"].as_str().unwrap()), "{m}");
+        assert!(["Leader", "Follower"].contains(&m["Role"].as_str().unwrap()));
+    }
+    let (ok, audit) = run(&env, &["audit", "tail", "--limit", "5"]);
+    assert!(ok);
+    assert_eq!(audit["ChainVerified"], true);
+    assert_eq!(audit["Events"].as_array().unwrap().len(), 5);
+
+    // Ctrl-C stops every node.
+    kill(Pid::from_raw(dev.id() as i32), Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dev.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "keyraft dev did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in pids {
+        let gone = (0..200).any(|_| {
+            let alive = kill(Pid::from_raw(pid), None).is_ok()
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "));
+            if alive {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            !alive
+        });
+        assert!(gone, "node process {pid} still runs");
+    }
+}
+
+#[test]
+fn client_commands_without_configuration_fail_with_a_typed_error() {
+    let out = keyraft()
+        .args(["key", "list"])
+        .env_remove("KEYRAFT_ENDPOINTS")
+        .env_remove("KEYRAFT_ACCESS_KEY_ID")
+        .env_remove("KEYRAFT_SECRET_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["Error"]["Code"], "ConfigurationError");
+}
