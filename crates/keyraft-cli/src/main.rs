@@ -222,10 +222,16 @@ async fn server(args: ServerArgs) -> ExitCode {
             _ = term.recv() => {}
         }
     };
-    stop.await;
+    let code = tokio::select! {
+        _ = stop => ExitCode::SUCCESS,
+        fatal = handle.fatal() => {
+            tracing::error!("stopping after a fatal error: {fatal}");
+            ExitCode::FAILURE
+        }
+    };
     tracing::info!("stopping");
     handle.shutdown().await;
-    ExitCode::SUCCESS
+    code
 }
 
 fn fail_start(message: String) -> ExitCode {

@@ -177,7 +177,9 @@ impl NodeCore {
         let _one_at_a_time = self.membership_lock.lock().await;
         self.require_leader()?;
         let m = self.metrics();
-        if m.membership_config.get_node(&id).is_some() {
+        // A voter is done; a learner is a join that did not finish (the node restarted
+        // before it received the domain key, say): resume it.
+        if m.membership_config.voter_ids().any(|v| v == id) {
             return Err(KmsError::new(
                 ErrorCode::AlreadyExists,
                 format!("node {id} is already a member"),

@@ -36,6 +36,7 @@ pub struct Node;
 pub struct NodeHandle {
     core: Arc<NodeCore>,
     shutdown: watch::Sender<bool>,
+    fatal: watch::Receiver<Option<String>>,
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -132,7 +133,9 @@ impl Node {
         }
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (fatal_tx, fatal) = watch::channel(None);
         let mut tasks = vec![
+            tokio::spawn(watch_fatal(raft.clone(), fatal_tx)),
             tokio::spawn(core.clone().run_audit_batcher(audit_rx)),
             tokio::spawn(crate::join::fetch_domain_key(core.clone())),
         ];
@@ -165,9 +168,27 @@ impl Node {
         Ok(NodeHandle {
             core,
             shutdown,
+            fatal,
             servers,
             tasks,
         })
+    }
+}
+
+/// Reports the first fatal error of the Raft core.
+async fn watch_fatal(raft: Raft, tx: watch::Sender<Option<String>>) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut metrics = raft.metrics();
+    loop {
+        let state = metrics.borrow_watched().running_state.clone();
+        if let Err(fatal) = state {
+            tracing::error!(error = %fatal, "raft stopped");
+            let _ = tx.send(Some(fatal.to_string()));
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -204,6 +225,21 @@ impl NodeHandle {
             }
         }
         let _ = self.core.raft.shutdown().await;
+    }
+
+    /// Resolves when Raft stopped on a fatal error (a storage fault, say). Such a node
+    /// must not go on answering: the caller should stop it and exit non-zero, so that a
+    /// supervisor restarts it and an operator is alerted.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.fatal.clone();
+        let fatal = match rx.wait_for(|f| f.is_some()).await {
+            Ok(f) => f.clone(),
+            Err(_) => None,
+        };
+        match fatal {
+            Some(f) => f,
+            None => std::future::pending().await,
+        }
     }
 
     /// Signals the node to stop; `wait` then returns.
