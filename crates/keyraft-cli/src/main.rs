@@ -124,6 +124,17 @@ struct ServerArgs {
     /// Region.
     #[arg(long)]
     region: Option<String>,
+    /// Any option by its dotted path, e.g. `--set raft.heartbeat_ms=50` (repeatable;
+    /// overrides the file and `KEYRAFT_*`).
+    #[arg(long, value_parser = parse_set)]
+    set: Vec<(String, String)>,
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected path=value, got '{s}'")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -171,31 +182,23 @@ fn init_tracing(default: &str) {
 
 async fn server(args: ServerArgs) -> ExitCode {
     use keyraft_server::{Config, Node};
-    let mut config = match &args.config {
-        Some(path) => match Config::from_file(path) {
-            Ok(c) => c,
-            Err(e) => return fail_start(e.to_string()),
-        },
-        None => Config::default(),
+    let mut sets = args.set.clone();
+    let flags = [
+        ("node_id", args.node_id.map(|v| v.to_string())),
+        ("data_dir", args.data_dir.map(|v| v.display().to_string())),
+        ("api_addr", args.api_addr),
+        ("raft_addr", args.raft_addr),
+        ("region", args.region),
+    ];
+    for (path, value) in flags {
+        if let Some(v) = value {
+            sets.push((path.to_string(), v));
+        }
+    }
+    let config = match Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &sets) {
+        Ok(c) => c,
+        Err(e) => return fail_start(e.message),
     };
-    if let Err(e) = config.apply_env(|k| std::env::var(k).ok()) {
-        return fail_start(e.to_string());
-    }
-    if let Some(v) = args.node_id {
-        config.node_id = v;
-    }
-    if let Some(v) = args.data_dir {
-        config.data_dir = v;
-    }
-    if let Some(v) = args.api_addr {
-        config.api_addr = v;
-    }
-    if let Some(v) = args.raft_addr {
-        config.raft_addr = v;
-    }
-    if let Some(v) = args.region {
-        config.region = v;
-    }
     if let Err(e) = config.validate() {
         return fail_start(e.to_string());
     }

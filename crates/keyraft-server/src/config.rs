@@ -1,5 +1,6 @@
 //! One documented configuration struct: defaults < TOML file < `KEYRAFT_*` environment <
-//! command-line flags (applied by the CLI), validated once by [`Config::validate`].
+//! command-line flags, merged by [`Config::load`] from one table of fields ([`FIELDS`]),
+//! validated once by [`Config::validate`].
 //!
 //! ```toml
 //! node_id = 1
@@ -169,90 +170,145 @@ impl Default for AuditConfig {
     }
 }
 
-/// The environment variables `apply_env` reads, with the field each sets.
-pub const ENV_VARS: &[(&str, &str)] = &[
-    ("KEYRAFT_NODE_ID", "node_id"),
-    ("KEYRAFT_DATA_DIR", "data_dir"),
-    ("KEYRAFT_REGION", "region"),
-    ("KEYRAFT_API_ADDR", "api_addr"),
-    ("KEYRAFT_RAFT_ADDR", "raft_addr"),
-    ("KEYRAFT_ADVERTISE_API", "advertise_api"),
-    ("KEYRAFT_ADVERTISE_RAFT", "advertise_raft"),
-    ("KEYRAFT_CLUSTER_SECRET", "cluster_secret"),
-    ("KEYRAFT_SEALING_SECRET", "sealing_secret"),
-    ("KEYRAFT_DEV_MODE", "dev_mode"),
-    ("KEYRAFT_COMMIT_TIMEOUT_MS", "commit_timeout_ms"),
-    (
-        "KEYRAFT_BOOTSTRAP_ADMIN_ACCESS_KEY_ID",
-        "bootstrap.admin_access_key_id",
-    ),
-    (
-        "KEYRAFT_BOOTSTRAP_ADMIN_SECRET_ACCESS_KEY",
-        "bootstrap.admin_secret_access_key",
-    ),
+/// How a field's value is read from the environment or a `--set` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// Taken verbatim as a string.
+    Str,
+    /// An unsigned integer.
+    Int,
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`).
+    Bool,
+    /// An inline TOML value, e.g. an array of tables for `bootstrap.members`.
+    Toml,
+}
+
+/// Every configuration field by its dotted path. Each can be set in the file, by the
+/// environment variable `KEYRAFT_<PATH>` (dots become underscores, upper case:
+/// `raft.heartbeat_ms` is `KEYRAFT_RAFT_HEARTBEAT_MS`) and by
+/// `keyraft server --set <path>=<value>`, in that order of precedence.
+pub const FIELDS: &[(&str, FieldKind)] = &[
+    ("node_id", FieldKind::Int),
+    ("data_dir", FieldKind::Str),
+    ("region", FieldKind::Str),
+    ("api_addr", FieldKind::Str),
+    ("raft_addr", FieldKind::Str),
+    ("advertise_api", FieldKind::Str),
+    ("advertise_raft", FieldKind::Str),
+    ("cluster_secret", FieldKind::Str),
+    ("sealing_secret", FieldKind::Str),
+    ("dev_mode", FieldKind::Bool),
+    ("commit_timeout_ms", FieldKind::Int),
+    ("bootstrap.account", FieldKind::Str),
+    ("bootstrap.members", FieldKind::Toml),
+    ("bootstrap.admin_access_key_id", FieldKind::Str),
+    ("bootstrap.admin_secret_access_key", FieldKind::Str),
+    ("bootstrap.key_quota", FieldKind::Int),
+    ("raft.heartbeat_ms", FieldKind::Int),
+    ("raft.election_timeout_min_ms", FieldKind::Int),
+    ("raft.election_timeout_max_ms", FieldKind::Int),
+    ("raft.snapshot_every_logs", FieldKind::Int),
+    ("raft.keep_logs_after_snapshot", FieldKind::Int),
+    ("audit.max_batch", FieldKind::Int),
+    ("audit.max_in_flight", FieldKind::Int),
 ];
 
+/// The environment variable of a field path.
+pub fn env_name(path: &str) -> String {
+    format!("KEYRAFT_{}", path.replace('.', "_").to_uppercase())
+}
+
+/// Secrets, which may not come from a file inside the data directory.
+const SECRET_FIELDS: &[&str] = &["cluster_secret", "sealing_secret"];
+
+fn parse_value(path: &str, kind: FieldKind, raw: &str) -> Result<toml::Value, KmsError> {
+    let bad = |what: &str| KmsError::validation(format!("{path}: '{raw}' is not {what}"));
+    Ok(match kind {
+        FieldKind::Str => toml::Value::String(raw.to_string()),
+        FieldKind::Int => toml::Value::Integer(
+            raw.trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| i64::try_from(n).ok())
+                .ok_or_else(|| bad("a whole number"))?,
+        ),
+        FieldKind::Bool => toml::Value::Boolean(match raw.trim() {
+            "1" | "true" | "yes" => true,
+            "0" | "false" | "no" => false,
+            _ => return Err(bad("true or false")),
+        }),
+        FieldKind::Toml => toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or_else(|| bad("a TOML value"))?,
+    })
+}
+
+fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), KmsError> {
+    let mut parts = path.split('.').peekable();
+    let mut cur = table;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            cur.insert(part.to_string(), value);
+            return Ok(());
+        }
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| KmsError::validation(format!("{part} is not a table")))?;
+    }
+    Ok(())
+}
+
 impl Config {
-    /// Reads a TOML file over the defaults.
-    pub fn from_file(path: &Path) -> Result<Config, KmsError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            KmsError::validation(format!("cannot read config {}: {e}", path.display()))
-        })?;
-        let mut config: Config = toml::from_str(&text)
-            .map_err(|e| KmsError::validation(format!("config {}: {e}", path.display())))?;
-        config.secrets_from_file = Some(path.to_path_buf())
-            .filter(|_| !config.cluster_secret.is_empty() || !config.sealing_secret.is_empty());
+    /// Loads the configuration: defaults, then the TOML `file`, then `KEYRAFT_*`
+    /// variables from `env`, then `--set path=value` overrides.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        sets: &[(String, String)],
+    ) -> Result<Config, KmsError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    KmsError::validation(format!("cannot read config {}: {e}", path.display()))
+                })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| KmsError::validation(format!("config {}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        let secrets_in_file = file.filter(|_| SECRET_FIELDS.iter().any(|f| table.contains_key(*f)));
+        for (path, kind) in FIELDS {
+            if let Some(raw) = env(&env_name(path)) {
+                set_path(&mut table, path, parse_value(path, *kind, &raw)?)?;
+            }
+        }
+        for (path, raw) in sets {
+            let (_, kind) = FIELDS
+                .iter()
+                .find(|(p, _)| p == path)
+                .ok_or_else(|| KmsError::validation(format!("--set: unknown option '{path}'")))?;
+            set_path(&mut table, path, parse_value(path, *kind, raw)?)?;
+        }
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let origin = file
+                        .map(|f| format!("config {}", f.display()))
+                        .unwrap_or_else(|| "configuration".into());
+                    KmsError::validation(format!("{origin}: {e}"))
+                })?;
+        config.secrets_from_file = secrets_in_file.map(Path::to_path_buf);
         Ok(config)
     }
 
-    /// Overrides fields from `KEYRAFT_*` variables (see [`ENV_VARS`]).
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), KmsError> {
-        let parse_u64 = |name: &str, v: String| {
-            v.parse::<u64>()
-                .map_err(|_| KmsError::validation(format!("{name} must be a number, not '{v}'")))
-        };
-        if let Some(v) = get("KEYRAFT_NODE_ID") {
-            self.node_id = parse_u64("KEYRAFT_NODE_ID", v)?;
-        }
-        if let Some(v) = get("KEYRAFT_DATA_DIR") {
-            self.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = get("KEYRAFT_REGION") {
-            self.region = v;
-        }
-        if let Some(v) = get("KEYRAFT_API_ADDR") {
-            self.api_addr = v;
-        }
-        if let Some(v) = get("KEYRAFT_RAFT_ADDR") {
-            self.raft_addr = v;
-        }
-        if let Some(v) = get("KEYRAFT_ADVERTISE_API") {
-            self.advertise_api = Some(v);
-        }
-        if let Some(v) = get("KEYRAFT_ADVERTISE_RAFT") {
-            self.advertise_raft = Some(v);
-        }
-        if let Some(v) = get("KEYRAFT_CLUSTER_SECRET") {
-            self.cluster_secret = v;
-        }
-        if let Some(v) = get("KEYRAFT_SEALING_SECRET") {
-            self.sealing_secret = v;
-        }
-        if let Some(v) = get("KEYRAFT_DEV_MODE") {
-            self.dev_mode = matches!(v.as_str(), "1" | "true" | "yes");
-        }
-        if let Some(v) = get("KEYRAFT_COMMIT_TIMEOUT_MS") {
-            self.commit_timeout_ms = parse_u64("KEYRAFT_COMMIT_TIMEOUT_MS", v)?;
-        }
-        if let Some(b) = self.bootstrap.as_mut() {
-            if let Some(v) = get("KEYRAFT_BOOTSTRAP_ADMIN_ACCESS_KEY_ID") {
-                b.admin_access_key_id = v;
-            }
-            if let Some(v) = get("KEYRAFT_BOOTSTRAP_ADMIN_SECRET_ACCESS_KEY") {
-                b.admin_secret_access_key = v;
-            }
-        }
-        Ok(())
+    /// Reads a TOML file over the defaults (no environment, no overrides).
+    pub fn from_file(path: &Path) -> Result<Config, KmsError> {
+        Config::load(Some(path), |_| None, &[])
     }
 
     /// Checks everything once, before anything starts.
@@ -347,27 +403,66 @@ mod tests {
     }
 
     #[test]
-    fn env_overrides_file_values() {
-        let mut c: Config = toml::from_str("node_id = 2\nregion = \"eu-1\"").unwrap();
-        c.apply_env(|k| (k == "KEYRAFT_REGION").then(|| "us-9".to_string()))
-            .unwrap();
+    fn file_then_environment_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(
+            &file,
+            "node_id = 2\nregion = \"eu-1\"\n[raft]\nheartbeat_ms = 50",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "KEYRAFT_REGION" => Some("us-9".to_string()),
+            "KEYRAFT_RAFT_ELECTION_TIMEOUT_MIN_MS" => Some("700".to_string()),
+            "KEYRAFT_SEALING_SECRET" => Some("1234567890123456789".to_string()),
+            "KEYRAFT_BOOTSTRAP_MEMBERS" => {
+                Some(r#"[{ id = 2, api_endpoint = "http://h:1", raft_addr = "h:2" }]"#.to_string())
+            }
+            // Client variables in the same shell are not node options.
+            "KEYRAFT_ENDPOINTS" => Some("http://x".to_string()),
+            _ => None,
+        };
+        let sets = vec![
+            ("region".to_string(), "ap-3".to_string()),
+            ("dev_mode".to_string(), "yes".to_string()),
+        ];
+        let c = Config::load(Some(&file), env, &sets).unwrap();
         assert_eq!(c.node_id, 2);
-        assert_eq!(c.region, "us-9");
-        let err = c
-            .apply_env(|k| (k == "KEYRAFT_NODE_ID").then(|| "x".to_string()))
-            .unwrap_err();
-        assert!(err.message.contains("KEYRAFT_NODE_ID"));
+        assert_eq!(c.region, "ap-3", "flags win over the environment");
+        assert_eq!(c.raft.heartbeat_ms, 50, "the file wins over defaults");
+        assert_eq!(c.raft.election_timeout_min_ms, 700);
+        assert_eq!(
+            c.raft.election_timeout_max_ms, 1000,
+            "defaults fill the rest"
+        );
+        assert_eq!(
+            c.sealing_secret, "1234567890123456789",
+            "digits stay a string"
+        );
+        assert!(c.dev_mode);
+        assert_eq!(c.bootstrap.unwrap().members[0].raft_addr, "h:2");
+        assert!(c.secrets_from_file.is_none());
+
+        let bad = |k: &str| (k == "KEYRAFT_NODE_ID").then(|| "x".to_string());
+        let err = Config::load(None, bad, &[]).unwrap_err();
+        assert!(err.message.contains("node_id"), "{}", err.message);
+        let err = Config::load(None, |_| None, &[("nodeid".into(), "1".into())]).unwrap_err();
+        assert!(err.message.contains("unknown option"));
+        assert_eq!(env_name("raft.heartbeat_ms"), "KEYRAFT_RAFT_HEARTBEAT_MS");
     }
 
     #[test]
     fn the_example_cluster_configs_are_valid() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster");
         for i in 1..=3 {
-            let mut c = Config::from_file(&dir.join(format!("node{i}.toml"))).unwrap();
-            c.apply_env(|k| match k {
-                "KEYRAFT_CLUSTER_SECRET" | "KEYRAFT_SEALING_SECRET" => Some("x".repeat(32)),
-                _ => None,
-            })
+            let c = Config::load(
+                Some(&dir.join(format!("node{i}.toml"))),
+                |k| match k {
+                    "KEYRAFT_CLUSTER_SECRET" | "KEYRAFT_SEALING_SECRET" => Some("x".repeat(32)),
+                    _ => None,
+                },
+                &[],
+            )
             .unwrap();
             c.validate().unwrap();
             assert_eq!(c.node_id, i);
