@@ -137,6 +137,14 @@ impl NodeCore {
         (leader, addr)
     }
 
+    /// The status for an error; `NotLeaderException` carries the leader hint.
+    pub(crate) fn status(&self, err: &KmsError) -> Status {
+        if err.code == ErrorCode::NotLeader {
+            return keyraft_proto::not_leader_status_for(&self.leader_hint());
+        }
+        status_from_error(err)
+    }
+
     /// The leader hint a NotLeader answer carries.
     pub fn leader_hint(&self) -> LeaderHint {
         let (id, addr) = self.leader();
@@ -387,8 +395,39 @@ impl NodeCore {
     /// record's parameters (and, for cryptography, the key check). Unless the handler
     /// committed the record inside a mutation, the record is committed here and only
     /// apply's verdict is released.
+    ///
+    /// The request runs in its own task, so it completes — and leaves its audit event —
+    /// even if the caller disconnects or its deadline passes half-way.
     pub(crate) async fn run<Req, Resp, F, Fut>(
         self: &Arc<Self>,
+        request: Request<Req>,
+        event_name: &'static str,
+        method: &'static str,
+        read_only: bool,
+        handler: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: prost::Message + Send + 'static,
+        Resp: Send + 'static,
+        F: FnOnce(Arc<NodeCore>, Call, Req) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (Call, Result<Resp, KmsError>)> + Send + 'static,
+    {
+        let core = self.clone();
+        let task = tokio::spawn(async move {
+            core.run_to_completion(request, event_name, method, read_only, handler)
+                .await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "request task failed");
+                Err(status_from_error(&KmsError::internal()))
+            }
+        }
+    }
+
+    async fn run_to_completion<Req, Resp, F, Fut>(
+        self: Arc<Self>,
         request: Request<Req>,
         event_name: &str,
         method: &str,
@@ -435,7 +474,7 @@ impl NodeCore {
                 if let Err(e) = self.audit(record).await {
                     tracing::warn!(error = %e, "could not audit an authentication failure");
                 }
-                return Err(status_from_error(&err));
+                return Err(self.status(&err));
             }
         };
         let call = Call {
@@ -445,16 +484,16 @@ impl NodeCore {
         };
         let (mut call, result) = handler(self.clone(), call, request.into_inner()).await;
         if call.audited {
-            return result.map(Response::new).map_err(|e| status_from_error(&e));
+            return result.map(Response::new).map_err(|e| self.status(&e));
         }
         if let Err(e) = &result {
             call.record.error = Some((e.code, e.message.clone()));
             call.record.key_check = None;
         }
         match self.audit(call.record).await {
-            Ok(None) => result.map(Response::new).map_err(|e| status_from_error(&e)),
-            Ok(Some(verdict)) => Err(status_from_error(&verdict)),
-            Err(e) => Err(status_from_error(&e)),
+            Ok(None) => result.map(Response::new).map_err(|e| self.status(&e)),
+            Ok(Some(verdict)) => Err(self.status(&verdict)),
+            Err(e) => Err(self.status(&e)),
         }
     }
 }
