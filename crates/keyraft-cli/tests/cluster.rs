@@ -635,3 +635,67 @@ async fn no_plaintext_key_material_in_any_data_directory() {
     assert!(files > 10, "scanned only {files} files");
     assert!(scanned > 10_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_append_to_the_log_or_obtain_the_domain_key() {
+    use keyraft_proto::v1::internal::node_service_client::NodeServiceClient;
+    use keyraft_proto::v1::internal::raft_service_client::RaftServiceClient;
+    use keyraft_proto::v1::internal::{RaftMessage, RequestDomainKeyRequest};
+    use keyraft_raft::network::{methods, ClusterAuth};
+
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let raft_addr = format!("http://{}", c.node(1).unwrap().raft_addr());
+    let before = c.client().unwrap().cluster_status().await.unwrap();
+
+    // Without the cluster secret, no Raft message is accepted.
+    let stranger = ClusterAuth::new(2, b"not-the-cluster-secret-at-all!!");
+    let mut raft = RaftServiceClient::connect(raft_addr.clone()).await.unwrap();
+    let mut req = tonic::Request::new(RaftMessage {
+        data: vec![1, 2, 3],
+    });
+    stranger.sign(&mut req, methods::APPEND, 1, &[1, 2, 3]);
+    let status = raft.append_entries(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let status = raft
+        .vote(tonic::Request::new(RaftMessage { data: vec![] }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // Even a holder of the cluster secret gets the domain key only for an authorised
+    // join of its own, wrapped to the authorised public key.
+    let peer = ClusterAuth::new(9, c.file().cluster_secret.as_bytes());
+    let mut node = NodeServiceClient::connect(raft_addr).await.unwrap();
+    let ask = |node_id: u64| {
+        let msg = RequestDomainKeyRequest {
+            node_id,
+            public_key: vec![7; 32],
+        };
+        let body = prost::Message::encode_to_vec(&msg);
+        let mut req = tonic::Request::new(msg);
+        peer.sign(
+            &mut req,
+            "/keyraft.v1.internal.NodeService/RequestDomainKey",
+            1,
+            &body,
+        );
+        req
+    };
+    let status = node.request_domain_key(ask(9)).await.unwrap_err();
+    assert_eq!(
+        keyraft_proto::error_from_status(&status).unwrap().code,
+        ErrorCode::AccessDenied
+    );
+    let status = node.request_domain_key(ask(2)).await.unwrap_err();
+    assert_eq!(
+        keyraft_proto::error_from_status(&status).unwrap().code,
+        ErrorCode::AccessDenied
+    );
+
+    // Nothing changed.
+    let after = c.client().unwrap().cluster_status().await.unwrap();
+    assert_eq!(after.members.len(), before.members.len());
+    assert_eq!(after.term, before.term);
+}

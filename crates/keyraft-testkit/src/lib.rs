@@ -471,12 +471,20 @@ impl LocalCluster {
     }
 
     /// Waits until the cluster has a leader, every listed member answers and holds the
-    /// domain key, and the region is bootstrapped (a key can be listed).
-    pub async fn wait_ready(&self, members: &[u64], timeout: Duration) -> Result<(), Error> {
+    /// domain key, and the region is bootstrapped (a key can be listed). Fails early if
+    /// a listed node's process exits (a port in use, a bad config: see its log).
+    pub async fn wait_ready(&mut self, members: &[u64], timeout: Duration) -> Result<(), Error> {
         let client = self.client()?;
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
+            if let Some((id, status)) = self.reap().into_iter().find(|(id, _)| members.contains(id))
+            {
+                return Err(Error::Invalid(format!(
+                    "node {id} exited ({status}); see {}",
+                    self.dir.join(format!("node{id}.log")).display()
+                )));
+            }
             match client.cluster_status().await {
                 Ok(s) => {
                     let ready = s.leader != 0
