@@ -223,6 +223,7 @@ impl NodeCore {
         loop {
             match self.join_info(id, &record.raft_addr).await {
                 Ok(info) if info.has_domain_key => break,
+                Err(e) if e.code == ErrorCode::Validation => return Err(e),
                 _ if Instant::now() > deadline => {
                     return Err(KmsError::new(
                         ErrorCode::DependencyTimeout,

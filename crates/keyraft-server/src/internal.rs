@@ -79,11 +79,20 @@ impl NodeService for NodeApi {
                 .0
                 .to_vec()
         };
+        let domain_key_fingerprint = if has_domain_key {
+            self.core
+                .hsm
+                .domain_key_fingerprint()
+                .map_err(|e| status_from_error(&e.into()))?
+        } else {
+            String::new()
+        };
         Ok(Response::new(JoinInfoResponse {
             node_id: self.core.id,
             public_key,
             has_domain_key,
             region: self.core.region.to_string(),
+            domain_key_fingerprint,
         }))
     }
 

@@ -107,6 +107,18 @@ impl NodeCore {
                 info.region, self.region
             )));
         }
+        if info.has_domain_key {
+            let ours = self
+                .state
+                .cluster_config()
+                .map_err(crate::kms::internal)?
+                .map(|c| c.domain_key_fingerprint);
+            if ours.is_some_and(|f| f != info.domain_key_fingerprint) {
+                return Err(KmsError::validation(format!(
+                    "node {node_id} holds the domain key of another cluster; wipe its data directory before it joins"
+                )));
+            }
+        }
         Ok(JoinInfo {
             public_key: info.public_key,
             has_domain_key: info.has_domain_key,
