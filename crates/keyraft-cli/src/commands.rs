@@ -43,6 +43,99 @@ pub(crate) enum KeyCommand {
         #[arg(long)]
         key_id: String,
     },
+    /// Replace a key's description.
+    UpdateDescription {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// The new description.
+        #[arg(long)]
+        description: String,
+    },
+    /// Add or overwrite tags.
+    Tag {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// Tags as key=value (repeatable).
+        #[arg(long = "tag", value_parser = parse_kv, required = true)]
+        tags: Vec<(String, String)>,
+    },
+    /// Remove tags.
+    Untag {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// Tag keys to remove (repeatable).
+        #[arg(long = "tag-key", required = true)]
+        tag_keys: Vec<String>,
+    },
+    /// List a key's tags (all pages).
+    Tags {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AliasCommand {
+    /// Create an alias (alias/...) for a key.
+    Create {
+        /// The alias name, e.g. alias/orders.
+        #[arg(long)]
+        alias_name: String,
+        /// Key id or key ARN.
+        #[arg(long)]
+        target_key_id: String,
+    },
+    /// Point an alias to another key.
+    Update {
+        /// The alias name.
+        #[arg(long)]
+        alias_name: String,
+        /// Key id or key ARN.
+        #[arg(long)]
+        target_key_id: String,
+    },
+    /// Delete an alias (the key stays).
+    Delete {
+        /// The alias name.
+        #[arg(long)]
+        alias_name: String,
+    },
+    /// List aliases (all pages), optionally of one key.
+    List {
+        /// Only aliases of this key.
+        #[arg(long)]
+        key_id: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct ReEncryptArgs {
+    /// The ciphertext blob, base64.
+    #[arg(
+        long,
+        conflicts_with = "ciphertext_file",
+        required_unless_present = "ciphertext_file"
+    )]
+    ciphertext: Option<String>,
+    /// Read the ciphertext from a file (raw bytes, or base64 text).
+    #[arg(long)]
+    ciphertext_file: Option<PathBuf>,
+    /// The key to move the ciphertext to.
+    #[arg(long)]
+    destination_key_id: String,
+    /// The ciphertext's current encryption context.
+    #[arg(long = "source-context", value_parser = parse_kv)]
+    source_context: Vec<(String, String)>,
+    /// The new encryption context.
+    #[arg(long = "destination-context", value_parser = parse_kv)]
+    destination_context: Vec<(String, String)>,
+    /// Expected source key (optional).
+    #[arg(long)]
+    source_key_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -221,7 +314,126 @@ pub(crate) async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Value, Err
             c.disable_key(&key_id).await?;
             json!({})
         }
+        KeyCommand::UpdateDescription {
+            key_id,
+            description,
+        } => {
+            c.update_key_description(&key_id, &description).await?;
+            json!({})
+        }
+        KeyCommand::Tag { key_id, tags } => {
+            c.tag_resource(&key_id, &tags).await?;
+            json!({})
+        }
+        KeyCommand::Untag { key_id, tag_keys } => {
+            c.untag_resource(&key_id, &tag_keys).await?;
+            json!({})
+        }
+        KeyCommand::Tags { key_id } => {
+            let mut tags = Vec::new();
+            let mut marker = String::new();
+            loop {
+                let page = c.list_resource_tags(&key_id, 50, &marker).await?;
+                tags.extend(
+                    page.tags
+                        .iter()
+                        .map(|t| json!({"TagKey": t.tag_key, "TagValue": t.tag_value})),
+                );
+                if !page.truncated {
+                    break;
+                }
+                marker = page.next_marker;
+            }
+            json!({"Tags": tags})
+        }
     })
+}
+
+fn read_blob(text: &Option<String>, file: &Option<PathBuf>) -> Result<Vec<u8>, Error> {
+    match (text, file) {
+        (Some(text), _) => unb64(text),
+        (None, Some(path)) => {
+            let bytes = read_file(path)?;
+            // A file may hold the raw blob or the base64 text `encrypt` printed.
+            Ok(match std::str::from_utf8(&bytes).ok().map(unb64) {
+                Some(Ok(decoded)) => decoded,
+                _ => bytes,
+            })
+        }
+        (None, None) => Err(Error::Config(
+            "--ciphertext or --ciphertext-file is required".into(),
+        )),
+    }
+}
+
+pub(crate) async fn alias(conn: &Connection, cmd: AliasCommand) -> Result<Value, Error> {
+    let c = client(conn)?;
+    Ok(match cmd {
+        AliasCommand::Create {
+            alias_name,
+            target_key_id,
+        } => {
+            c.create_alias(&alias_name, &target_key_id).await?;
+            json!({})
+        }
+        AliasCommand::Update {
+            alias_name,
+            target_key_id,
+        } => {
+            c.update_alias(&alias_name, &target_key_id).await?;
+            json!({})
+        }
+        AliasCommand::Delete { alias_name } => {
+            c.delete_alias(&alias_name).await?;
+            json!({})
+        }
+        AliasCommand::List { key_id } => {
+            let mut aliases = Vec::new();
+            let mut marker = String::new();
+            loop {
+                let page = c.list_aliases(key_id.as_deref(), 100, &marker).await?;
+                aliases.extend(page.aliases.iter().map(|a| {
+                    json!({
+                        "AliasName": a.alias_name,
+                        "AliasArn": a.alias_arn,
+                        "TargetKeyId": a.target_key_id,
+                        "CreationDate": a.creation_date as f64 / 1000.0,
+                        "LastUpdatedDate": a.last_updated_date as f64 / 1000.0,
+                    })
+                }));
+                if !page.truncated {
+                    break;
+                }
+                marker = page.next_marker;
+            }
+            json!({"Aliases": aliases})
+        }
+    })
+}
+
+pub(crate) async fn re_encrypt(conn: &Connection, args: ReEncryptArgs) -> Result<Value, Error> {
+    let blob = read_blob(&args.ciphertext, &args.ciphertext_file)?;
+    let r = client(conn)?
+        .re_encrypt(
+            &blob,
+            &context(args.source_context),
+            args.source_key_id.as_deref(),
+            &args.destination_key_id,
+            &context(args.destination_context),
+        )
+        .await?;
+    Ok(json!({
+        "CiphertextBlob": b64(&r.ciphertext_blob),
+        "SourceKeyId": r.source_key_id,
+        "KeyId": r.key_id,
+        "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+    }))
+}
+
+pub(crate) async fn random(conn: &Connection, bytes: u32) -> Result<Value, Error> {
+    let r = client(conn)?.generate_random(bytes).await?;
+    Ok(json!({"Plaintext": b64(&r)}))
 }
 
 pub(crate) async fn encrypt(conn: &Connection, args: EncryptArgs) -> Result<Value, Error> {
@@ -245,22 +457,7 @@ pub(crate) async fn encrypt(conn: &Connection, args: EncryptArgs) -> Result<Valu
 }
 
 pub(crate) async fn decrypt(conn: &Connection, args: DecryptArgs) -> Result<Value, Error> {
-    let blob = match (&args.ciphertext, &args.ciphertext_file) {
-        (Some(text), _) => unb64(text)?,
-        (None, Some(path)) => {
-            let bytes = read_file(path)?;
-            // A file may hold the raw blob or the base64 text `encrypt` printed.
-            match std::str::from_utf8(&bytes).ok().map(unb64) {
-                Some(Ok(decoded)) => decoded,
-                _ => bytes,
-            }
-        }
-        (None, None) => {
-            return Err(Error::Config(
-                "--ciphertext or --ciphertext-file is required".into(),
-            ))
-        }
-    };
+    let blob = read_blob(&args.ciphertext, &args.ciphertext_file)?;
     let r = client(conn)?
         .decrypt(&blob, &context(args.context), args.key_id.as_deref())
         .await?;

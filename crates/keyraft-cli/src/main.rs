@@ -50,6 +50,28 @@ enum Top {
         #[command(flatten)]
         args: commands::DecryptArgs,
     },
+    /// Move a ciphertext to another key or context inside the service.
+    ReEncrypt {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: commands::ReEncryptArgs,
+    },
+    /// Random bytes from a node's HSM.
+    Random {
+        #[command(flatten)]
+        conn: Connection,
+        /// How many (1-1024).
+        #[arg(long)]
+        bytes: u32,
+    },
+    /// Aliases: friendly names for keys.
+    Alias {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: commands::AliasCommand,
+    },
     /// Data keys for envelope encryption.
     DataKey {
         #[command(flatten)]
@@ -166,6 +188,9 @@ async fn run(cli: Cli) -> ExitCode {
         Top::Encrypt { conn, args } => output::finish(commands::encrypt(&conn, args).await),
         Top::Decrypt { conn, args } => output::finish(commands::decrypt(&conn, args).await),
         Top::DataKey { conn, command } => output::finish(commands::data_key(&conn, command).await),
+        Top::ReEncrypt { conn, args } => output::finish(commands::re_encrypt(&conn, args).await),
+        Top::Random { conn, bytes } => output::finish(commands::random(&conn, bytes).await),
+        Top::Alias { conn, command } => output::finish(commands::alias(&conn, command).await),
         Top::Cluster { conn, command } => output::finish(commands::cluster(&conn, command).await),
         Top::Audit { conn, command } => output::finish(commands::audit(&conn, command).await),
     }

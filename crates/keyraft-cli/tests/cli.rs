@@ -169,6 +169,99 @@ fn dev_cluster_and_client_commands() {
     assert_eq!(audit["ChainVerified"], true);
     assert_eq!(audit["Events"].as_array().unwrap().len(), 5);
 
+    // Aliases, descriptions, tags, ReEncrypt and random bytes.
+    let (ok, _) = run(
+        &env,
+        &[
+            "alias",
+            "create",
+            "--alias-name",
+            "alias/cli",
+            "--target-key-id",
+            &key_id,
+        ],
+    );
+    assert!(ok);
+    let (ok, aliases) = run(&env, &["alias", "list", "--key-id", "alias/cli"]);
+    assert!(ok);
+    assert_eq!(aliases["Aliases"][0]["AliasName"], "alias/cli");
+    assert_eq!(aliases["Aliases"][0]["TargetKeyId"], key_id.as_str());
+    let (ok, err) = run(
+        &env,
+        &[
+            "alias",
+            "create",
+            "--alias-name",
+            "alias/aws/x",
+            "--target-key-id",
+            &key_id,
+        ],
+    );
+    assert!(!ok);
+    assert_eq!(err["Error"]["Code"], "InvalidAliasNameException");
+    let (ok, _) = run(
+        &env,
+        &[
+            "key",
+            "update-description",
+            "--key-id",
+            "alias/cli",
+            "--description",
+            "renamed",
+        ],
+    );
+    assert!(ok);
+    let (_, described) = run(&env, &["key", "describe", "--key-id", "alias/cli"]);
+    assert_eq!(described["KeyMetadata"]["Description"], "renamed");
+    let (ok, _) = run(
+        &env,
+        &[
+            "key", "tag", "--key-id", &key_id, "--tag", "env=dev", "--tag", "team=cli",
+        ],
+    );
+    assert!(ok);
+    let (ok, _) = run(
+        &env,
+        &["key", "untag", "--key-id", &key_id, "--tag-key", "team"],
+    );
+    assert!(ok);
+    let (_, tags) = run(&env, &["key", "tags", "--key-id", &key_id]);
+    assert_eq!(
+        tags["Tags"],
+        serde_json::json!([{"TagKey": "env", "TagValue": "dev"}])
+    );
+    let (ok, moved) = run(
+        &env,
+        &[
+            "re-encrypt",
+            "--ciphertext",
+            &blob,
+            "--source-context",
+            "app=cli",
+            "--destination-key-id",
+            "alias/cli",
+            "--destination-context",
+            "app=moved",
+        ],
+    );
+    assert!(ok, "{moved}");
+    let moved_blob = moved["CiphertextBlob"].as_str().unwrap().to_string();
+    let (ok, dec) = run(
+        &env,
+        &[
+            "decrypt",
+            "--ciphertext",
+            &moved_blob,
+            "--context",
+            "app=moved",
+        ],
+    );
+    assert!(ok);
+    assert_eq!(dec["Plaintext"], "aGVsbG8=");
+    let (ok, random) = run(&env, &["random", "--bytes", "16"]);
+    assert!(ok);
+    assert_eq!(random["Plaintext"].as_str().unwrap().len(), 24);
+
     // Ctrl-C stops every node.
     kill(Pid::from_raw(dev.id() as i32), Signal::SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -699,3 +699,201 @@ async fn strangers_cannot_append_to_the_log_or_obtain_the_domain_key() {
     assert_eq!(after.members.len(), before.members.len());
     assert_eq!(after.term, before.term);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_tags_descriptions_reencrypt_and_random_through_any_node() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let (n1, n2, n3) = (
+        c.client_of(1).unwrap(),
+        c.client_of(2).unwrap(),
+        c.client_of(3).unwrap(),
+    );
+    let k1 = n1.create_key("one").await.unwrap();
+    let k2 = n1.create_key("two").await.unwrap();
+
+    // An alias made through one node works as a key id on every other node.
+    n2.create_alias("alias/orders", &k1.key_id).await.unwrap();
+    let ct = n3
+        .encrypt("alias/orders", b"by alias", &ctx(&[]))
+        .await
+        .unwrap();
+    assert_eq!(ct.key_id, k1.arn);
+    assert_eq!(
+        n1.decrypt(&ct.ciphertext_blob, &ctx(&[]), Some("alias/orders"))
+            .await
+            .unwrap()
+            .plaintext,
+        b"by alias"
+    );
+    let alias_arn = k1
+        .arn
+        .replace(&format!("key/{}", k1.key_id), "alias/orders");
+    assert_eq!(n2.describe_key(&alias_arn).await.unwrap().key_id, k1.key_id);
+
+    // Repointed, the alias names the other key from then on, everywhere.
+    n3.update_alias("alias/orders", &k2.arn).await.unwrap();
+    assert_eq!(
+        code(
+            n2.decrypt(&ct.ciphertext_blob, &ctx(&[]), Some("alias/orders"))
+                .await
+        ),
+        Some(ErrorCode::IncorrectKey)
+    );
+    assert_eq!(
+        n1.encrypt("alias/orders", b"x", &ctx(&[]))
+            .await
+            .unwrap()
+            .key_id,
+        k2.arn
+    );
+
+    assert_eq!(
+        code(n1.create_alias("alias/orders", &k1.key_id).await),
+        Some(ErrorCode::AlreadyExists)
+    );
+    assert_eq!(
+        code(n1.create_alias("alias/aws/s3", &k1.key_id).await),
+        Some(ErrorCode::InvalidAliasName)
+    );
+    assert_eq!(
+        code(n1.create_alias("orders", &k1.key_id).await),
+        Some(ErrorCode::InvalidAliasName)
+    );
+    assert_eq!(
+        code(n1.create_alias("alias/x", "alias/orders").await),
+        Some(ErrorCode::Validation)
+    );
+    n2.create_alias("alias/billing", &k1.key_id).await.unwrap();
+    let all = n3.list_aliases(None, 0, "").await.unwrap();
+    let names: Vec<&str> = all.aliases.iter().map(|a| a.alias_name.as_str()).collect();
+    assert_eq!(names, ["alias/billing", "alias/orders"]);
+    let of_k1 = n1.list_aliases(Some(&k1.key_id), 0, "").await.unwrap();
+    assert_eq!(of_k1.aliases.len(), 1);
+    assert_eq!(of_k1.aliases[0].target_key_id, k1.key_id);
+    n1.delete_alias("alias/billing").await.unwrap();
+    assert_eq!(
+        code(n2.encrypt("alias/billing", b"x", &ctx(&[])).await),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        code(n2.delete_alias("alias/billing").await),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        n3.describe_key(&k1.key_id).await.unwrap().key_state,
+        "Enabled",
+        "deleting an alias keeps the key"
+    );
+
+    // Description and tags.
+    n2.update_key_description("alias/orders", "orders, EU")
+        .await
+        .unwrap();
+    assert_eq!(
+        n3.describe_key(&k2.key_id).await.unwrap().description,
+        "orders, EU"
+    );
+    let tags = [
+        ("team".to_string(), "payments".to_string()),
+        ("env".to_string(), "prod".to_string()),
+    ];
+    n1.tag_resource(&k2.key_id, &tags).await.unwrap();
+    n3.untag_resource(&k2.key_id, &["team".to_string()])
+        .await
+        .unwrap();
+    let listed = n2.list_resource_tags(&k2.key_id, 0, "").await.unwrap();
+    assert_eq!(listed.tags.len(), 1);
+    assert_eq!(
+        (
+            listed.tags[0].tag_key.as_str(),
+            listed.tags[0].tag_value.as_str()
+        ),
+        ("env", "prod")
+    );
+    let reserved = [("aws:x".to_string(), "y".to_string())];
+    assert_eq!(
+        code(n1.tag_resource(&k2.key_id, &reserved).await),
+        Some(ErrorCode::Tag)
+    );
+
+    // ReEncrypt moves a ciphertext to another key and context without the plaintext.
+    let a = ctx(&[("stage", "a")]);
+    let b = ctx(&[("stage", "b")]);
+    let under_k1 = n1.encrypt(&k1.key_id, b"moving", &a).await.unwrap();
+    let moved = n2
+        .re_encrypt(
+            &under_k1.ciphertext_blob,
+            &a,
+            Some(&k1.key_id),
+            "alias/orders",
+            &b,
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.source_key_id, k1.arn);
+    assert_eq!(moved.key_id, k2.arn);
+    assert_eq!(
+        n3.decrypt(&moved.ciphertext_blob, &b, None)
+            .await
+            .unwrap()
+            .plaintext,
+        b"moving"
+    );
+    assert_eq!(
+        code(n3.decrypt(&moved.ciphertext_blob, &a, None).await),
+        Some(ErrorCode::InvalidCiphertext)
+    );
+    assert_eq!(
+        code(
+            n2.re_encrypt(
+                &under_k1.ciphertext_blob,
+                &a,
+                Some(&k2.key_id),
+                &k2.key_id,
+                &b
+            )
+            .await
+        ),
+        Some(ErrorCode::IncorrectKey)
+    );
+    n1.disable_key(&k2.key_id).await.unwrap();
+    assert_eq!(
+        code(
+            n3.re_encrypt(&under_k1.ciphertext_blob, &a, None, &k2.key_id, &b)
+                .await
+        ),
+        Some(ErrorCode::Disabled)
+    );
+
+    // Random bytes from the HSM.
+    let r1 = n1.generate_random(32).await.unwrap();
+    let r2 = n2.generate_random(32).await.unwrap();
+    assert_eq!(r1.len(), 32);
+    assert_ne!(r1, r2);
+    assert_eq!(
+        code(n3.generate_random(0).await),
+        Some(ErrorCode::Validation)
+    );
+    assert_eq!(
+        code(n3.generate_random(1025).await),
+        Some(ErrorCode::Validation)
+    );
+
+    // Each call above is in the audit trail with its parameters.
+    let tail = n1.audit_tail(100).await.unwrap();
+    let events: Vec<serde_json::Value> = tail
+        .events_json
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let re = events
+        .iter()
+        .find(|e| e["eventName"] == "ReEncrypt" && e["errorCode"].is_null())
+        .expect("ReEncrypt audited");
+    assert_eq!(re["requestParameters"]["destinationKeyId"], "alias/orders");
+    assert_eq!(re["resources"].as_array().unwrap().len(), 2);
+    assert!(events.iter().any(|e| e["eventName"] == "CreateAlias"
+        && e["requestParameters"]["aliasName"] == "alias/orders"));
+}

@@ -513,6 +513,200 @@ impl Client {
         .await
     }
 
+    /// Moves a ciphertext to `destination_key_id` (and/or a new context) inside the
+    /// service; the plaintext never comes back. `source_key_id`, if given, must be the
+    /// key the ciphertext was made under.
+    pub async fn re_encrypt(
+        &self,
+        blob: &[u8],
+        source_context: &EncryptionContext,
+        source_key_id: Option<&str>,
+        destination_key_id: &str,
+        destination_context: &EncryptionContext,
+    ) -> Result<ReEncryptResponse, Error> {
+        let req = ReEncryptRequest {
+            ciphertext_blob: blob.to_vec(),
+            source_encryption_context: source_context.clone(),
+            source_key_id: source_key_id.unwrap_or_default().to_string(),
+            destination_key_id: destination_key_id.to_string(),
+            destination_encryption_context: destination_context.clone(),
+        };
+        self.call(
+            Route::Any,
+            key_method!("ReEncrypt"),
+            req,
+            |c, r| async move { Self::key(c).re_encrypt(r).await },
+        )
+        .await
+    }
+
+    /// `number_of_bytes` (1–1024) random bytes from a node's HSM.
+    pub async fn generate_random(&self, number_of_bytes: u32) -> Result<Vec<u8>, Error> {
+        let req = GenerateRandomRequest { number_of_bytes };
+        let resp = self
+            .call(
+                Route::Any,
+                key_method!("GenerateRandom"),
+                req,
+                |c, r| async move { Self::key(c).generate_random(r).await },
+            )
+            .await?;
+        Ok(resp.plaintext)
+    }
+
+    /// Replaces a key's description.
+    pub async fn update_key_description(
+        &self,
+        key_id: &str,
+        description: &str,
+    ) -> Result<(), Error> {
+        let req = UpdateKeyDescriptionRequest {
+            key_id: key_id.to_string(),
+            description: description.to_string(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("UpdateKeyDescription"),
+            req,
+            |c, r| async move { Self::key(c).update_key_description(r).await },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Creates `alias/...` pointing to a key (id or key ARN).
+    pub async fn create_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), Error> {
+        let req = CreateAliasRequest {
+            alias_name: alias_name.to_string(),
+            target_key_id: target_key_id.to_string(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("CreateAlias"),
+            req,
+            |c, r| async move { Self::key(c).create_alias(r).await },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Points an alias to another key.
+    pub async fn update_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), Error> {
+        let req = UpdateAliasRequest {
+            alias_name: alias_name.to_string(),
+            target_key_id: target_key_id.to_string(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("UpdateAlias"),
+            req,
+            |c, r| async move { Self::key(c).update_alias(r).await },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes an alias (the key stays).
+    pub async fn delete_alias(&self, alias_name: &str) -> Result<(), Error> {
+        let req = DeleteAliasRequest {
+            alias_name: alias_name.to_string(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("DeleteAlias"),
+            req,
+            |c, r| async move { Self::key(c).delete_alias(r).await },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// One page of aliases, optionally only those of `key_id` (`limit` 0 = 50).
+    pub async fn list_aliases(
+        &self,
+        key_id: Option<&str>,
+        limit: u32,
+        marker: &str,
+    ) -> Result<ListAliasesResponse, Error> {
+        let req = ListAliasesRequest {
+            key_id: key_id.unwrap_or_default().to_string(),
+            limit,
+            marker: marker.to_string(),
+        };
+        self.call(
+            Route::Any,
+            key_method!("ListAliases"),
+            req,
+            |c, r| async move { Self::key(c).list_aliases(r).await },
+        )
+        .await
+    }
+
+    /// Adds or overwrites tags of a key.
+    pub async fn tag_resource(&self, key_id: &str, tags: &[(String, String)]) -> Result<(), Error> {
+        let req = TagResourceRequest {
+            key_id: key_id.to_string(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| Tag {
+                    tag_key: k.clone(),
+                    tag_value: v.clone(),
+                })
+                .collect(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("TagResource"),
+            req,
+            |c, r| async move { Self::key(c).tag_resource(r).await },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes tags of a key.
+    pub async fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), Error> {
+        let req = UntagResourceRequest {
+            key_id: key_id.to_string(),
+            tag_keys: tag_keys.to_vec(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("UntagResource"),
+            req,
+            |c, r| async move { Self::key(c).untag_resource(r).await },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// One page of a key's tags (`limit` 0 = 50).
+    pub async fn list_resource_tags(
+        &self,
+        key_id: &str,
+        limit: u32,
+        marker: &str,
+    ) -> Result<ListResourceTagsResponse, Error> {
+        let req = ListResourceTagsRequest {
+            key_id: key_id.to_string(),
+            limit,
+            marker: marker.to_string(),
+        };
+        self.call(
+            Route::Any,
+            key_method!("ListResourceTags"),
+            req,
+            |c, r| async move { Self::key(c).list_resource_tags(r).await },
+        )
+        .await
+    }
+
     /// The cluster's members, leader and per-node progress. Also refreshes this
     /// client's view: members' endpoints are added and the leader remembered.
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, Error> {

@@ -76,6 +76,29 @@ pub fn check_round_trips(hsm: &dyn Hsm) {
         .encrypt(&key, &id, 1, b"same", &ctx(&[]))
         .expect("encrypt");
     assert_ne!(a, b, "two encryptions of one plaintext must differ");
+
+    // ReEncrypt moves a ciphertext to another key and context.
+    let id2 = KeyId::random();
+    let key2 = hsm.generate_key_material(&id2, 1).expect("material");
+    let (c1, c2) = (ctx(&[("from", "a")]), ctx(&[("to", "b")]));
+    let blob = CiphertextBlob::parse(&hsm.encrypt(&key, &id, 1, b"moved", &c1).expect("encrypt"))
+        .expect("parse");
+    let moved = hsm
+        .reencrypt(&key, &blob, &c1, &key2, &id2, 1, &c2)
+        .expect("reencrypt");
+    let moved = CiphertextBlob::parse(&moved).expect("parse");
+    assert_eq!(moved.key_id, id2);
+    assert_eq!(
+        hsm.decrypt(&key2, &moved, &c2).expect("decrypt").as_slice(),
+        b"moved"
+    );
+    assert!(
+        is_invalid(
+            hsm.reencrypt(&key, &blob, &c2, &key2, &id2, 1, &c2)
+                .map(zeroize::Zeroizing::new)
+        ),
+        "wrong source context accepted"
+    );
 }
 
 /// Flipping any bit of a blob is detected.

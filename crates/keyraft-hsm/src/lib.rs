@@ -153,6 +153,30 @@ pub trait Hsm: Send + Sync + 'static {
         context: &EncryptionContext,
     ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), HsmError>;
 
+    /// Decrypts `blob` with `source` and encrypts the plaintext under `destination`,
+    /// without the plaintext ever leaving the HSM boundary (the default runs both steps
+    /// here and zeroizes the plaintext; a hardware backend can do it in one call).
+    #[allow(clippy::too_many_arguments)]
+    fn reencrypt(
+        &self,
+        source: &WrappedKey,
+        blob: &CiphertextBlob,
+        source_context: &EncryptionContext,
+        destination: &WrappedKey,
+        destination_key_id: &KeyId,
+        destination_version: u32,
+        destination_context: &EncryptionContext,
+    ) -> Result<Vec<u8>, HsmError> {
+        let plaintext = self.decrypt(source, blob, source_context)?;
+        self.encrypt(
+            destination,
+            destination_key_id,
+            destination_version,
+            &plaintext,
+            destination_context,
+        )
+    }
+
     /// Random bytes (1..=1024) from the HSM's generator.
     fn generate_random(&self, len: usize) -> Result<Vec<u8>, HsmError>;
 

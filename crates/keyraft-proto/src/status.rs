@@ -35,7 +35,9 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::Validation
         | ErrorCode::InvalidMarker
         | ErrorCode::InvalidKeyUsage
-        | ErrorCode::InvalidArn => Code::InvalidArgument,
+        | ErrorCode::InvalidArn
+        | ErrorCode::InvalidAliasName
+        | ErrorCode::Tag => Code::InvalidArgument,
         ErrorCode::LimitExceeded | ErrorCode::Throttling => Code::ResourceExhausted,
         ErrorCode::AccessDenied => Code::PermissionDenied,
         ErrorCode::AlreadyExists => Code::AlreadyExists,

@@ -27,6 +27,24 @@ pub(crate) fn event_json(e: &AuditEvent, region: &str) -> Value {
     if let Some(n) = p.node_id {
         params.insert("nodeId".into(), json!(n));
     }
+    if let Some(a) = &p.alias_name {
+        params.insert("aliasName".into(), json!(a));
+    }
+    if let Some(k) = &p.target_key_id {
+        params.insert("targetKeyId".into(), json!(k));
+    }
+    if let Some(k) = &p.destination_key_id {
+        params.insert("destinationKeyId".into(), json!(k));
+    }
+    if let Some(c) = &p.destination_encryption_context {
+        params.insert("destinationEncryptionContext".into(), json!(c));
+    }
+    if let Some(t) = &p.tag_keys {
+        params.insert("tagKeys".into(), json!(t));
+    }
+    if let Some(d) = &p.description {
+        params.insert("description".into(), json!(d));
+    }
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.event_time_ms);
     json!({
         "eventVersion": "1.08",
@@ -55,7 +73,7 @@ pub(crate) fn event_json(e: &AuditEvent, region: &str) -> Value {
         "resources": r.resources.iter().map(|arn| json!({"ARN": arn})).collect::<Vec<_>>(),
         "errorCode": e.error_code,
         "errorMessage": e.error_message,
-        "keyEpoch": r.key_check.as_ref().map(|c| c.epoch),
+        "keyEpochs": r.key_checks.iter().map(|c| json!({"keyId": c.key_id.as_str(), "epoch": c.epoch})).collect::<Vec<_>>(),
         "prevHash": e.prev_hash,
         "hash": e.hash,
     })

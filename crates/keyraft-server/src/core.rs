@@ -463,7 +463,7 @@ impl NodeCore {
             request_parameters: RequestParameters::default(),
             resources: Vec::new(),
             error: None,
-            key_check: None,
+            key_checks: Vec::new(),
         };
         let principal = match self.authn.authenticate(&request, method, &mut record) {
             Ok(p) => p,
@@ -488,7 +488,7 @@ impl NodeCore {
         }
         if let Err(e) = &result {
             call.record.error = Some((e.code, e.message.clone()));
-            call.record.key_check = None;
+            call.record.key_checks.clear();
         }
         match self.audit(call.record).await {
             Ok(None) => result.map(Response::new).map_err(|e| self.status(&e)),

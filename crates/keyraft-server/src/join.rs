@@ -62,7 +62,7 @@ pub(crate) fn service_record(
         },
         resources: Vec::new(),
         error: None,
-        key_check: None,
+        key_checks: Vec::new(),
     }
 }
 

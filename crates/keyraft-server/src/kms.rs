@@ -11,8 +11,8 @@ use keyraft_proto::SYMMETRIC_DEFAULT;
 use keyraft_raft::network::now_ms;
 use keyraft_state::{Command, KeyRecord, Op, Reply};
 use keyraft_types::{
-    CryptoOperation, DataKeySpec, EncryptionContext, ErrorCode, KeyCheck, KeyId, KeyManager,
-    KeyMetadata, KeySpec, KeyState, KeyUsage, KmsError, Origin,
+    AuditRecord, CryptoOperation, DataKeySpec, EncryptionContext, ErrorCode, KeyCheck, KeyId,
+    KeyManager, KeyMetadata, KeyRef, KeySpec, KeyState, KeyUsage, KmsError, Origin,
 };
 
 use crate::core::{handler, Call, NodeCore};
@@ -42,24 +42,54 @@ macro_rules! method {
 }
 
 impl NodeCore {
-    /// Reads a key from the local replica; if this replica does not know it yet, passes
-    /// a read barrier and looks again, so a key created through another node is found.
-    pub(crate) async fn load_key(&self, key_ref: &str) -> Result<KeyRecord, KmsError> {
-        let id = self.region.resolve_key_ref(key_ref)?;
-        if let Some(k) = self.state.key(&id).map_err(internal)? {
-            return Ok(k);
+    /// Resolves a key reference — key id, key ARN, alias name or alias ARN — to a key id.
+    ///
+    /// An alias is read after a read barrier: a replica that has not yet applied an
+    /// UpdateAlias that completed before this request began must not act on the key the
+    /// alias used to name. (That costs a ReadIndex round trip per request that names an
+    /// alias; hot paths should name keys by id or ARN.)
+    pub(crate) async fn resolve_key(&self, call: &Call, key_ref: &str) -> Result<KeyId, KmsError> {
+        let (account, name) = match self.region.parse_key_ref(key_ref)? {
+            KeyRef::Key(id) => return Ok(id),
+            KeyRef::Alias { account, name } => (account, name),
+        };
+        let account = account.unwrap_or_else(|| call.principal.account.clone());
+        let not_found = || {
+            KmsError::new(
+                ErrorCode::NotFound,
+                format!("Alias {key_ref} is not found."),
+            )
+        };
+        if account != call.principal.account {
+            return Err(not_found());
         }
         self.read_barrier().await?;
         self.state
-            .key(&id)
+            .alias(&account, &name)
             .map_err(internal)?
-            .ok_or_else(|| KmsError::key_not_found(key_ref))
+            .map(|a| a.target_key_id)
+            .ok_or_else(not_found)
     }
 
-    /// Loads a key the caller's account owns. Policies arrive with their own issue; until
+    /// Loads a key the caller's account owns; a key this replica does not know yet is
+    /// looked up again after a read barrier. Policies arrive with their own issue; until
     /// then an account sees only its own keys.
-    async fn owned_key(&self, call: &Call, key_ref: &str) -> Result<KeyRecord, KmsError> {
-        let key = self.load_key(key_ref).await?;
+    pub(crate) async fn owned_key(
+        &self,
+        call: &Call,
+        key_ref: &str,
+    ) -> Result<KeyRecord, KmsError> {
+        let id = self.resolve_key(call, key_ref).await?;
+        let key = match self.state.key(&id).map_err(internal)? {
+            Some(k) => k,
+            None => {
+                self.read_barrier().await?;
+                self.state
+                    .key(&id)
+                    .map_err(internal)?
+                    .ok_or_else(|| KmsError::key_not_found(key_ref))?
+            }
+        };
         if key.metadata.account != call.principal.account {
             return Err(KmsError::new(
                 ErrorCode::AccessDenied,
@@ -72,11 +102,29 @@ impl NodeCore {
         Ok(key)
     }
 
+    /// Proposes a mutation whose audit record is the call's own: `op` receives the
+    /// record, and the command carries the caller's request id (or a fresh one).
+    pub(crate) async fn mutate(
+        &self,
+        call: &mut Call,
+        given_request_id: String,
+        op: impl FnOnce(Box<AuditRecord>) -> Op,
+    ) -> Result<Reply, KmsError> {
+        call.record.request_id = request_id(given_request_id)?;
+        let cmd = Command {
+            request_id: call.record.request_id.clone(),
+            time_ms: now_ms(),
+            op: op(Box::new(call.record.clone())),
+        };
+        call.audited = true;
+        self.propose(cmd).await?
+    }
+
     /// Loads a key that must allow `op`. A refusal is only given after a read barrier:
     /// a replica that has not yet applied an EnableKey that completed before this request
     /// began must not refuse on its stale view. (The opposite staleness — a key disabled
     /// after this replica last looked — is caught by the epoch re-check in apply.)
-    async fn usable_key(
+    pub(crate) async fn usable_key(
         &self,
         call: &Call,
         key_ref: &str,
@@ -98,7 +146,7 @@ pub(crate) fn internal(e: keyraft_state::StateError) -> KmsError {
     KmsError::internal()
 }
 
-fn check_context(ctx: &EncryptionContext) -> Result<(), KmsError> {
+pub(crate) fn check_context(ctx: &EncryptionContext) -> Result<(), KmsError> {
     let size: usize = ctx.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_CONTEXT_BYTES {
         return Err(KmsError::validation(format!(
@@ -140,7 +188,7 @@ fn data_key_len(spec: &str, number_of_bytes: u32) -> Result<usize, KmsError> {
     }
 }
 
-fn material(key: &KeyRecord, version: u32) -> Result<keyraft_hsm::WrappedKey, KmsError> {
+pub(crate) fn material(key: &KeyRecord, version: u32) -> Result<keyraft_hsm::WrappedKey, KmsError> {
     key.versions
         .get(&version)
         .map(|m| keyraft_hsm::WrappedKey(m.clone()))
@@ -152,7 +200,7 @@ fn material(key: &KeyRecord, version: u32) -> Result<keyraft_hsm::WrappedKey, Km
         })
 }
 
-fn request_id(given: String) -> Result<String, KmsError> {
+pub(crate) fn request_id(given: String) -> Result<String, KmsError> {
     if given.len() > 128 {
         return Err(KmsError::validation(
             "request_id must be at most 128 characters",
@@ -165,7 +213,7 @@ fn request_id(given: String) -> Result<String, KmsError> {
     })
 }
 
-fn expect_key(reply: keyraft_state::Response) -> Result<KeyMetadata, KmsError> {
+pub(crate) fn expect_key(reply: Result<Reply, KmsError>) -> Result<KeyMetadata, KmsError> {
     match reply? {
         Reply::Key(k) => Ok(*k),
         other => {
@@ -186,18 +234,16 @@ impl KeyApi {
         call.record.request_parameters.key_id = Some(key_ref.clone());
         let key = core.owned_key(call, &key_ref).await?;
         call.record.resources.push(key.metadata.arn.clone());
-        call.record.request_id = request_id(rid)?;
-        let cmd = Command {
-            request_id: call.record.request_id.clone(),
-            time_ms: now_ms(),
-            op: Op::SetKeyEnabled {
-                key_id: key.metadata.key_id,
+        let key_id = key.metadata.key_id;
+        expect_key(
+            core.mutate(call, rid, |audit| Op::SetKeyEnabled {
+                key_id,
                 enabled,
-                audit: Box::new(call.record.clone()),
-            },
-        };
-        call.audited = true;
-        expect_key(core.propose(cmd).await?).map(|_| ())
+                audit,
+            })
+            .await,
+        )
+        .map(|_| ())
     }
 
     async fn data_key(
@@ -226,7 +272,7 @@ impl KeyApi {
             len,
             &ctx,
         )?;
-        call.record.key_check = Some(KeyCheck {
+        call.record.key_checks.push(KeyCheck {
             key_id: key.metadata.key_id.clone(),
             epoch: key.metadata.epoch,
             operation: op,
@@ -260,7 +306,6 @@ impl KeyService for KeyApi {
                     }
                     let key_spec = KeySpec::parse(&req.key_spec)?;
                     let key_usage = KeyUsage::parse(&req.key_usage)?;
-                    call.record.request_id = request_id(req.request_id)?;
                     let key_id = KeyId::random();
                     let material = core.hsm.generate_key_material(&key_id, 1)?;
                     let account = call.principal.account.clone();
@@ -280,17 +325,14 @@ impl KeyService for KeyApi {
                         epoch: 1,
                         current_version: 1,
                     };
-                    let cmd = Command {
-                        request_id: call.record.request_id.clone(),
-                        time_ms: now_ms(),
-                        op: Op::CreateKey {
+                    let key = expect_key(
+                        core.mutate(call, req.request_id, |audit| Op::CreateKey {
                             key: Box::new(key),
                             material: material.0,
-                            audit: Box::new(call.record.clone()),
-                        },
-                    };
-                    call.audited = true;
-                    let key = expect_key(core.propose(cmd).await?)?;
+                            audit,
+                        })
+                        .await,
+                    )?;
                     Ok(CreateKeyResponse {
                         key_metadata: Some((&key).into()),
                     })
@@ -440,7 +482,7 @@ impl KeyService for KeyApi {
                         &req.plaintext,
                         &req.encryption_context,
                     )?;
-                    call.record.key_check = Some(KeyCheck {
+                    call.record.key_checks.push(KeyCheck {
                         key_id: key.metadata.key_id.clone(),
                         epoch: key.metadata.epoch,
                         operation: CryptoOperation::Encrypt,
@@ -468,7 +510,7 @@ impl KeyService for KeyApi {
                 check_algorithm(&req.encryption_algorithm)?;
                 let blob = CiphertextBlob::parse(&req.ciphertext_blob)?;
                 if !req.key_id.is_empty() {
-                    let named = core.region.resolve_key_ref(&req.key_id)?;
+                    let named = core.resolve_key(call, &req.key_id).await?;
                     if named != blob.key_id {
                         return Err(KmsError::new(
                             ErrorCode::IncorrectKey,
@@ -484,7 +526,7 @@ impl KeyService for KeyApi {
                     &blob,
                     &req.encryption_context,
                 )?;
-                call.record.key_check = Some(KeyCheck {
+                call.record.key_checks.push(KeyCheck {
                     key_id: key.metadata.key_id.clone(),
                     epoch: key.metadata.epoch,
                     operation: CryptoOperation::Decrypt,
@@ -555,6 +597,189 @@ impl KeyService for KeyApi {
                         ciphertext_blob: blob,
                     })
                 }),
+            )
+            .await
+    }
+
+    async fn re_encrypt(
+        &self,
+        request: Request<ReEncryptRequest>,
+    ) -> Result<Response<ReEncryptResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ReEncrypt",
+                method!("ReEncrypt"),
+                false,
+                handler!(|core, call, req| { crate::key_admin::re_encrypt(core, call, req).await }),
+            )
+            .await
+    }
+
+    async fn generate_random(
+        &self,
+        request: Request<GenerateRandomRequest>,
+    ) -> Result<Response<GenerateRandomResponse>, Status> {
+        self.core
+            .run(request, "GenerateRandom", method!("GenerateRandom"), true, handler!(|core, call, req| {
+                call.record.request_parameters.number_of_bytes = Some(req.number_of_bytes);
+                if !(1..=1024).contains(&req.number_of_bytes) {
+                    return Err(KmsError::validation(format!(
+                        "Value '{}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024",
+                        req.number_of_bytes
+                    )));
+                }
+                Ok(GenerateRandomResponse {
+                    plaintext: core.hsm.generate_random(req.number_of_bytes as usize)?,
+                })
+            }))
+            .await
+    }
+
+    async fn update_key_description(
+        &self,
+        request: Request<UpdateKeyDescriptionRequest>,
+    ) -> Result<Response<UpdateKeyDescriptionResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "UpdateKeyDescription",
+                method!("UpdateKeyDescription"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::update_description(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn create_alias(
+        &self,
+        request: Request<CreateAliasRequest>,
+    ) -> Result<Response<CreateAliasResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "CreateAlias",
+                method!("CreateAlias"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::set_alias(
+                        core,
+                        call,
+                        req.alias_name,
+                        req.target_key_id,
+                        req.request_id,
+                        true,
+                    )
+                    .await?;
+                    Ok(CreateAliasResponse {})
+                }),
+            )
+            .await
+    }
+
+    async fn update_alias(
+        &self,
+        request: Request<UpdateAliasRequest>,
+    ) -> Result<Response<UpdateAliasResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "UpdateAlias",
+                method!("UpdateAlias"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::set_alias(
+                        core,
+                        call,
+                        req.alias_name,
+                        req.target_key_id,
+                        req.request_id,
+                        false,
+                    )
+                    .await?;
+                    Ok(UpdateAliasResponse {})
+                }),
+            )
+            .await
+    }
+
+    async fn delete_alias(
+        &self,
+        request: Request<DeleteAliasRequest>,
+    ) -> Result<Response<DeleteAliasResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "DeleteAlias",
+                method!("DeleteAlias"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::delete_alias(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn list_aliases(
+        &self,
+        request: Request<ListAliasesRequest>,
+    ) -> Result<Response<ListAliasesResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ListAliases",
+                method!("ListAliases"),
+                true,
+                handler!(|core, call, req| {
+                    crate::key_admin::list_aliases(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn tag_resource(
+        &self,
+        request: Request<TagResourceRequest>,
+    ) -> Result<Response<TagResourceResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "TagResource",
+                method!("TagResource"),
+                false,
+                handler!(|core, call, req| { crate::key_admin::tag(core, call, req).await }),
+            )
+            .await
+    }
+
+    async fn untag_resource(
+        &self,
+        request: Request<UntagResourceRequest>,
+    ) -> Result<Response<UntagResourceResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "UntagResource",
+                method!("UntagResource"),
+                false,
+                handler!(|core, call, req| { crate::key_admin::untag(core, call, req).await }),
+            )
+            .await
+    }
+
+    async fn list_resource_tags(
+        &self,
+        request: Request<ListResourceTagsRequest>,
+    ) -> Result<Response<ListResourceTagsResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ListResourceTags",
+                method!("ListResourceTags"),
+                true,
+                handler!(|core, call, req| { crate::key_admin::list_tags(core, call, req).await }),
             )
             .await
     }

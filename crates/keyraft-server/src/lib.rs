@@ -35,6 +35,7 @@ pub mod config;
 pub mod core;
 mod internal;
 mod join;
+mod key_admin;
 mod kms;
 pub mod node;
 

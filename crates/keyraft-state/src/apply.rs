@@ -8,16 +8,17 @@ use serde::{Deserialize, Serialize};
 
 use keyraft_types::audit::GENESIS_HASH;
 use keyraft_types::{
-    AccountId, AuditEvent, AuditRecord, ErrorCode, KeyId, KeyMetadata, KeyState, KmsError, NodeId,
+    AccountId, AliasName, AuditEvent, AuditRecord, ErrorCode, KeyId, KeyMetadata, KeyState,
+    KmsError, NodeId,
 };
 
 use crate::command::{
-    AccessKeyRecord, ApplyEntry, Bootstrap, ClusterConfig, Command, JoinAuthorization, KeyRecord,
-    NodeRecord, Op, Reply, Response,
+    AccessKeyRecord, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command, JoinAuthorization,
+    KeyRecord, NodeRecord, Op, Reply, Response,
 };
 use crate::keys;
 use crate::storage::{Durable, StateError};
-use crate::{DEFAULT_KEY_QUOTA, REQUEST_ID_TTL_MS};
+use crate::{DEFAULT_KEY_QUOTA, MAX_TAGS_PER_KEY, REQUEST_ID_TTL_MS};
 
 /// The replicated state of one node.
 pub struct StateMachine {
@@ -252,6 +253,51 @@ impl StateMachine {
         Ok((out, false))
     }
 
+    /// An alias of `account`.
+    pub fn alias(
+        &self,
+        account: &AccountId,
+        name: &AliasName,
+    ) -> Result<Option<AliasRecord>, StateError> {
+        self.get(&keys::alias(account, name))
+    }
+
+    /// Aliases of `account` in name order after `after`, optionally only those pointing
+    /// to `key`; up to `limit`, and whether more follow.
+    pub fn list_aliases(
+        &self,
+        account: &AccountId,
+        key: Option<&KeyId>,
+        after: Option<&AliasName>,
+        limit: usize,
+    ) -> Result<(Vec<AliasRecord>, bool), StateError> {
+        let prefix = keys::alias_prefix(account);
+        let start = match after {
+            Some(name) => {
+                let mut k = keys::alias(account, name);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let alias: AliasRecord = decode(&k, &v)?;
+            if key.is_some_and(|key| &alias.target_key_id != key) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(alias);
+        }
+        Ok((out, false))
+    }
+
     /// A credential.
     pub fn access_key(&self, id: &str) -> Result<Option<AccessKeyRecord>, StateError> {
         self.get(&keys::access_key(id))
@@ -363,6 +409,75 @@ fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateErro
             }
             Ok(Reply::Audit(verdicts))
         }
+        Op::CreateAlias {
+            account,
+            name,
+            key_id,
+            audit,
+        } => {
+            let r = create_alias(txn, account, name, key_id, cmd.time_ms)?;
+            audited(txn, audit, r)?
+        }
+        Op::UpdateAlias {
+            account,
+            name,
+            key_id,
+            audit,
+        } => {
+            let r = update_alias(txn, account, name, key_id, cmd.time_ms)?;
+            audited(txn, audit, r)?
+        }
+        Op::DeleteAlias {
+            account,
+            name,
+            audit,
+        } => {
+            let r = delete_alias(txn, account, name)?;
+            audited(txn, audit, r)?
+        }
+        Op::UpdateKeyDescription {
+            key_id,
+            description,
+            audit,
+        } => {
+            let r = change_key(txn, key_id, |k| {
+                k.metadata.description = description.clone();
+                Ok(())
+            })?;
+            audited(txn, audit, r)?
+        }
+        Op::TagResource {
+            key_id,
+            tags,
+            audit,
+        } => {
+            let r = change_key(txn, key_id, |k| {
+                let mut merged = k.tags.clone();
+                merged.extend(tags.iter().map(|(a, b)| (a.clone(), b.clone())));
+                if merged.len() > MAX_TAGS_PER_KEY {
+                    return Err(KmsError::new(
+                        ErrorCode::Tag,
+                        format!("a key has at most {MAX_TAGS_PER_KEY} tags"),
+                    ));
+                }
+                k.tags = merged;
+                Ok(())
+            })?;
+            audited(txn, audit, r)?
+        }
+        Op::UntagResource {
+            key_id,
+            tag_keys,
+            audit,
+        } => {
+            let r = change_key(txn, key_id, |k| {
+                for t in tag_keys {
+                    k.tags.remove(t);
+                }
+                Ok(())
+            })?;
+            audited(txn, audit, r)?
+        }
         Op::AuthorizeJoin {
             node,
             public_key,
@@ -441,23 +556,25 @@ fn append_audit(
     Ok(())
 }
 
-/// The final verdict on an audit record: the node's own error, or the key check.
+/// The final verdict on an audit record: the node's own error, or the key checks.
 fn check_record(txn: &Txn<'_>, record: &AuditRecord) -> Result<Option<KmsError>, StateError> {
     if let Some((code, message)) = &record.error {
         return Ok(Some(KmsError::new(*code, message.clone())));
     }
-    let Some(check) = &record.key_check else {
-        return Ok(None);
-    };
-    let Some(key) = txn.get::<KeyRecord>(&keys::key(&check.key_id))? else {
-        return Ok(Some(KmsError::key_not_found(check.key_id.as_str())));
-    };
-    if key.metadata.epoch == check.epoch {
-        return Ok(None);
+    for check in &record.key_checks {
+        let Some(key) = txn.get::<KeyRecord>(&keys::key(&check.key_id))? else {
+            return Ok(Some(KmsError::key_not_found(check.key_id.as_str())));
+        };
+        if key.metadata.epoch == check.epoch {
+            continue;
+        }
+        // The key changed after the serving node decided: decide again on the state as
+        // of this point of the log. Only this decision is released to the caller.
+        if let Err(e) = key.metadata.check_usable(check.operation) {
+            return Ok(Some(e));
+        }
     }
-    // The key changed after the serving node decided: decide again on the state as of
-    // this point of the log. Only this decision is released to the caller.
-    Ok(key.metadata.check_usable(check.operation).err())
+    Ok(None)
 }
 
 fn bootstrap(txn: &mut Txn<'_>, b: &Bootstrap, time_ms: u64) -> Result<Response, StateError> {
@@ -519,6 +636,7 @@ fn create_key(
     let record = KeyRecord {
         metadata: key.clone(),
         versions: BTreeMap::from([(key.current_version, material.to_vec())]),
+        tags: BTreeMap::new(),
     };
     txn.put(keys::key(&key.key_id), &record)?;
     txn.put(count_key, &(count + 1))?;
@@ -553,6 +671,121 @@ fn set_key_enabled(
         txn.put(keys::key(key_id), &record)?;
     }
     Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+/// Applies `change` to a key that exists and is not pending deletion. Changes that do
+/// not affect authorization (description, tags) leave the epoch alone, so cryptography
+/// decided just before them still stands.
+fn change_key(
+    txn: &mut Txn<'_>,
+    key_id: &KeyId,
+    change: impl FnOnce(&mut KeyRecord) -> Result<(), KmsError>,
+) -> Result<Response, StateError> {
+    let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    };
+    if record.metadata.key_state == KeyState::PendingDeletion {
+        return Ok(Err(KmsError::new(
+            ErrorCode::InvalidState,
+            format!("{} is pending deletion", record.metadata.arn),
+        )));
+    }
+    if let Err(e) = change(&mut record) {
+        return Ok(Err(e));
+    }
+    txn.put(keys::key(key_id), &record)?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+/// A key an alias of `account` may point to.
+fn alias_target(
+    txn: &Txn<'_>,
+    account: &AccountId,
+    key_id: &KeyId,
+) -> Result<Result<KeyRecord, KmsError>, StateError> {
+    let Some(key) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    };
+    if &key.metadata.account != account {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    }
+    if key.metadata.key_state == KeyState::PendingDeletion {
+        return Ok(Err(KmsError::new(
+            ErrorCode::InvalidState,
+            format!("{} is pending deletion", key.metadata.arn),
+        )));
+    }
+    Ok(Ok(key))
+}
+
+fn create_alias(
+    txn: &mut Txn<'_>,
+    account: &AccountId,
+    name: &AliasName,
+    key_id: &KeyId,
+    time_ms: u64,
+) -> Result<Response, StateError> {
+    if txn
+        .get::<AliasRecord>(&keys::alias(account, name))?
+        .is_some()
+    {
+        return Ok(Err(KmsError::new(
+            ErrorCode::AlreadyExists,
+            format!("An alias with the name {name} already exists"),
+        )));
+    }
+    if let Err(e) = alias_target(txn, account, key_id)? {
+        return Ok(Err(e));
+    }
+    let record = AliasRecord {
+        name: name.clone(),
+        account: account.clone(),
+        target_key_id: key_id.clone(),
+        creation_ms: time_ms,
+        last_updated_ms: time_ms,
+    };
+    txn.put(keys::alias(account, name), &record)?;
+    Ok(Ok(Reply::Alias(Box::new(record))))
+}
+
+fn update_alias(
+    txn: &mut Txn<'_>,
+    account: &AccountId,
+    name: &AliasName,
+    key_id: &KeyId,
+    time_ms: u64,
+) -> Result<Response, StateError> {
+    let Some(mut record) = txn.get::<AliasRecord>(&keys::alias(account, name))? else {
+        return Ok(Err(KmsError::new(
+            ErrorCode::NotFound,
+            format!("Alias {name} is not found."),
+        )));
+    };
+    if let Err(e) = alias_target(txn, account, key_id)? {
+        return Ok(Err(e));
+    }
+    record.target_key_id = key_id.clone();
+    record.last_updated_ms = time_ms;
+    txn.put(keys::alias(account, name), &record)?;
+    Ok(Ok(Reply::Alias(Box::new(record))))
+}
+
+fn delete_alias(
+    txn: &mut Txn<'_>,
+    account: &AccountId,
+    name: &AliasName,
+) -> Result<Response, StateError> {
+    if txn
+        .get::<AliasRecord>(&keys::alias(account, name))?
+        .is_none()
+    {
+        return Ok(Err(KmsError::new(
+            ErrorCode::NotFound,
+            format!("Alias {name} is not found."),
+        )));
+    }
+    txn.delete(keys::alias(account, name));
+    Ok(Ok(Reply::Unit))
 }
 
 fn authorize_join(

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use keyraft_types::{AccountId, AuditRecord, KeyId, KeyMetadata, KmsError, NodeId, Region};
+use keyraft_types::{
+    AccountId, AliasName, AuditRecord, KeyId, KeyMetadata, KmsError, NodeId, Region,
+};
 
 /// One Raft log entry's application payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,64 @@ pub enum Op {
         /// The request's audit record.
         audit: Box<AuditRecord>,
     },
+    /// Creates an alias of `account` pointing to `key_id`.
+    CreateAlias {
+        /// The caller's account (the alias's and the key's).
+        account: AccountId,
+        /// The alias.
+        name: AliasName,
+        /// The key it points to.
+        key_id: KeyId,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Points an existing alias to another key.
+    UpdateAlias {
+        /// The caller's account.
+        account: AccountId,
+        /// The alias.
+        name: AliasName,
+        /// The new target.
+        key_id: KeyId,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Deletes an alias (never the key).
+    DeleteAlias {
+        /// The caller's account.
+        account: AccountId,
+        /// The alias.
+        name: AliasName,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Replaces a key's description.
+    UpdateKeyDescription {
+        /// The key.
+        key_id: KeyId,
+        /// The new description.
+        description: String,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Adds or overwrites tags of a key.
+    TagResource {
+        /// The key.
+        key_id: KeyId,
+        /// Tag key -> value.
+        tags: BTreeMap<String, String>,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Removes tags of a key (absent ones are ignored, as AWS does).
+    UntagResource {
+        /// The key.
+        key_id: KeyId,
+        /// Tag keys to remove.
+        tag_keys: Vec<String>,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
     /// Marks a node id as retired after its removal: it can never be used again.
     RetireNode {
         /// The node.
@@ -72,6 +132,12 @@ impl Op {
         match self {
             Op::CreateKey { audit, .. }
             | Op::SetKeyEnabled { audit, .. }
+            | Op::CreateAlias { audit, .. }
+            | Op::UpdateAlias { audit, .. }
+            | Op::DeleteAlias { audit, .. }
+            | Op::UpdateKeyDescription { audit, .. }
+            | Op::TagResource { audit, .. }
+            | Op::UntagResource { audit, .. }
             | Op::AuthorizeJoin { audit, .. }
             | Op::RetireNode { audit, .. } => Some(audit),
             Op::Bootstrap(_) | Op::AuditBatch { .. } => None,
@@ -133,6 +199,21 @@ pub struct JoinAuthorization {
     pub public_key: Vec<u8>,
 }
 
+/// An alias: a friendly name of a key, per account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasRecord {
+    /// The alias.
+    pub name: AliasName,
+    /// Its account.
+    pub account: AccountId,
+    /// The key it points to.
+    pub target_key_id: KeyId,
+    /// When it was created (ms, proposer's clock).
+    pub creation_ms: u64,
+    /// When it was last pointed elsewhere.
+    pub last_updated_ms: u64,
+}
+
 /// Cluster-wide configuration written by `Bootstrap`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
@@ -155,6 +236,8 @@ pub struct KeyRecord {
     pub metadata: KeyMetadata,
     /// Backing versions: version -> material wrapped under the domain key.
     pub versions: BTreeMap<u32, Vec<u8>>,
+    /// Tags (key -> value).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What apply answers for one command.
@@ -164,6 +247,8 @@ pub enum Reply {
     Unit,
     /// The key after the change.
     Key(Box<KeyMetadata>),
+    /// The alias after the change.
+    Alias(Box<AliasRecord>),
     /// Per-record verdicts of an audit batch: `None` = confirmed.
     Audit(Vec<Option<KmsError>>),
 }
@@ -189,6 +274,18 @@ impl std::fmt::Display for Command {
                 format!("SetKeyEnabled({key_id}, {enabled})")
             }
             Op::AuditBatch { records } => format!("AuditBatch({})", records.len()),
+            Op::CreateAlias { name, key_id, .. } => format!("CreateAlias({name} -> {key_id})"),
+            Op::UpdateAlias { name, key_id, .. } => format!("UpdateAlias({name} -> {key_id})"),
+            Op::DeleteAlias { name, .. } => format!("DeleteAlias({name})"),
+            Op::UpdateKeyDescription { key_id, .. } => format!("UpdateKeyDescription({key_id})"),
+            Op::TagResource { key_id, tags, .. } => {
+                format!("TagResource({key_id}, {})", tags.len())
+            }
+            Op::UntagResource {
+                key_id, tag_keys, ..
+            } => {
+                format!("UntagResource({key_id}, {})", tag_keys.len())
+            }
             Op::AuthorizeJoin { node, .. } => format!("AuthorizeJoin({})", node.node_id),
             Op::RetireNode { node_id, .. } => format!("RetireNode({node_id})"),
         };

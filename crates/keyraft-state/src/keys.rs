@@ -1,7 +1,7 @@
 //! The key layout of the state tree. Every record lives in one sled tree so that one
 //! atomic batch can change any of them together.
 
-use keyraft_types::{AccountId, KeyId, NodeId};
+use keyraft_types::{AccountId, AliasName, KeyId, NodeId};
 
 pub(crate) const LAST_APPLIED: &[u8] = b"meta/last_applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"meta/membership";
@@ -48,4 +48,12 @@ pub(crate) fn request_time(time_ms: u64, id: &str) -> Vec<u8> {
 
 pub(crate) fn audit(seq: u64) -> Vec<u8> {
     [AUDIT_PREFIX, &seq.to_be_bytes()[..]].concat()
+}
+
+pub(crate) fn alias(account: &AccountId, name: &AliasName) -> Vec<u8> {
+    format!("alias/{account}/{name}").into_bytes()
+}
+
+pub(crate) fn alias_prefix(account: &AccountId) -> Vec<u8> {
+    format!("alias/{account}/").into_bytes()
 }

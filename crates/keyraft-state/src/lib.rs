@@ -36,8 +36,8 @@ pub mod storage;
 
 pub use apply::{AppliedMeta, StateMachine, StateSnapshot};
 pub use command::{
-    AccessKeyRecord, ApplyEntry, Bootstrap, ClusterConfig, Command, JoinAuthorization, KeyRecord,
-    NodeRecord, Op, Reply, Response,
+    AccessKeyRecord, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command, JoinAuthorization,
+    KeyRecord, NodeRecord, Op, Reply, Response,
 };
 pub use storage::{Durable, StateError};
 
@@ -50,3 +50,6 @@ pub const REQUEST_ID_TTL_MS: u64 = 60 * 60 * 1000;
 
 /// The key quota per account when the cluster configuration sets none (as AWS's seed).
 pub const DEFAULT_KEY_QUOTA: u64 = 1000;
+
+/// Most tags on one key (as AWS).
+pub const MAX_TAGS_PER_KEY: usize = 50;

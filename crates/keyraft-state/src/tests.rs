@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use keyraft_types::{
-    AccountId, AuditRecord, CryptoOperation, ErrorCode, EventType, KeyCheck, KeyId, KeyManager,
-    KeyMetadata, KeySpec, KeyState, KeyUsage, Origin, Region, RequestParameters, UserIdentity,
+    AccountId, AliasName, AuditRecord, CryptoOperation, ErrorCode, EventType, KeyCheck, KeyId,
+    KeyManager, KeyMetadata, KeySpec, KeyState, KeyUsage, Origin, Region, RequestParameters,
+    UserIdentity,
 };
 
 use crate::command::{AccessKeyRecord, ApplyEntry, Bootstrap, Command, NodeRecord, Op, Reply};
@@ -51,7 +52,7 @@ fn record(name: &str) -> AuditRecord {
         request_parameters: RequestParameters::default(),
         resources: vec![],
         error: None,
-        key_check: None,
+        key_checks: Vec::new(),
     }
 }
 
@@ -90,6 +91,13 @@ impl Runner {
             .unwrap();
         match &out[0] {
             Ok(Reply::Unit) => "ok".into(),
+            Ok(Reply::Alias(a)) => format!(
+                "ok: {} -> {} created={} updated={}",
+                a.name,
+                key_name(&a.target_key_id),
+                a.creation_ms,
+                a.last_updated_ms
+            ),
             Ok(Reply::Key(k)) => format!(
                 "ok: {} {} epoch={}",
                 key_name(&k.key_id),
@@ -192,7 +200,7 @@ impl Runner {
             ),
             "crypto" => {
                 let mut r = record("Encrypt");
-                r.key_check = Some(KeyCheck {
+                r.key_checks.push(KeyCheck {
                     key_id: key_id(&positional[0]),
                     epoch: arg("epoch", "1").parse().unwrap(),
                     operation: match arg("op", "Encrypt").as_str() {
@@ -210,14 +218,107 @@ impl Runner {
             }
             "describe" => match self.sm.key(&key_id(&positional[0])).unwrap() {
                 Some(k) => format!(
-                    "{} {} epoch={} versions={:?}",
+                    "{} {} epoch={} versions={:?} description={:?} tags={:?}",
                     key_name(&k.metadata.key_id),
                     k.metadata.key_state.as_str(),
                     k.metadata.epoch,
-                    k.versions.keys().collect::<Vec<_>>()
+                    k.versions.keys().collect::<Vec<_>>(),
+                    k.metadata.description,
+                    k.tags
                 ),
                 None => "not found".into(),
             },
+            "alias" => {
+                let account = AccountId::parse(&arg("account", ACCOUNT)).unwrap();
+                let name = AliasName::parse(&positional[1]).unwrap();
+                let audit = Box::new(record("Alias"));
+                let op = match positional[0].as_str() {
+                    "create" => Op::CreateAlias {
+                        account,
+                        name,
+                        key_id: key_id(&positional[2]),
+                        audit,
+                    },
+                    "update" => Op::UpdateAlias {
+                        account,
+                        name,
+                        key_id: key_id(&positional[2]),
+                        audit,
+                    },
+                    _ => Op::DeleteAlias {
+                        account,
+                        name,
+                        audit,
+                    },
+                };
+                self.apply(&request, t, op)
+            }
+            "aliases" => {
+                let account = AccountId::parse(&arg("account", ACCOUNT)).unwrap();
+                let key = args.get("key").map(|k| key_id(k));
+                let (aliases, more) = self
+                    .sm
+                    .list_aliases(
+                        &account,
+                        key.as_ref(),
+                        None,
+                        arg("limit", "100").parse().unwrap(),
+                    )
+                    .unwrap();
+                let names: Vec<String> = aliases
+                    .iter()
+                    .map(|a| format!("{}->{}", a.name, key_name(&a.target_key_id)))
+                    .collect();
+                format!("[{}] truncated={more}", names.join(", "))
+            }
+            "description" => self.apply(
+                &request,
+                t,
+                Op::UpdateKeyDescription {
+                    key_id: key_id(&positional[0]),
+                    description: positional[1..].join(" "),
+                    audit: Box::new(record("UpdateKeyDescription")),
+                },
+            ),
+            "tag" => {
+                let tags = arg("tags", "")
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once(':').unwrap_or((p, ""));
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect();
+                self.apply(
+                    &request,
+                    t,
+                    Op::TagResource {
+                        key_id: key_id(&positional[0]),
+                        tags,
+                        audit: Box::new(record("TagResource")),
+                    },
+                )
+            }
+            "untag" => self.apply(
+                &request,
+                t,
+                Op::UntagResource {
+                    key_id: key_id(&positional[0]),
+                    tag_keys: arg("keys", "").split(',').map(str::to_string).collect(),
+                    audit: Box::new(record("UntagResource")),
+                },
+            ),
+            "reencrypt" => {
+                let mut r = record("ReEncrypt");
+                for (name, epoch) in [(&positional[0], "epoch"), (&positional[1], "epoch2")] {
+                    r.key_checks.push(KeyCheck {
+                        key_id: key_id(name),
+                        epoch: arg(epoch, "1").parse().unwrap(),
+                        operation: CryptoOperation::Encrypt,
+                    });
+                }
+                self.apply(&request, t, Op::AuditBatch { records: vec![r] })
+            }
             "list" => {
                 let account = AccountId::parse(&arg("account", ACCOUNT)).unwrap();
                 let after = args.get("after").map(|a| key_id(a));
@@ -353,6 +454,11 @@ fn epoch_recheck() {
 #[test]
 fn idempotency_and_quota() {
     run_file("idempotency_quota.test");
+}
+
+#[test]
+fn aliases_descriptions_and_tags() {
+    run_file("aliases_tags.test");
 }
 
 #[test]

@@ -42,6 +42,18 @@ pub struct RequestParameters {
     pub number_of_bytes: Option<u32>,
     /// A node id for membership changes.
     pub node_id: Option<NodeId>,
+    /// The alias a request named or changed.
+    pub alias_name: Option<String>,
+    /// The key an alias points (or is pointed) to.
+    pub target_key_id: Option<String>,
+    /// ReEncrypt's destination key.
+    pub destination_key_id: Option<String>,
+    /// ReEncrypt's destination encryption context.
+    pub destination_encryption_context: Option<EncryptionContext>,
+    /// Tag keys a request set or removed (tag values are not logged).
+    pub tag_keys: Option<Vec<String>>,
+    /// A key description that was set.
+    pub description: Option<String>,
 }
 
 /// Whether an event is a caller's API call or something the service did by itself.
@@ -95,8 +107,9 @@ pub struct AuditRecord {
     /// An outcome already decided by the node (authentication failure, validation error,
     /// key not usable). `None` means success so far.
     pub error: Option<(ErrorCode, String)>,
-    /// A check apply repeats before confirming success.
-    pub key_check: Option<KeyCheck>,
+    /// Checks apply repeats before confirming success (ReEncrypt has two: the source and
+    /// the destination key).
+    pub key_checks: Vec<KeyCheck>,
 }
 
 /// One link of the audit chain, as stored identically on every node.

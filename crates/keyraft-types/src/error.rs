@@ -39,6 +39,10 @@ pub enum ErrorCode {
     UnsupportedOperation,
     /// The ARN is malformed or names another region.
     InvalidArn,
+    /// The alias name breaks the naming rules or uses a reserved prefix.
+    InvalidAliasName,
+    /// A tag key or value breaks the tagging rules, or too many tags.
+    Tag,
     /// The access key id is unknown (or disabled).
     UnrecognizedClient,
     /// The request signature is wrong, stale or replayed.
@@ -60,7 +64,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests of the wire tables.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::NotFound,
         ErrorCode::Disabled,
         ErrorCode::InvalidState,
@@ -74,6 +78,8 @@ impl ErrorCode {
         ErrorCode::InvalidKeyUsage,
         ErrorCode::UnsupportedOperation,
         ErrorCode::InvalidArn,
+        ErrorCode::InvalidAliasName,
+        ErrorCode::Tag,
         ErrorCode::UnrecognizedClient,
         ErrorCode::InvalidSignature,
         ErrorCode::Throttling,
@@ -100,6 +106,8 @@ impl ErrorCode {
             ErrorCode::InvalidKeyUsage => "InvalidKeyUsageException",
             ErrorCode::UnsupportedOperation => "UnsupportedOperationException",
             ErrorCode::InvalidArn => "InvalidArnException",
+            ErrorCode::InvalidAliasName => "InvalidAliasNameException",
+            ErrorCode::Tag => "TagException",
             ErrorCode::UnrecognizedClient => "UnrecognizedClientException",
             ErrorCode::InvalidSignature => "InvalidSignatureException",
             ErrorCode::Throttling => "ThrottlingException",

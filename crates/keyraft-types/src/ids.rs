@@ -103,42 +103,134 @@ impl Region {
         format!("arn:keyraft:{}:{}:key/{}", self.0, account, key)
     }
 
-    /// Resolves a caller's key reference (a key id or a key ARN of this region) to a key
-    /// id. Aliases arrive with the alias issue; until then `alias/...` is NotFound.
-    pub fn resolve_key_ref(&self, key_ref: &str) -> Result<KeyId, KmsError> {
+    /// The ARN of an alias in this region: `arn:keyraft:<region>:<account>:alias/<name>`.
+    pub fn alias_arn(&self, account: &AccountId, alias: &AliasName) -> String {
+        format!("arn:keyraft:{}:{}:{}", self.0, account, alias)
+    }
+
+    /// Parses a caller's key reference: a key id, a key ARN, an alias name or an alias
+    /// ARN of this region. Aliases still have to be looked up in the state.
+    pub fn parse_key_ref(&self, key_ref: &str) -> Result<KeyRef, KmsError> {
         if key_ref.is_empty() {
             return Err(KmsError::validation("KeyId must not be empty"));
         }
-        if let Some(rest) = key_ref.strip_prefix("arn:") {
-            // arn:keyraft:<region>:<account>:key/<id>
-            let parts: Vec<&str> = rest.splitn(5, ':').collect();
-            let [partition, region, account, resource] = match parts.as_slice() {
-                [p, r, a, res] => [*p, *r, *a, *res],
-                _ => {
-                    return Err(KmsError::new(
-                        crate::ErrorCode::InvalidArn,
-                        format!("'{}' is not a valid key ARN", truncate(key_ref)),
-                    ))
-                }
-            };
-            if partition != "keyraft" || AccountId::parse(account).is_err() {
-                return Err(KmsError::new(
-                    crate::ErrorCode::InvalidArn,
-                    format!("'{}' is not a valid key ARN", truncate(key_ref)),
-                ));
-            }
-            if region != self.0 {
-                return Err(KmsError::key_not_found(key_ref));
-            }
-            return match resource.strip_prefix("key/") {
-                Some(id) => KeyId::parse(id).map_err(|_| KmsError::key_not_found(key_ref)),
-                None => Err(KmsError::new(
-                    crate::ErrorCode::InvalidArn,
-                    format!("'{}' is not a key ARN", truncate(key_ref)),
-                )),
-            };
+        if key_ref.starts_with("alias/") {
+            return Ok(KeyRef::Alias {
+                account: None,
+                name: AliasName::parse(key_ref).map_err(|_| KmsError::key_not_found(key_ref))?,
+            });
         }
-        KeyId::parse(key_ref).map_err(|_| KmsError::key_not_found(key_ref))
+        let Some(rest) = key_ref.strip_prefix("arn:") else {
+            return KeyId::parse(key_ref)
+                .map(KeyRef::Key)
+                .map_err(|_| KmsError::key_not_found(key_ref));
+        };
+        // arn:keyraft:<region>:<account>:key/<id> or ...:alias/<name>
+        let invalid = || {
+            KmsError::new(
+                crate::ErrorCode::InvalidArn,
+                format!("'{}' is not a valid key or alias ARN", truncate(key_ref)),
+            )
+        };
+        let parts: Vec<&str> = rest.splitn(4, ':').collect();
+        let [partition, region, account, resource] = parts.as_slice() else {
+            return Err(invalid());
+        };
+        if *partition != "keyraft" {
+            return Err(invalid());
+        }
+        let account = AccountId::parse(account).map_err(|_| invalid())?;
+        if *region != self.0 {
+            return Err(KmsError::key_not_found(key_ref));
+        }
+        if let Some(id) = resource.strip_prefix("key/") {
+            return KeyId::parse(id)
+                .map(KeyRef::Key)
+                .map_err(|_| KmsError::key_not_found(key_ref));
+        }
+        if resource.starts_with("alias/") {
+            let name = AliasName::parse(resource).map_err(|_| KmsError::key_not_found(key_ref))?;
+            return Ok(KeyRef::Alias {
+                account: Some(account),
+                name,
+            });
+        }
+        Err(invalid())
+    }
+}
+
+/// What a caller's key reference names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    /// A key, by id or key ARN.
+    Key(KeyId),
+    /// An alias, by name (the caller's account) or alias ARN (its account).
+    Alias {
+        /// The account of an alias ARN; `None` for a bare alias name.
+        account: Option<AccountId>,
+        /// The alias.
+        name: AliasName,
+    },
+}
+
+/// An alias name: `alias/` followed by 1–250 characters of `[a-zA-Z0-9:/_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AliasName(String);
+
+/// Alias prefixes reserved for the service (AWS-managed and Keyraft-managed keys).
+pub const RESERVED_ALIAS_PREFIXES: [&str; 2] = ["alias/aws/", "alias/keyraft/"];
+
+impl AliasName {
+    /// Validates an alias name (AWS's rules).
+    pub fn parse(s: &str) -> Result<AliasName, KmsError> {
+        let invalid = |why: &str| {
+            KmsError::new(
+                crate::ErrorCode::InvalidAliasName,
+                format!("Alias '{}' {why}", truncate(s)),
+            )
+        };
+        let Some(rest) = s.strip_prefix("alias/") else {
+            return Err(invalid("must begin with 'alias/'"));
+        };
+        if rest.is_empty() || s.len() > 256 {
+            return Err(invalid("must be 7 to 256 characters long"));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'/' | b'_' | b'-'))
+        {
+            return Err(invalid(
+                "may contain only a-z, A-Z, 0-9, ':', '/', '_' and '-'",
+            ));
+        }
+        Ok(AliasName(s.to_string()))
+    }
+
+    /// Like [`AliasName::parse`], and refuses the reserved prefixes: what a customer may
+    /// create, point elsewhere or delete.
+    pub fn parse_customer(s: &str) -> Result<AliasName, KmsError> {
+        let name = AliasName::parse(s)?;
+        if RESERVED_ALIAS_PREFIXES.iter().any(|p| s.starts_with(p)) {
+            return Err(KmsError::new(
+                crate::ErrorCode::InvalidAliasName,
+                format!(
+                    "Alias '{}' uses a reserved prefix (alias/aws/, alias/keyraft/)",
+                    truncate(s)
+                ),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AliasName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -170,25 +262,49 @@ mod tests {
         let account = AccountId::parse("111122223333").unwrap();
         let id = KeyId::random();
         let arn = region.key_arn(&account, &id);
-        assert_eq!(region.resolve_key_ref(id.as_str()).unwrap(), id);
-        assert_eq!(region.resolve_key_ref(&arn).unwrap(), id);
+        let key = |r: &str| region.parse_key_ref(r);
+        assert_eq!(key(id.as_str()).unwrap(), KeyRef::Key(id.clone()));
+        assert_eq!(key(&arn).unwrap(), KeyRef::Key(id));
         let other = arn.replace("dev-1", "dev-2");
+        assert_eq!(key(&other).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(key("arn:aws:kms").unwrap_err().code, ErrorCode::InvalidArn);
+        assert_eq!(key("nope").unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(key("").unwrap_err().code, ErrorCode::Validation);
+        let alias = AliasName::parse("alias/orders").unwrap();
         assert_eq!(
-            region.resolve_key_ref(&other).unwrap_err().code,
-            ErrorCode::NotFound
+            key("alias/orders").unwrap(),
+            KeyRef::Alias {
+                account: None,
+                name: alias.clone()
+            }
         );
+        let alias_arn = region.alias_arn(&account, &alias);
+        assert_eq!(alias_arn, "arn:keyraft:dev-1:111122223333:alias/orders");
         assert_eq!(
-            region.resolve_key_ref("arn:aws:kms").unwrap_err().code,
-            ErrorCode::InvalidArn
+            key(&alias_arn).unwrap(),
+            KeyRef::Alias {
+                account: Some(account),
+                name: alias
+            }
         );
-        assert_eq!(
-            region.resolve_key_ref("nope").unwrap_err().code,
-            ErrorCode::NotFound
-        );
-        assert_eq!(
-            region.resolve_key_ref("").unwrap_err().code,
-            ErrorCode::Validation
-        );
+        assert_eq!(key("alias/bad name").unwrap_err().code, ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn alias_rules() {
+        assert!(AliasName::parse("alias/a-b_c:d/e").is_ok());
+        for bad in ["alias/", "orders", "alias/has space", "alias/é"] {
+            assert_eq!(
+                AliasName::parse(bad).unwrap_err().code,
+                ErrorCode::InvalidAliasName,
+                "{bad}"
+            );
+        }
+        assert!(AliasName::parse(&format!("alias/{}", "x".repeat(251))).is_err());
+        assert!(AliasName::parse(&format!("alias/{}", "x".repeat(250))).is_ok());
+        assert!(AliasName::parse_customer("alias/aws/s3").is_err());
+        assert!(AliasName::parse_customer("alias/keyraft/svc").is_err());
+        assert!(AliasName::parse("alias/aws/s3").is_ok());
     }
 
     #[test]

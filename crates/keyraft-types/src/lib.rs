@@ -16,7 +16,7 @@ pub mod key;
 
 pub use audit::{AuditEvent, AuditRecord, EventType, KeyCheck, RequestParameters, UserIdentity};
 pub use error::{ErrorCode, KmsError, KmsResult};
-pub use ids::{AccountId, KeyId, NodeId, Region};
+pub use ids::{AccountId, AliasName, KeyId, KeyRef, NodeId, Region, RESERVED_ALIAS_PREFIXES};
 pub use key::{
     CryptoOperation, DataKeySpec, EncryptionContext, KeyManager, KeyMetadata, KeySpec, KeyState,
     KeyUsage, Origin,

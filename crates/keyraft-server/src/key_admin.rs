@@ -1,0 +1,353 @@
+//! Key administration beyond the life cycle: aliases, descriptions, tags — and
+//! ReEncrypt, which moves a ciphertext between keys without the plaintext leaving the
+//! service.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use keyraft_hsm::CiphertextBlob;
+use keyraft_proto::v1::*;
+use keyraft_state::{Op, Reply};
+use keyraft_types::{
+    AliasName, CryptoOperation, EncryptionContext, ErrorCode, KeyCheck, KeyRef, KmsError,
+};
+
+use crate::core::{Call, NodeCore};
+use crate::kms::{expect_key, internal, material, MAX_DESCRIPTION};
+
+/// Longest tag key and value, and most tags per request (AWS's limits).
+const MAX_TAG_KEY: usize = 128;
+const MAX_TAG_VALUE: usize = 256;
+const MAX_TAGS: usize = 50;
+
+fn tag_error(message: String) -> KmsError {
+    KmsError::new(ErrorCode::Tag, message)
+}
+
+fn check_tag_key(key: &str) -> Result<(), KmsError> {
+    let len = key.chars().count();
+    if len == 0 || len > MAX_TAG_KEY {
+        return Err(tag_error(format!(
+            "tag keys are 1 to {MAX_TAG_KEY} characters"
+        )));
+    }
+    if key.starts_with("aws:") || key.starts_with("keyraft:") {
+        return Err(tag_error(format!("tag key '{key}' uses a reserved prefix")));
+    }
+    Ok(())
+}
+
+/// A marker for ListAliases / ListResourceTags: the last name returned.
+fn marker(given: &str) -> Option<String> {
+    (!given.is_empty()).then(|| given.to_string())
+}
+
+fn page_limit(limit: u32, max: u32, default: u32) -> Result<usize, KmsError> {
+    match limit {
+        0 => Ok(default as usize),
+        n if n <= max => Ok(n as usize),
+        n => Err(KmsError::validation(format!(
+            "Value '{n}' at 'limit' failed to satisfy constraint: Member must have value between 1 and {max}"
+        ))),
+    }
+}
+
+pub(crate) async fn update_description(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: UpdateKeyDescriptionRequest,
+) -> Result<UpdateKeyDescriptionResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    call.record.request_parameters.description = Some(req.description.clone());
+    if req.description.chars().count() > MAX_DESCRIPTION {
+        return Err(KmsError::validation(format!(
+            "description must be at most {MAX_DESCRIPTION} characters"
+        )));
+    }
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let key_id = key.metadata.key_id;
+    let description = req.description;
+    expect_key(
+        core.mutate(call, req.request_id, |audit| Op::UpdateKeyDescription {
+            key_id,
+            description,
+            audit,
+        })
+        .await,
+    )?;
+    Ok(UpdateKeyDescriptionResponse {})
+}
+
+/// CreateAlias (`create`) or UpdateAlias.
+pub(crate) async fn set_alias(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    alias_name: String,
+    target: String,
+    request_id: String,
+    create: bool,
+) -> Result<(), KmsError> {
+    let p = &mut call.record.request_parameters;
+    p.alias_name = Some(alias_name.clone());
+    p.target_key_id = Some(target.clone());
+    let name = AliasName::parse_customer(&alias_name)?;
+    if matches!(core.region.parse_key_ref(&target)?, KeyRef::Alias { .. }) {
+        return Err(KmsError::validation(
+            "TargetKeyId must be a key id or key ARN, not an alias",
+        ));
+    }
+    let key = core.owned_key(call, &target).await?;
+    let account = call.principal.account.clone();
+    call.record
+        .resources
+        .push(core.region.alias_arn(&account, &name));
+    call.record.resources.push(key.metadata.arn.clone());
+    let key_id = key.metadata.key_id;
+    let reply = core
+        .mutate(call, request_id, |audit| {
+            if create {
+                Op::CreateAlias {
+                    account,
+                    name,
+                    key_id,
+                    audit,
+                }
+            } else {
+                Op::UpdateAlias {
+                    account,
+                    name,
+                    key_id,
+                    audit,
+                }
+            }
+        })
+        .await?;
+    match reply {
+        Reply::Alias(_) => Ok(()),
+        other => {
+            tracing::error!(?other, "unexpected reply to an alias change");
+            Err(KmsError::internal())
+        }
+    }
+}
+
+pub(crate) async fn delete_alias(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: DeleteAliasRequest,
+) -> Result<DeleteAliasResponse, KmsError> {
+    call.record.request_parameters.alias_name = Some(req.alias_name.clone());
+    let name = AliasName::parse_customer(&req.alias_name)?;
+    let account = call.principal.account.clone();
+    call.record
+        .resources
+        .push(core.region.alias_arn(&account, &name));
+    core.mutate(call, req.request_id, |audit| Op::DeleteAlias {
+        account,
+        name,
+        audit,
+    })
+    .await?;
+    Ok(DeleteAliasResponse {})
+}
+
+pub(crate) async fn list_aliases(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: ListAliasesRequest,
+) -> Result<ListAliasesResponse, KmsError> {
+    let limit = page_limit(req.limit, 100, 50)?;
+    let after = match marker(&req.marker) {
+        Some(m) => Some(AliasName::parse(&m).map_err(|_| {
+            KmsError::new(
+                ErrorCode::InvalidMarker,
+                "the marker is not one this service issued",
+            )
+        })?),
+        None => None,
+    };
+    core.read_barrier().await?;
+    let key = if req.key_id.is_empty() {
+        None
+    } else {
+        call.record.request_parameters.key_id = Some(req.key_id.clone());
+        Some(core.owned_key(call, &req.key_id).await?.metadata.key_id)
+    };
+    let account = call.principal.account.clone();
+    let (aliases, truncated) = core
+        .state
+        .list_aliases(&account, key.as_ref(), after.as_ref(), limit)
+        .map_err(internal)?;
+    let next_marker = match (truncated, aliases.last()) {
+        (true, Some(a)) => a.name.to_string(),
+        _ => String::new(),
+    };
+    Ok(ListAliasesResponse {
+        aliases: aliases
+            .into_iter()
+            .map(|a| AliasListEntry {
+                alias_arn: core.region.alias_arn(&account, &a.name),
+                alias_name: a.name.to_string(),
+                target_key_id: a.target_key_id.to_string(),
+                creation_date: a.creation_ms,
+                last_updated_date: a.last_updated_ms,
+            })
+            .collect(),
+        next_marker,
+        truncated,
+    })
+}
+
+pub(crate) async fn tag(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: TagResourceRequest,
+) -> Result<TagResourceResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    call.record.request_parameters.tag_keys =
+        Some(req.tags.iter().map(|t| t.tag_key.clone()).collect());
+    if req.tags.is_empty() || req.tags.len() > MAX_TAGS {
+        return Err(tag_error(format!("a request sets 1 to {MAX_TAGS} tags")));
+    }
+    let mut tags = BTreeMap::new();
+    for t in req.tags {
+        check_tag_key(&t.tag_key)?;
+        if t.tag_value.chars().count() > MAX_TAG_VALUE {
+            return Err(tag_error(format!(
+                "tag values are at most {MAX_TAG_VALUE} characters"
+            )));
+        }
+        tags.insert(t.tag_key, t.tag_value);
+    }
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let key_id = key.metadata.key_id;
+    expect_key(
+        core.mutate(call, req.request_id, |audit| Op::TagResource {
+            key_id,
+            tags,
+            audit,
+        })
+        .await,
+    )?;
+    Ok(TagResourceResponse {})
+}
+
+pub(crate) async fn untag(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: UntagResourceRequest,
+) -> Result<UntagResourceResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    call.record.request_parameters.tag_keys = Some(req.tag_keys.clone());
+    if req.tag_keys.is_empty() || req.tag_keys.len() > MAX_TAGS {
+        return Err(tag_error(format!("a request removes 1 to {MAX_TAGS} tags")));
+    }
+    for k in &req.tag_keys {
+        check_tag_key(k)?;
+    }
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let key_id = key.metadata.key_id;
+    let tag_keys = req.tag_keys;
+    expect_key(
+        core.mutate(call, req.request_id, |audit| Op::UntagResource {
+            key_id,
+            tag_keys,
+            audit,
+        })
+        .await,
+    )?;
+    Ok(UntagResourceResponse {})
+}
+
+pub(crate) async fn list_tags(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: ListResourceTagsRequest,
+) -> Result<ListResourceTagsResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    let limit = page_limit(req.limit, 50, 50)?;
+    core.read_barrier().await?;
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let after = marker(&req.marker);
+    let mut tags: Vec<Tag> = key
+        .tags
+        .into_iter()
+        .filter(|(k, _)| after.as_ref().is_none_or(|a| k > a))
+        .map(|(tag_key, tag_value)| Tag { tag_key, tag_value })
+        .collect();
+    let truncated = tags.len() > limit;
+    tags.truncate(limit);
+    let next_marker = match (truncated, tags.last()) {
+        (true, Some(t)) => t.tag_key.clone(),
+        _ => String::new(),
+    };
+    Ok(ListResourceTagsResponse {
+        tags,
+        next_marker,
+        truncated,
+    })
+}
+
+pub(crate) async fn re_encrypt(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: ReEncryptRequest,
+) -> Result<ReEncryptResponse, KmsError> {
+    let p = &mut call.record.request_parameters;
+    p.key_id = (!req.source_key_id.is_empty()).then(|| req.source_key_id.clone());
+    p.encryption_context = Some(req.source_encryption_context.clone());
+    p.destination_key_id = Some(req.destination_key_id.clone());
+    p.destination_encryption_context = Some(req.destination_encryption_context.clone());
+    let source_ctx: EncryptionContext = req.source_encryption_context;
+    let dest_ctx: EncryptionContext = req.destination_encryption_context;
+    crate::kms::check_context(&source_ctx)?;
+    crate::kms::check_context(&dest_ctx)?;
+    let blob = CiphertextBlob::parse(&req.ciphertext_blob)?;
+    if !req.source_key_id.is_empty()
+        && core.resolve_key(call, &req.source_key_id).await? != blob.key_id
+    {
+        return Err(KmsError::new(
+            ErrorCode::IncorrectKey,
+            "The source key ID in the request does not identify the key the ciphertext was made under.",
+        ));
+    }
+    let source = core
+        .usable_key(call, blob.key_id.as_str(), CryptoOperation::Decrypt)
+        .await?;
+    let dest = core
+        .usable_key(call, &req.destination_key_id, CryptoOperation::Encrypt)
+        .await?;
+    call.record.resources.push(source.metadata.arn.clone());
+    call.record.resources.push(dest.metadata.arn.clone());
+    let version = dest.metadata.current_version;
+    let moved = core.hsm.reencrypt(
+        &material(&source, blob.version)?,
+        &blob,
+        &source_ctx,
+        &material(&dest, version)?,
+        &dest.metadata.key_id,
+        version,
+        &dest_ctx,
+    )?;
+    call.record.key_checks = vec![
+        KeyCheck {
+            key_id: source.metadata.key_id.clone(),
+            epoch: source.metadata.epoch,
+            operation: CryptoOperation::Decrypt,
+        },
+        KeyCheck {
+            key_id: dest.metadata.key_id.clone(),
+            epoch: dest.metadata.epoch,
+            operation: CryptoOperation::Encrypt,
+        },
+    ];
+    Ok(ReEncryptResponse {
+        ciphertext_blob: moved,
+        source_key_id: source.metadata.arn,
+        key_id: dest.metadata.arn,
+    })
+}
