@@ -70,6 +70,21 @@ pub(crate) enum KeyCommand {
         #[arg(long = "tag-key", required = true)]
         tag_keys: Vec<String>,
     },
+    /// Schedule the key's deletion after a waiting period.
+    ScheduleDeletion {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// 7-30 days.
+        #[arg(long, default_value_t = 30)]
+        pending_window_days: u32,
+    },
+    /// Cancel a scheduled deletion (the key returns Disabled).
+    CancelDeletion {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+    },
     /// List a key's tags (all pages).
     Tags {
         /// Key id, key ARN or alias.
@@ -228,6 +243,13 @@ pub(crate) enum ClusterCommand {
         #[arg(long)]
         node_id: u64,
     },
+    /// Development mode only: move the service clock of the node(s) given by
+    /// --endpoints forward (drives deletions in tests and demos).
+    AdvanceClock {
+        /// Seconds to move forward.
+        #[arg(long)]
+        seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -328,6 +350,23 @@ pub(crate) async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Value, Err
         KeyCommand::Untag { key_id, tag_keys } => {
             c.untag_resource(&key_id, &tag_keys).await?;
             json!({})
+        }
+        KeyCommand::ScheduleDeletion {
+            key_id,
+            pending_window_days,
+        } => {
+            let r = c
+                .schedule_key_deletion(&key_id, pending_window_days)
+                .await?;
+            json!({
+                "KeyId": r.key_id,
+                "DeletionDate": r.deletion_date as f64 / 1000.0,
+                "KeyState": r.key_state,
+                "PendingWindowInDays": r.pending_window_in_days,
+            })
+        }
+        KeyCommand::CancelDeletion { key_id } => {
+            json!({"KeyId": c.cancel_key_deletion(&key_id).await?.key_id})
         }
         KeyCommand::Tags { key_id } => {
             let mut tags = Vec::new();
@@ -509,6 +548,26 @@ pub(crate) async fn cluster(conn: &Connection, cmd: ClusterCommand) -> Result<Va
             raft_addr,
         } => cluster_status(&c.add_node(node_id, &endpoint, &raft_addr).await?),
         ClusterCommand::RemoveNode { node_id } => cluster_status(&c.remove_node(node_id).await?),
+        ClusterCommand::AdvanceClock { seconds } => {
+            // Every listed endpoint, so that whichever node leads sees the new time.
+            let endpoints = conn.endpoints.clone().unwrap_or_default();
+            let mut nows = Vec::new();
+            for ep in endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+            {
+                let one = Connection {
+                    endpoints: Some(ep.to_string()),
+                    ..conn.clone()
+                };
+                let now = client(&one)?
+                    .advance_clock(seconds.saturating_mul(1000))
+                    .await?;
+                nows.push(json!({"Endpoint": ep, "Now": now as f64 / 1000.0}));
+            }
+            json!({"Nodes": nows})
+        }
         ClusterCommand::TransferLeader { node_id } => {
             json!({"Leader": c.transfer_leader(node_id).await?})
         }

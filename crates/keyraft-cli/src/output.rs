@@ -26,7 +26,7 @@ pub(crate) fn unb64(text: &str) -> Result<Vec<u8>, Error> {
 
 /// Key metadata with AWS's field names.
 pub(crate) fn key_metadata(m: &KeyMetadata) -> Value {
-    json!({
+    let mut v = json!({
         "AWSAccountId": m.aws_account_id,
         "KeyId": m.key_id,
         "Arn": m.arn,
@@ -40,7 +40,11 @@ pub(crate) fn key_metadata(m: &KeyMetadata) -> Value {
         "KeySpec": m.key_spec,
         "CustomerMasterKeySpec": m.key_spec,
         "EncryptionAlgorithms": m.encryption_algorithms,
-    })
+    });
+    if m.deletion_date != 0 {
+        v["DeletionDate"] = json!(m.deletion_date as f64 / 1000.0);
+    }
+    v
 }
 
 /// `cluster status` output.

@@ -897,3 +897,115 @@ async fn aliases_tags_descriptions_reencrypt_and_random_through_any_node() {
     assert!(events.iter().any(|e| e["eventName"] == "CreateAlias"
         && e["requestParameters"]["aliasName"] == "alias/orders"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_destroyed_on_every_node_once_its_waiting_period_has_passed() {
+    const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = LocalCluster::prepare(dir.path(), binary(), 3, 0, "test-1").unwrap();
+    c.configure(|cfg| cfg.tick_interval_ms = 100).unwrap();
+    c.start_all().unwrap();
+    c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let clients: Vec<Client> = (1..=3).map(|i| c.client_of(i).unwrap()).collect();
+    let doomed = clients[0].create_key("doomed").await.unwrap();
+    let kept = clients[0].create_key("kept").await.unwrap();
+    let ct = clients[1]
+        .encrypt(&doomed.key_id, b"soon gone", &ctx(&[]))
+        .await
+        .unwrap();
+    clients[2]
+        .create_alias("alias/doomed", &doomed.key_id)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        code(clients[0].schedule_key_deletion(&doomed.key_id, 6).await),
+        Some(ErrorCode::Validation)
+    );
+    assert_eq!(
+        code(clients[0].schedule_key_deletion(&doomed.key_id, 31).await),
+        Some(ErrorCode::Validation)
+    );
+    let scheduled = clients[1]
+        .schedule_key_deletion(&doomed.key_id, 7)
+        .await
+        .unwrap();
+    assert_eq!(scheduled.key_state, "PendingDeletion");
+    assert_eq!(scheduled.pending_window_in_days, 7);
+
+    // Pending deletion: refused for cryptography and state changes on every node.
+    for n in &clients {
+        assert_eq!(
+            code(n.decrypt(&ct.ciphertext_blob, &ctx(&[]), None).await),
+            Some(ErrorCode::InvalidState)
+        );
+        assert_eq!(
+            code(n.encrypt("alias/doomed", b"x", &ctx(&[])).await),
+            Some(ErrorCode::InvalidState)
+        );
+        let m = n.describe_key(&doomed.key_id).await.unwrap();
+        assert_eq!(m.key_state, "PendingDeletion");
+        assert_eq!(m.deletion_date, scheduled.deletion_date);
+    }
+    assert_eq!(
+        code(clients[2].enable_key(&doomed.key_id).await),
+        Some(ErrorCode::InvalidState)
+    );
+
+    // Cancelled, it comes back disabled; scheduled again, the clock decides.
+    clients[2]
+        .cancel_key_deletion(&doomed.key_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        clients[0]
+            .describe_key(&doomed.key_id)
+            .await
+            .unwrap()
+            .key_state,
+        "Disabled"
+    );
+    clients[0]
+        .schedule_key_deletion("alias/doomed", 7)
+        .await
+        .unwrap();
+
+    // Eight days later (by every node's service clock) the leader's tick destroys it.
+    for n in &clients {
+        n.advance_clock(8 * DAY_MS).await.unwrap();
+    }
+    for n in &clients {
+        eventually(Duration::from_secs(20), || async {
+            match n.describe_key(&doomed.key_id).await {
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(
+            code(n.decrypt(&ct.ciphertext_blob, &ctx(&[]), None).await),
+            Some(ErrorCode::NotFound)
+        );
+        assert_eq!(
+            code(n.encrypt("alias/doomed", b"x", &ctx(&[])).await),
+            Some(ErrorCode::NotFound)
+        );
+        n.encrypt(&kept.key_id, b"still here", &ctx(&[]))
+            .await
+            .unwrap();
+    }
+    let tail = clients[0].audit_tail(200).await.unwrap();
+    assert!(tail.chain_ok);
+    let deleted: Vec<serde_json::Value> = tail
+        .events_json
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap())
+        .filter(|e| e["eventName"] == "DeleteKey")
+        .collect();
+    assert_eq!(deleted.len(), 1, "one destruction event");
+    assert_eq!(deleted[0]["eventType"], "AwsServiceEvent");
+    assert_eq!(deleted[0]["resources"][0]["ARN"], doomed.arn.as_str());
+}

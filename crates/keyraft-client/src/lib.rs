@@ -707,6 +707,58 @@ impl Client {
         .await
     }
 
+    /// Schedules a key's deletion after `pending_window_in_days` (7–30; 0 = 30).
+    pub async fn schedule_key_deletion(
+        &self,
+        key_id: &str,
+        pending_window_in_days: u32,
+    ) -> Result<ScheduleKeyDeletionResponse, Error> {
+        let req = ScheduleKeyDeletionRequest {
+            key_id: key_id.to_string(),
+            pending_window_in_days,
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("ScheduleKeyDeletion"),
+            req,
+            |c, r| async move { Self::key(c).schedule_key_deletion(r).await },
+        )
+        .await
+    }
+
+    /// Cancels a scheduled deletion; the key returns Disabled.
+    pub async fn cancel_key_deletion(
+        &self,
+        key_id: &str,
+    ) -> Result<CancelKeyDeletionResponse, Error> {
+        let req = CancelKeyDeletionRequest {
+            key_id: key_id.to_string(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("CancelKeyDeletion"),
+            req,
+            |c, r| async move { Self::key(c).cancel_key_deletion(r).await },
+        )
+        .await
+    }
+
+    /// Development mode only: moves the service clock of the node this client reaches
+    /// forward by `advance_ms` (give the client one endpoint to address one node).
+    pub async fn advance_clock(&self, advance_ms: u64) -> Result<u64, Error> {
+        let resp = self
+            .call(
+                Route::Any,
+                admin_method!("AdvanceClock"),
+                AdvanceClockRequest { advance_ms },
+                |c, r| async move { Self::admin(c).advance_clock(r).await },
+            )
+            .await?;
+        Ok(resp.now)
+    }
+
     /// The cluster's members, leader and per-node progress. Also refreshes this
     /// client's view: members' endpoints are added and the leader remembered.
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, Error> {

@@ -51,6 +51,7 @@ impl From<&KeyMetadata> for v1::KeyMetadata {
             creation_date: m.creation_date_ms,
             enabled: m.key_state == keyraft_types::KeyState::Enabled,
             encryption_algorithms: vec![SYMMETRIC_DEFAULT.to_string()],
+            deletion_date: m.deletion_date_ms.unwrap_or(0),
         }
     }
 }

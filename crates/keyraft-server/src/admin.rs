@@ -12,7 +12,6 @@ use tonic::{Request, Response, Status};
 use keyraft_proto::v1::admin_service_server::AdminService;
 use keyraft_proto::v1::internal::{NodeStatusRequest, NodeStatusResponse};
 use keyraft_proto::v1::*;
-use keyraft_raft::network::now_ms;
 use keyraft_raft::NodeAddr;
 use keyraft_state::{Command, NodeRecord, Op};
 use keyraft_types::{ErrorCode, KmsError, NodeId};
@@ -270,7 +269,7 @@ impl NodeCore {
             .map_err(|e| membership_error(e, "remove node"))?;
         let cmd = Command {
             request_id: uuid::Uuid::new_v4().to_string(),
-            time_ms: now_ms(),
+            time_ms: self.clock.now_ms(),
             op: Op::RetireNode {
                 node_id: id,
                 audit: Box::new(service_record(self, "RetireNode", Some(id))),
@@ -424,6 +423,31 @@ impl AdminService for AdminApi {
                         chain_ok,
                         head_sequence,
                         head_hash,
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn advance_clock(
+        &self,
+        request: Request<AdvanceClockRequest>,
+    ) -> Result<Response<AdvanceClockResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "AdvanceClock",
+                method!("AdvanceClock"),
+                false,
+                handler!(|core, _call, req| {
+                    if !core.config.dev_mode {
+                        return Err(KmsError::new(
+                            ErrorCode::UnsupportedOperation,
+                            "AdvanceClock is only available in development mode",
+                        ));
+                    }
+                    Ok(AdvanceClockResponse {
+                        now: core.clock.advance(req.advance_ms),
                     })
                 }),
             )

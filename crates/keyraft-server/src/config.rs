@@ -67,6 +67,8 @@ pub struct Config {
     /// How long a request may wait for Raft before failing with
     /// `DependencyTimeoutException`, in ms.
     pub commit_timeout_ms: u64,
+    /// How often the leader checks for time-driven work (deletions), in ms.
+    pub tick_interval_ms: u64,
     /// The file the secrets were read from, if any (checked by `validate`).
     #[serde(skip)]
     pub secrets_from_file: Option<PathBuf>,
@@ -144,6 +146,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             audit: AuditConfig::default(),
             commit_timeout_ms: 10_000,
+            tick_interval_ms: 1000,
             secrets_from_file: None,
         }
     }
@@ -199,6 +202,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("sealing_secret", FieldKind::Str),
     ("dev_mode", FieldKind::Bool),
     ("commit_timeout_ms", FieldKind::Int),
+    ("tick_interval_ms", FieldKind::Int),
     ("bootstrap.account", FieldKind::Str),
     ("bootstrap.members", FieldKind::Toml),
     ("bootstrap.admin_access_key_id", FieldKind::Str),
@@ -346,6 +350,9 @@ impl Config {
             return Err(KmsError::validation(
                 "raft timing must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms",
             ));
+        }
+        if self.tick_interval_ms == 0 {
+            return Err(KmsError::validation("tick_interval_ms must be positive"));
         }
         if self.audit.max_batch == 0 || self.audit.max_in_flight == 0 {
             return Err(KmsError::validation(

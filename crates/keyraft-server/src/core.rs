@@ -40,6 +40,29 @@ pub(crate) struct AuditJob {
     reply: oneshot::Sender<AuditVerdict>,
 }
 
+/// The service clock: the system clock plus an offset that only development mode can
+/// move. It stamps what this node proposes (creation dates, deletion schedules, audit
+/// event times, the tick); apply never reads a clock. Request signatures are checked
+/// against the real clock.
+#[derive(Default)]
+pub struct Clock {
+    offset_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Clock {
+    /// Milliseconds since the Unix epoch, as this service sees them.
+    pub fn now_ms(&self) -> u64 {
+        now_ms().saturating_add(self.offset_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Moves the clock forward (tests; development mode only).
+    pub fn advance(&self, ms: u64) -> u64 {
+        self.offset_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+        self.now_ms()
+    }
+}
+
 /// Everything a node's services share.
 pub struct NodeCore {
     /// This node's id.
@@ -56,6 +79,8 @@ pub struct NodeCore {
     pub hsm: Arc<dyn Hsm>,
     /// Channels to peers and the cluster signer.
     pub network: Network,
+    /// The service clock.
+    pub clock: Clock,
     pub(crate) authn: Authenticator,
     audit_tx: mpsc::Sender<AuditJob>,
     /// One membership change at a time (per node; openraft refuses concurrent ones too).
@@ -108,6 +133,7 @@ impl NodeCore {
             state,
             hsm,
             network,
+            clock: Clock::default(),
             authn,
             audit_tx,
             membership_lock: tokio::sync::Mutex::new(()),
@@ -370,7 +396,7 @@ impl NodeCore {
                 let n = records.len();
                 let cmd = Command {
                     request_id: String::new(),
-                    time_ms: now_ms(),
+                    time_ms: core.clock.now_ms(),
                     op: Op::AuditBatch { records },
                 };
                 let verdicts: Vec<AuditVerdict> = match core.propose(cmd).await {
@@ -441,7 +467,7 @@ impl NodeCore {
     {
         let mut record = AuditRecord {
             event_id: uuid::Uuid::new_v4().to_string(),
-            event_time_ms: now_ms(),
+            event_time_ms: self.clock.now_ms(),
             event_name: event_name.to_string(),
             request_id: uuid::Uuid::new_v4().to_string(),
             event_type: EventType::AwsApiCall,

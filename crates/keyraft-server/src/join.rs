@@ -17,7 +17,6 @@ use std::time::Duration;
 use rand::Rng;
 
 use keyraft_proto::v1::internal::{JoinInfoRequest, RequestDomainKeyRequest};
-use keyraft_raft::network::now_ms;
 use keyraft_raft::NodeAddr;
 use keyraft_state::{AccessKeyRecord, Bootstrap, Command, NodeRecord, Op};
 use keyraft_types::{
@@ -42,7 +41,7 @@ pub(crate) fn service_record(
 ) -> AuditRecord {
     AuditRecord {
         event_id: uuid::Uuid::new_v4().to_string(),
-        event_time_ms: now_ms(),
+        event_time_ms: core.clock.now_ms(),
         event_name: event_name.to_string(),
         request_id: uuid::Uuid::new_v4().to_string(),
         event_type: EventType::AwsServiceEvent,
@@ -145,7 +144,7 @@ impl NodeCore {
         }
         let cmd = Command {
             request_id: uuid::Uuid::new_v4().to_string(),
-            time_ms: now_ms(),
+            time_ms: self.clock.now_ms(),
             op: Op::AuthorizeJoin {
                 node: node.clone(),
                 public_key: info.public_key,
@@ -293,7 +292,7 @@ async fn bootstrap_steps(core: &Arc<NodeCore>, boot: &BootstrapConfig) -> Result
         let account = AccountId::parse(&boot.account)?;
         let cmd = Command {
             request_id: "bootstrap".to_string(),
-            time_ms: now_ms(),
+            time_ms: core.clock.now_ms(),
             op: Op::Bootstrap(Box::new(Bootstrap {
                 region: core.region.clone(),
                 account: account.clone(),

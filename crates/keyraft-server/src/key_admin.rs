@@ -351,3 +351,59 @@ pub(crate) async fn re_encrypt(
         key_id: dest.metadata.arn,
     })
 }
+
+/// AWS's waiting period for key deletion, in days.
+const DELETION_WINDOW: std::ops::RangeInclusive<u32> = 7..=30;
+
+pub(crate) async fn schedule_deletion(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: ScheduleKeyDeletionRequest,
+) -> Result<ScheduleKeyDeletionResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    let days = match req.pending_window_in_days {
+        0 => 30,
+        d if DELETION_WINDOW.contains(&d) => d,
+        d => {
+            return Err(KmsError::validation(format!(
+                "Value '{d}' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value between 7 and 30"
+            )))
+        }
+    };
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let key_id = key.metadata.key_id;
+    let key = expect_key(
+        core.mutate(call, req.request_id, |audit| Op::ScheduleKeyDeletion {
+            key_id,
+            pending_window_days: days,
+            audit,
+        })
+        .await,
+    )?;
+    Ok(ScheduleKeyDeletionResponse {
+        key_id: key.arn,
+        deletion_date: key.deletion_date_ms.unwrap_or(0),
+        key_state: key.key_state.as_str().to_string(),
+        pending_window_in_days: days,
+    })
+}
+
+pub(crate) async fn cancel_deletion(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: CancelKeyDeletionRequest,
+) -> Result<CancelKeyDeletionResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let key_id = key.metadata.key_id;
+    let key = expect_key(
+        core.mutate(call, req.request_id, |audit| Op::CancelKeyDeletion {
+            key_id,
+            audit,
+        })
+        .await,
+    )?;
+    Ok(CancelKeyDeletionResponse { key_id: key.arn })
+}

@@ -8,7 +8,6 @@ use keyraft_hsm::CiphertextBlob;
 use keyraft_proto::v1::key_service_server::KeyService;
 use keyraft_proto::v1::*;
 use keyraft_proto::SYMMETRIC_DEFAULT;
-use keyraft_raft::network::now_ms;
 use keyraft_state::{Command, KeyRecord, Op, Reply};
 use keyraft_types::{
     AuditRecord, CryptoOperation, DataKeySpec, EncryptionContext, ErrorCode, KeyCheck, KeyId,
@@ -113,7 +112,7 @@ impl NodeCore {
         call.record.request_id = request_id(given_request_id)?;
         let cmd = Command {
             request_id: call.record.request_id.clone(),
-            time_ms: now_ms(),
+            time_ms: self.clock.now_ms(),
             op: op(Box::new(call.record.clone())),
         };
         call.audited = true;
@@ -321,9 +320,10 @@ impl KeyService for KeyApi {
                         key_usage,
                         origin: Origin::Kms,
                         key_manager: KeyManager::Customer,
-                        creation_date_ms: now_ms(),
+                        creation_date_ms: core.clock.now_ms(),
                         epoch: 1,
                         current_version: 1,
+                        deletion_date_ms: None,
                     };
                     let key = expect_key(
                         core.mutate(call, req.request_id, |audit| Op::CreateKey {
@@ -780,6 +780,40 @@ impl KeyService for KeyApi {
                 method!("ListResourceTags"),
                 true,
                 handler!(|core, call, req| { crate::key_admin::list_tags(core, call, req).await }),
+            )
+            .await
+    }
+
+    async fn schedule_key_deletion(
+        &self,
+        request: Request<ScheduleKeyDeletionRequest>,
+    ) -> Result<Response<ScheduleKeyDeletionResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ScheduleKeyDeletion",
+                method!("ScheduleKeyDeletion"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::schedule_deletion(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn cancel_key_deletion(
+        &self,
+        request: Request<CancelKeyDeletionRequest>,
+    ) -> Result<Response<CancelKeyDeletionResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "CancelKeyDeletion",
+                method!("CancelKeyDeletion"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::cancel_deletion(core, call, req).await
+                }),
             )
             .await
     }

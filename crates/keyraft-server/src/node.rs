@@ -139,6 +139,7 @@ impl Node {
             tokio::spawn(core.clone().run_audit_batcher(audit_rx)),
             tokio::spawn(crate::join::fetch_domain_key(core.clone())),
         ];
+        tasks.push(tokio::spawn(run_ticker(core.clone())));
         if let Some(boot) = bootstrap {
             tasks.push(tokio::spawn(crate::join::bootstrap(core.clone(), boot)));
         }
@@ -172,6 +173,44 @@ impl Node {
             servers,
             tasks,
         })
+    }
+}
+
+/// The leader's time-driven work: when a scheduled deletion (later: rotation, import
+/// expiry) is due by the service clock, propose a tick carrying that clock's time.
+/// Apply decides with that time alone, so every replica destroys the same keys.
+async fn run_ticker(core: Arc<NodeCore>) {
+    use keyraft_state::{Command, Op, Reply};
+    let mut interval = tokio::time::interval(Duration::from_millis(core.config.tick_interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if !core.raft.is_leader() {
+            continue;
+        }
+        let now = core.clock.now_ms();
+        match core.state.next_deletion_due() {
+            Ok(Some(due)) if due <= now => {}
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "reading scheduled deletions");
+                continue;
+            }
+        }
+        let cmd = Command {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            time_ms: now,
+            op: Op::Tick { node_id: core.id },
+        };
+        match core.propose_local(cmd).await {
+            Ok(Ok(Reply::Deleted(keys))) => {
+                for k in keys {
+                    tracing::info!(key = %k, "key deleted after its waiting period");
+                }
+            }
+            Ok(other) => tracing::warn!(?other, "unexpected tick reply"),
+            Err(e) => tracing::warn!(error = %e, "tick did not commit"),
+        }
     }
 }
 

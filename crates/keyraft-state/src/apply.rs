@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use keyraft_types::audit::GENESIS_HASH;
 use keyraft_types::{
-    AccountId, AliasName, AuditEvent, AuditRecord, ErrorCode, KeyId, KeyMetadata, KeyState,
-    KmsError, NodeId,
+    AccountId, AliasName, AuditEvent, AuditRecord, ErrorCode, EventType, KeyId, KeyMetadata,
+    KeyState, KmsError, NodeId, RequestParameters, UserIdentity,
 };
 
 use crate::command::{
@@ -54,7 +54,7 @@ struct StoredResponse {
 /// Reads through pending writes, so the commands of one batch see each other.
 struct Txn<'a> {
     tree: &'a sled::Tree,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pub(crate) writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<'a> Txn<'a> {
@@ -298,6 +298,20 @@ impl StateMachine {
         Ok((out, false))
     }
 
+    /// When the earliest scheduled deletion falls due, if any.
+    pub fn next_deletion_due(&self) -> Result<Option<u64>, StateError> {
+        let Some(item) = self.tree.scan_prefix(keys::DELETION_PREFIX).next() else {
+            return Ok(None);
+        };
+        let (k, _) = item?;
+        let mut t = [0u8; 8];
+        match k.get(keys::DELETION_PREFIX.len()..keys::DELETION_PREFIX.len() + 8) {
+            Some(b) => t.copy_from_slice(b),
+            None => return Ok(None),
+        }
+        Ok(Some(u64::from_be_bytes(t)))
+    }
+
     /// A credential.
     pub fn access_key(&self, id: &str) -> Result<Option<AccessKeyRecord>, StateError> {
         self.get(&keys::access_key(id))
@@ -478,6 +492,19 @@ fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateErro
             })?;
             audited(txn, audit, r)?
         }
+        Op::ScheduleKeyDeletion {
+            key_id,
+            pending_window_days,
+            audit,
+        } => {
+            let r = schedule_deletion(txn, key_id, *pending_window_days, cmd.time_ms)?;
+            audited(txn, audit, r)?
+        }
+        Op::CancelKeyDeletion { key_id, audit } => {
+            let r = cancel_deletion(txn, key_id)?;
+            audited(txn, audit, r)?
+        }
+        Op::Tick { node_id } => tick(txn, cmd, *node_id)?,
         Op::AuthorizeJoin {
             node,
             public_key,
@@ -695,6 +722,136 @@ fn change_key(
     }
     txn.put(keys::key(key_id), &record)?;
     Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+fn schedule_deletion(
+    txn: &mut Txn<'_>,
+    key_id: &KeyId,
+    days: u32,
+    time_ms: u64,
+) -> Result<Response, StateError> {
+    let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    };
+    let m = &mut record.metadata;
+    if m.key_state == KeyState::PendingDeletion {
+        return Ok(Err(KmsError::new(
+            ErrorCode::InvalidState,
+            format!("{} is pending deletion", m.arn),
+        )));
+    }
+    let due = time_ms.saturating_add(u64::from(days) * DAY_MS);
+    m.key_state = KeyState::PendingDeletion;
+    m.deletion_date_ms = Some(due);
+    m.epoch += 1;
+    txn.put(keys::deletion(due, key_id), &())?;
+    txn.put(keys::key(key_id), &record)?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+fn cancel_deletion(txn: &mut Txn<'_>, key_id: &KeyId) -> Result<Response, StateError> {
+    let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    };
+    let m = &mut record.metadata;
+    let (KeyState::PendingDeletion, Some(due)) = (m.key_state, m.deletion_date_ms) else {
+        return Ok(Err(KmsError::new(
+            ErrorCode::InvalidState,
+            format!("{} is not pending deletion", m.arn),
+        )));
+    };
+    txn.delete(keys::deletion(due, key_id));
+    m.key_state = KeyState::Disabled;
+    m.deletion_date_ms = None;
+    m.epoch += 1;
+    txn.put(keys::key(key_id), &record)?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+/// Most keys one tick destroys; the rest wait for the next tick.
+const TICK_BATCH: usize = 100;
+
+/// Destroys the keys whose waiting period ended by the command's time: the key record
+/// with its wrapped material, its aliases and its quota slot go, and each destruction is
+/// a service event in the audit chain. Deterministic: only the command's time is used.
+fn tick(txn: &mut Txn<'_>, cmd: &Command, node_id: NodeId) -> Result<Response, StateError> {
+    let mut due = Vec::new();
+    for item in txn.tree.scan_prefix(keys::DELETION_PREFIX) {
+        let (k, _) = item?;
+        let Some(time_bytes) = k.get(keys::DELETION_PREFIX.len()..keys::DELETION_PREFIX.len() + 8)
+        else {
+            continue;
+        };
+        let mut t = [0u8; 8];
+        t.copy_from_slice(time_bytes);
+        if u64::from_be_bytes(t) > cmd.time_ms || due.len() == TICK_BATCH {
+            break;
+        }
+        if txn.writes.get(k.as_ref()) == Some(&None) {
+            continue; // already handled earlier in this batch
+        }
+        due.push(k.to_vec());
+    }
+    let mut deleted = Vec::new();
+    for index_key in due {
+        txn.delete(index_key.clone());
+        let id =
+            String::from_utf8_lossy(&index_key[keys::DELETION_PREFIX.len() + 8..]).into_owned();
+        let Ok(key_id) = KeyId::parse(&id) else {
+            continue;
+        };
+        let Some(record) = txn.get::<KeyRecord>(&keys::key(&key_id))? else {
+            continue;
+        };
+        if record.metadata.key_state != KeyState::PendingDeletion {
+            continue;
+        }
+        let account = record.metadata.account.clone();
+        txn.delete(keys::key(&key_id));
+        let count_key = keys::key_count(&account);
+        let count: u64 = txn.get(&count_key)?.unwrap_or(0);
+        txn.put(count_key, &count.saturating_sub(1))?;
+        let mut aliases = Vec::new();
+        for item in txn.tree.scan_prefix(keys::alias_prefix(&account)) {
+            let (k, v) = item?;
+            let alias: AliasRecord = decode(&k, &v)?;
+            if alias.target_key_id == key_id {
+                aliases.push(k.to_vec());
+            }
+        }
+        for k in aliases {
+            txn.delete(k);
+        }
+        let record = AuditRecord {
+            event_id: format!("{}-{}", cmd.request_id, key_id),
+            event_time_ms: cmd.time_ms,
+            event_name: "DeleteKey".to_string(),
+            request_id: cmd.request_id.clone(),
+            event_type: EventType::AwsServiceEvent,
+            read_only: false,
+            user_identity: UserIdentity {
+                identity_type: "Service".to_string(),
+                principal_arn: format!("keyraft:node/{node_id}"),
+                account_id: account.to_string(),
+                access_key_id: String::new(),
+            },
+            source_ip: String::new(),
+            user_agent: "keyraft".to_string(),
+            node_id,
+            request_parameters: RequestParameters {
+                key_id: Some(key_id.to_string()),
+                ..Default::default()
+            },
+            resources: vec![record.metadata.arn.clone()],
+            error: None,
+            key_checks: Vec::new(),
+        };
+        append_audit(txn, record, None)?;
+        deleted.push(key_id);
+    }
+    Ok(Ok(Reply::Deleted(deleted)))
 }
 
 /// A key an alias of `account` may point to.

@@ -117,6 +117,29 @@ pub enum Op {
         /// The request's audit record.
         audit: Box<AuditRecord>,
     },
+    /// Schedules a key's destruction after a waiting period (7–30 days, checked by the
+    /// node): the key becomes PendingDeletion and refuses cryptography meanwhile.
+    ScheduleKeyDeletion {
+        /// The key.
+        key_id: KeyId,
+        /// The waiting period in days.
+        pending_window_days: u32,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Cancels a scheduled deletion; the key returns as Disabled.
+    CancelKeyDeletion {
+        /// The key.
+        key_id: KeyId,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Time-driven work, proposed by the leader with its clock: destroys keys whose
+    /// waiting period ended by `Command::time_ms`. Apply uses only that time.
+    Tick {
+        /// The proposing node (named in the service events it causes).
+        node_id: NodeId,
+    },
     /// Marks a node id as retired after its removal: it can never be used again.
     RetireNode {
         /// The node.
@@ -138,9 +161,11 @@ impl Op {
             | Op::UpdateKeyDescription { audit, .. }
             | Op::TagResource { audit, .. }
             | Op::UntagResource { audit, .. }
+            | Op::ScheduleKeyDeletion { audit, .. }
+            | Op::CancelKeyDeletion { audit, .. }
             | Op::AuthorizeJoin { audit, .. }
             | Op::RetireNode { audit, .. } => Some(audit),
-            Op::Bootstrap(_) | Op::AuditBatch { .. } => None,
+            Op::Bootstrap(_) | Op::AuditBatch { .. } | Op::Tick { .. } => None,
         }
     }
 }
@@ -251,6 +276,8 @@ pub enum Reply {
     Alias(Box<AliasRecord>),
     /// Per-record verdicts of an audit batch: `None` = confirmed.
     Audit(Vec<Option<KmsError>>),
+    /// The keys a tick destroyed.
+    Deleted(Vec<KeyId>),
 }
 
 /// The response to a command: deterministic errors are values.
@@ -286,6 +313,15 @@ impl std::fmt::Display for Command {
             } => {
                 format!("UntagResource({key_id}, {})", tag_keys.len())
             }
+            Op::ScheduleKeyDeletion {
+                key_id,
+                pending_window_days,
+                ..
+            } => {
+                format!("ScheduleKeyDeletion({key_id}, {pending_window_days}d)")
+            }
+            Op::CancelKeyDeletion { key_id, .. } => format!("CancelKeyDeletion({key_id})"),
+            Op::Tick { node_id } => format!("Tick(node {node_id})"),
             Op::AuthorizeJoin { node, .. } => format!("AuthorizeJoin({})", node.node_id),
             Op::RetireNode { node_id, .. } => format!("RetireNode({node_id})"),
         };

@@ -57,3 +57,15 @@ pub(crate) fn alias(account: &AccountId, name: &AliasName) -> Vec<u8> {
 pub(crate) fn alias_prefix(account: &AccountId) -> Vec<u8> {
     format!("alias/{account}/").into_bytes()
 }
+
+pub(crate) const DELETION_PREFIX: &[u8] = b"deletion/";
+
+/// Index of scheduled deletions, in due order.
+pub(crate) fn deletion(due_ms: u64, key: &KeyId) -> Vec<u8> {
+    [
+        DELETION_PREFIX,
+        &due_ms.to_be_bytes()[..],
+        key.as_str().as_bytes(),
+    ]
+    .concat()
+}

@@ -104,6 +104,10 @@ impl Runner {
                 k.key_state.as_str(),
                 k.epoch
             ),
+            Ok(Reply::Deleted(v)) => format!(
+                "deleted: [{}]",
+                v.iter().map(key_name).collect::<Vec<_>>().join(", ")
+            ),
             Ok(Reply::Audit(v)) => format!(
                 "audit: [{}]",
                 v.iter()
@@ -174,6 +178,7 @@ impl Runner {
                     creation_date_ms: t,
                     epoch: 1,
                     current_version: 1,
+                    deletion_date_ms: None,
                 };
                 self.apply(
                     &request,
@@ -218,13 +223,17 @@ impl Runner {
             }
             "describe" => match self.sm.key(&key_id(&positional[0])).unwrap() {
                 Some(k) => format!(
-                    "{} {} epoch={} versions={:?} description={:?} tags={:?}",
+                    "{} {} epoch={} versions={:?} description={:?} tags={:?}{}",
                     key_name(&k.metadata.key_id),
                     k.metadata.key_state.as_str(),
                     k.metadata.epoch,
                     k.versions.keys().collect::<Vec<_>>(),
                     k.metadata.description,
-                    k.tags
+                    k.tags,
+                    k.metadata
+                        .deletion_date_ms
+                        .map(|d| format!(" deletion={d}"))
+                        .unwrap_or_default()
                 ),
                 None => "not found".into(),
             },
@@ -308,6 +317,25 @@ impl Runner {
                     audit: Box::new(record("UntagResource")),
                 },
             ),
+            "schedule" => self.apply(
+                &request,
+                t,
+                Op::ScheduleKeyDeletion {
+                    key_id: key_id(&positional[0]),
+                    pending_window_days: arg("days", "30").parse().unwrap(),
+                    audit: Box::new(record("ScheduleKeyDeletion")),
+                },
+            ),
+            "cancel" => self.apply(
+                &request,
+                t,
+                Op::CancelKeyDeletion {
+                    key_id: key_id(&positional[0]),
+                    audit: Box::new(record("CancelKeyDeletion")),
+                },
+            ),
+            "tick" => self.apply(&format!("tick-{t}"), t, Op::Tick { node_id: 1 }),
+            "due" => format!("{:?}", self.sm.next_deletion_due().unwrap()),
             "reencrypt" => {
                 let mut r = record("ReEncrypt");
                 for (name, epoch) in [(&positional[0], "epoch"), (&positional[1], "epoch2")] {
@@ -462,6 +490,11 @@ fn aliases_descriptions_and_tags() {
 }
 
 #[test]
+fn deletion_and_ticks() {
+    run_file("deletion.test");
+}
+
+#[test]
 fn nodes_and_joins() {
     run_file("nodes.test");
 }
@@ -511,6 +544,7 @@ fn batch_is_one_atomic_apply() {
                 creation_date_ms: 1,
                 epoch: 1,
                 current_version: 1,
+                deletion_date_ms: None,
             }),
             material: vec![1; 60],
             audit: Box::new(record("CreateKey")),

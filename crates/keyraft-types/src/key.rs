@@ -222,6 +222,8 @@ pub struct KeyMetadata {
     pub epoch: u64,
     /// The backing-key version new encryptions use.
     pub current_version: u32,
+    /// When a key pending deletion will be destroyed (ms since the Unix epoch).
+    pub deletion_date_ms: Option<u64>,
 }
 
 impl KeyMetadata {
