@@ -253,6 +253,28 @@ pub(crate) enum ClusterCommand {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum QuotaCommand {
+    /// Show an account's limits and usage (default: the caller's account).
+    Get {
+        /// Another account (the region's administrator only).
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Set an account's limits (the region's administrator only).
+    Set {
+        /// The account (default: the caller's).
+        #[arg(long)]
+        account: Option<String>,
+        /// Keys per account in this region.
+        #[arg(long)]
+        keys: Option<u64>,
+        /// Aliases per account in this region.
+        #[arg(long)]
+        aliases: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum AuditCommand {
     /// The newest audit events (CloudTrail-like JSON).
     Tail {
@@ -572,6 +594,26 @@ pub(crate) async fn cluster(conn: &Connection, cmd: ClusterCommand) -> Result<Va
             json!({"Leader": c.transfer_leader(node_id).await?})
         }
     })
+}
+
+pub(crate) async fn quota(conn: &Connection, cmd: QuotaCommand) -> Result<Value, Error> {
+    let c = client(conn)?;
+    let q = match cmd {
+        QuotaCommand::Get { account } => c.get_quota(account.as_deref()).await?,
+        QuotaCommand::Set {
+            account,
+            keys,
+            aliases,
+        } => {
+            c.set_quota(account.as_deref(), keys.unwrap_or(0), aliases.unwrap_or(0))
+                .await?
+        }
+    };
+    Ok(json!({
+        "Account": q.account,
+        "Keys": {"Limit": q.keys_limit, "Used": q.keys_used},
+        "Aliases": {"Limit": q.aliases_limit, "Used": q.aliases_used},
+    }))
 }
 
 pub(crate) async fn audit(conn: &Connection, cmd: AuditCommand) -> Result<Value, Error> {

@@ -86,6 +86,13 @@ enum Top {
         #[command(subcommand)]
         command: commands::ClusterCommand,
     },
+    /// Per-account quotas of this region.
+    Quota {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: commands::QuotaCommand,
+    },
     /// The audit trail.
     Audit {
         #[command(flatten)]
@@ -192,6 +199,7 @@ async fn run(cli: Cli) -> ExitCode {
         Top::Random { conn, bytes } => output::finish(commands::random(&conn, bytes).await),
         Top::Alias { conn, command } => output::finish(commands::alias(&conn, command).await),
         Top::Cluster { conn, command } => output::finish(commands::cluster(&conn, command).await),
+        Top::Quota { conn, command } => output::finish(commands::quota(&conn, command).await),
         Top::Audit { conn, command } => output::finish(commands::audit(&conn, command).await),
     }
 }

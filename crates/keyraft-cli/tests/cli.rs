@@ -262,6 +262,14 @@ fn dev_cluster_and_client_commands() {
     assert!(ok);
     assert_eq!(random["Plaintext"].as_str().unwrap().len(), 24);
 
+    let (ok, quota) = run(&env, &["quota", "set", "--keys", "50"]);
+    assert!(ok, "{quota}");
+    assert_eq!(quota["Keys"]["Limit"], 50);
+    let (_, quota) = run(&env, &["quota", "get"]);
+    assert_eq!(quota["Account"], "111122223333");
+    assert_eq!(quota["Keys"]["Used"], 1);
+    assert_eq!(quota["Aliases"]["Used"], 1);
+
     // Ctrl-C stops every node.
     kill(Pid::from_raw(dev.id() as i32), Signal::SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

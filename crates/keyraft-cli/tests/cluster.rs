@@ -1009,3 +1009,69 @@ async fn a_key_is_destroyed_on_every_node_once_its_waiting_period_has_passed() {
     assert_eq!(deleted[0]["eventType"], "AwsServiceEvent");
     assert_eq!(deleted[0]["resources"][0]["ARN"], doomed.arn.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_on_every_node_never_exceed_the_quota_even_across_a_leader_kill() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path()).await;
+    let admin = c.client().unwrap();
+    for i in 0..2 {
+        admin.create_key(&format!("existing {i}")).await.unwrap();
+    }
+    // Three free slots.
+    let q = admin.set_quota(None, 5, 0).await.unwrap();
+    assert_eq!((q.keys_used, q.keys_limit), (2, 5));
+
+    let clients: Vec<std::sync::Arc<Client>> = (1..=3)
+        .map(|i| std::sync::Arc::new(c.client_of(i).unwrap()))
+        .collect();
+    let burst = |clients: Vec<std::sync::Arc<Client>>, n: usize| async move {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let client = clients[i % clients.len()].clone();
+                tokio::spawn(async move { client.create_key(&format!("burst {i}")).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.unwrap());
+        }
+        outcomes
+    };
+    let outcomes = burst(clients.clone(), 50).await;
+    let created = outcomes.iter().filter(|o| o.is_ok()).count();
+    let limited = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(e) if e.code() == Some(ErrorCode::LimitExceeded)))
+        .count();
+    assert_eq!((created, limited), (3, 47), "{outcomes:?}");
+    assert_eq!(admin.list_keys(1000, "").await.unwrap().keys.len(), 5);
+
+    // Raise the limit by five and kill the leader in the middle of the next burst: some
+    // calls may fail with an unknown outcome, but no outcome exceeds the quota.
+    admin.set_quota(None, 10, 0).await.unwrap();
+    let leader = admin.cluster_status().await.unwrap().leader;
+    let survivors: Vec<std::sync::Arc<Client>> = (1..=3u64)
+        .filter(|id| *id != leader)
+        .map(|id| std::sync::Arc::new(c.client_of(id).unwrap()))
+        .collect();
+    let run = tokio::spawn(burst(survivors.clone(), 30));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    c.kill(leader).unwrap();
+    let outcomes = run.await.unwrap();
+    let created = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert!(
+        created <= 5,
+        "{created} creates succeeded with 5 free slots"
+    );
+    let survivor = &survivors[0];
+    let keys = survivor.list_keys(1000, "").await.unwrap().keys.len();
+    assert!(keys <= 10, "{keys} keys exist under a quota of 10");
+    assert!(
+        keys >= 5 + created,
+        "an acknowledged create is missing: {keys} keys, {created} acked"
+    );
+    let q = survivor.get_quota(None).await.unwrap();
+    assert_eq!(q.keys_used as usize, keys);
+}

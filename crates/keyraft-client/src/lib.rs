@@ -759,6 +759,43 @@ impl Client {
         Ok(resp.now)
     }
 
+    /// An account's quotas and usage (`None`: the caller's account).
+    pub async fn get_quota(&self, account: Option<&str>) -> Result<QuotaResponse, Error> {
+        let req = GetQuotaRequest {
+            account: account.unwrap_or_default().to_string(),
+        };
+        self.call(
+            Route::Any,
+            admin_method!("GetQuota"),
+            req,
+            |c, r| async move { Self::admin(c).get_quota(r).await },
+        )
+        .await
+    }
+
+    /// Sets an account's key and/or alias limit (0 leaves one unchanged); the region's
+    /// administrator only.
+    pub async fn set_quota(
+        &self,
+        account: Option<&str>,
+        keys: u64,
+        aliases: u64,
+    ) -> Result<QuotaResponse, Error> {
+        let req = SetQuotaRequest {
+            account: account.unwrap_or_default().to_string(),
+            keys,
+            aliases,
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            admin_method!("SetQuota"),
+            req,
+            |c, r| async move { Self::admin(c).set_quota(r).await },
+        )
+        .await
+    }
+
     /// The cluster's members, leader and per-node progress. Also refreshes this
     /// client's view: members' endpoints are added and the leader remembered.
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, Error> {

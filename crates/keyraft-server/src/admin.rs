@@ -13,11 +13,11 @@ use keyraft_proto::v1::admin_service_server::AdminService;
 use keyraft_proto::v1::internal::{NodeStatusRequest, NodeStatusResponse};
 use keyraft_proto::v1::*;
 use keyraft_raft::NodeAddr;
-use keyraft_state::{Command, NodeRecord, Op};
-use keyraft_types::{ErrorCode, KmsError, NodeId};
+use keyraft_state::{Command, NodeRecord, Op, QuotaUsage, Reply};
+use keyraft_types::{AccountId, ErrorCode, KmsError, NodeId};
 
 use crate::audit_json::event_json;
-use crate::core::{handler, node_methods, NodeCore};
+use crate::core::{handler, node_methods, Call, NodeCore};
 use crate::join::service_record;
 use crate::kms::internal;
 
@@ -70,7 +70,49 @@ fn membership_error<E: std::fmt::Display>(
     }
 }
 
+/// The account a quota call is about: the caller's unless another is named, which only
+/// the region's administrator may do.
+fn quota_account(core: &NodeCore, call: &Call, given: &str) -> Result<AccountId, KmsError> {
+    if given.is_empty() || given == call.principal.account.as_str() {
+        return Ok(call.principal.account.clone());
+    }
+    core.require_region_admin(call)?;
+    AccountId::parse(given)
+}
+
+fn quota_response(account: &AccountId, q: &QuotaUsage) -> QuotaResponse {
+    QuotaResponse {
+        account: account.to_string(),
+        keys_limit: q.keys_limit,
+        keys_used: q.keys_used,
+        aliases_limit: q.aliases_limit,
+        aliases_used: q.aliases_used,
+    }
+}
+
 impl NodeCore {
+    /// Refuses anyone but the region's administrator (the credential made at bootstrap).
+    /// Principals and policies arrive with their own issue; until then this is the one
+    /// administrative identity.
+    pub(crate) fn require_region_admin(&self, call: &Call) -> Result<(), KmsError> {
+        let admin = self
+            .state
+            .cluster_config()
+            .map_err(internal)?
+            .map(|c| format!("arn:keyraft:iam::{}:user/admin", c.account));
+        if admin.as_deref() == Some(call.principal.arn.as_str()) {
+            Ok(())
+        } else {
+            Err(KmsError::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "User: {} is not the region's administrator",
+                    call.principal.arn
+                ),
+            ))
+        }
+    }
+
     /// This node's own status line.
     pub(crate) fn local_status(&self) -> NodeStatusResponse {
         let m = self.metrics();
@@ -449,6 +491,66 @@ impl AdminService for AdminApi {
                     Ok(AdvanceClockResponse {
                         now: core.clock.advance(req.advance_ms),
                     })
+                }),
+            )
+            .await
+    }
+
+    async fn get_quota(
+        &self,
+        request: Request<GetQuotaRequest>,
+    ) -> Result<Response<QuotaResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "GetQuota",
+                method!("GetQuota"),
+                true,
+                handler!(|core, call, req| {
+                    let account = quota_account(&core, call, &req.account)?;
+                    core.read_barrier().await?;
+                    let q = core.state.quota(&account).map_err(internal)?;
+                    Ok(quota_response(&account, &q))
+                }),
+            )
+            .await
+    }
+
+    async fn set_quota(
+        &self,
+        request: Request<SetQuotaRequest>,
+    ) -> Result<Response<QuotaResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "SetQuota",
+                method!("SetQuota"),
+                false,
+                handler!(|core, call, req| {
+                    let account = quota_account(&core, call, &req.account)?;
+                    core.require_region_admin(call)?;
+                    if req.keys == 0 && req.aliases == 0 {
+                        return Err(KmsError::validation("give keys and/or aliases"));
+                    }
+                    let (keys, aliases) = (
+                        (req.keys != 0).then_some(req.keys),
+                        (req.aliases != 0).then_some(req.aliases),
+                    );
+                    let reply = core
+                        .mutate(call, req.request_id, |audit| Op::SetQuota {
+                            account: account.clone(),
+                            keys,
+                            aliases,
+                            audit,
+                        })
+                        .await?;
+                    match reply {
+                        Reply::Quota(q) => Ok(quota_response(&account, &q)),
+                        other => {
+                            tracing::error!(?other, "unexpected reply to SetQuota");
+                            Err(KmsError::internal())
+                        }
+                    }
                 }),
             )
             .await

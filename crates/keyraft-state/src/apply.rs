@@ -13,12 +13,12 @@ use keyraft_types::{
 };
 
 use crate::command::{
-    AccessKeyRecord, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command, JoinAuthorization,
-    KeyRecord, NodeRecord, Op, Reply, Response,
+    AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command,
+    JoinAuthorization, KeyRecord, NodeRecord, Op, QuotaUsage, Reply, Response,
 };
 use crate::keys;
 use crate::storage::{Durable, StateError};
-use crate::{DEFAULT_KEY_QUOTA, MAX_TAGS_PER_KEY, REQUEST_ID_TTL_MS};
+use crate::{DEFAULT_ALIAS_QUOTA, DEFAULT_KEY_QUOTA, MAX_TAGS_PER_KEY, REQUEST_ID_TTL_MS};
 
 /// The replicated state of one node.
 pub struct StateMachine {
@@ -298,6 +298,11 @@ impl StateMachine {
         Ok((out, false))
     }
 
+    /// An account's quotas in force and its usage.
+    pub fn quota(&self, account: &AccountId) -> Result<QuotaUsage, StateError> {
+        quota_usage(&Txn::new(&self.tree), account)
+    }
+
     /// When the earliest scheduled deletion falls due, if any.
     pub fn next_deletion_due(&self) -> Result<Option<u64>, StateError> {
         let Some(item) = self.tree.scan_prefix(keys::DELETION_PREFIX).next() else {
@@ -505,6 +510,15 @@ fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateErro
             audited(txn, audit, r)?
         }
         Op::Tick { node_id } => tick(txn, cmd, *node_id)?,
+        Op::SetQuota {
+            account,
+            keys: key_limit,
+            aliases,
+            audit,
+        } => {
+            let r = set_quota(txn, account, *key_limit, *aliases)?;
+            audited(txn, audit, r)?
+        }
         Op::AuthorizeJoin {
             node,
             public_key,
@@ -650,16 +664,17 @@ fn create_key(
         )));
     }
     let count_key = keys::key_count(&key.account);
-    let count: u64 = txn.get(&count_key)?.unwrap_or(0);
-    if count >= config.key_quota {
+    let usage = quota_usage(txn, &key.account)?;
+    if usage.keys_used >= usage.keys_limit {
         return Ok(Err(KmsError::new(
             ErrorCode::LimitExceeded,
             format!(
                 "Account {} already has {} keys in region {}, its quota",
-                key.account, count, config.region
+                key.account, usage.keys_used, config.region
             ),
         )));
     }
+    let count = usage.keys_used;
     let record = KeyRecord {
         metadata: key.clone(),
         versions: BTreeMap::from([(key.current_version, material.to_vec())]),
@@ -722,6 +737,40 @@ fn change_key(
     }
     txn.put(keys::key(key_id), &record)?;
     Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+/// An account's limits (its own, else the region's defaults) and usage.
+fn quota_usage(txn: &Txn<'_>, account: &AccountId) -> Result<QuotaUsage, StateError> {
+    let own: AccountQuota = txn.get(&keys::quota(account))?.unwrap_or_default();
+    let region_keys = txn
+        .get::<ClusterConfig>(keys::CLUSTER)?
+        .map(|c| c.key_quota)
+        .unwrap_or(DEFAULT_KEY_QUOTA);
+    Ok(QuotaUsage {
+        keys_limit: own.keys.unwrap_or(region_keys),
+        keys_used: txn.get(&keys::key_count(account))?.unwrap_or(0),
+        aliases_limit: own.aliases.unwrap_or(DEFAULT_ALIAS_QUOTA),
+        aliases_used: txn.get(&keys::alias_count(account))?.unwrap_or(0),
+    })
+}
+
+fn set_quota(
+    txn: &mut Txn<'_>,
+    account: &AccountId,
+    key_limit: Option<u64>,
+    alias_limit: Option<u64>,
+) -> Result<Response, StateError> {
+    let mut own: AccountQuota = txn.get(&keys::quota(account))?.unwrap_or_default();
+    if key_limit.is_some() {
+        own.keys = key_limit;
+    }
+    if alias_limit.is_some() {
+        own.aliases = alias_limit;
+    }
+    txn.put(keys::quota(account), &own)?;
+    // A limit below current usage is allowed (AWS does the same): nothing is removed,
+    // only new keys or aliases are refused until usage falls below it.
+    Ok(Ok(Reply::Quota(quota_usage(txn, account)?)))
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -821,6 +870,11 @@ fn tick(txn: &mut Txn<'_>, cmd: &Command, node_id: NodeId) -> Result<Response, S
                 aliases.push(k.to_vec());
             }
         }
+        let alias_count: u64 = txn.get(&keys::alias_count(&account))?.unwrap_or(0);
+        txn.put(
+            keys::alias_count(&account),
+            &alias_count.saturating_sub(aliases.len() as u64),
+        )?;
         for k in aliases {
             txn.delete(k);
         }
@@ -894,6 +948,17 @@ fn create_alias(
     if let Err(e) = alias_target(txn, account, key_id)? {
         return Ok(Err(e));
     }
+    let usage = quota_usage(txn, account)?;
+    if usage.aliases_used >= usage.aliases_limit {
+        return Ok(Err(KmsError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "Account {account} already has {} aliases, its quota",
+                usage.aliases_used
+            ),
+        )));
+    }
+    txn.put(keys::alias_count(account), &(usage.aliases_used + 1))?;
     let record = AliasRecord {
         name: name.clone(),
         account: account.clone(),
@@ -942,6 +1007,8 @@ fn delete_alias(
         )));
     }
     txn.delete(keys::alias(account, name));
+    let count: u64 = txn.get(&keys::alias_count(account))?.unwrap_or(0);
+    txn.put(keys::alias_count(account), &count.saturating_sub(1))?;
     Ok(Ok(Reply::Unit))
 }
 

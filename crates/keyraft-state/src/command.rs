@@ -134,6 +134,17 @@ pub enum Op {
         /// The request's audit record.
         audit: Box<AuditRecord>,
     },
+    /// Sets an account's quotas (`None` leaves a limit unchanged).
+    SetQuota {
+        /// The account.
+        account: AccountId,
+        /// Keys per account in this region.
+        keys: Option<u64>,
+        /// Aliases per account in this region.
+        aliases: Option<u64>,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
     /// Time-driven work, proposed by the leader with its clock: destroys keys whose
     /// waiting period ended by `Command::time_ms`. Apply uses only that time.
     Tick {
@@ -163,6 +174,7 @@ impl Op {
             | Op::UntagResource { audit, .. }
             | Op::ScheduleKeyDeletion { audit, .. }
             | Op::CancelKeyDeletion { audit, .. }
+            | Op::SetQuota { audit, .. }
             | Op::AuthorizeJoin { audit, .. }
             | Op::RetireNode { audit, .. } => Some(audit),
             Op::Bootstrap(_) | Op::AuditBatch { .. } | Op::Tick { .. } => None,
@@ -224,6 +236,28 @@ pub struct JoinAuthorization {
     pub public_key: Vec<u8>,
 }
 
+/// Quotas set for one account; unset limits fall back to the region's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountQuota {
+    /// Keys per account.
+    pub keys: Option<u64>,
+    /// Aliases per account.
+    pub aliases: Option<u64>,
+}
+
+/// An account's limits in force and what it uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUsage {
+    /// Key limit.
+    pub keys_limit: u64,
+    /// Keys that count (all states of customer keys).
+    pub keys_used: u64,
+    /// Alias limit.
+    pub aliases_limit: u64,
+    /// Aliases in use.
+    pub aliases_used: u64,
+}
+
 /// An alias: a friendly name of a key, per account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AliasRecord {
@@ -278,6 +312,8 @@ pub enum Reply {
     Audit(Vec<Option<KmsError>>),
     /// The keys a tick destroyed.
     Deleted(Vec<KeyId>),
+    /// An account's quotas after a change.
+    Quota(QuotaUsage),
 }
 
 /// The response to a command: deterministic errors are values.
@@ -322,6 +358,7 @@ impl std::fmt::Display for Command {
             }
             Op::CancelKeyDeletion { key_id, .. } => format!("CancelKeyDeletion({key_id})"),
             Op::Tick { node_id } => format!("Tick(node {node_id})"),
+            Op::SetQuota { account, .. } => format!("SetQuota({account})"),
             Op::AuthorizeJoin { node, .. } => format!("AuthorizeJoin({})", node.node_id),
             Op::RetireNode { node_id, .. } => format!("RetireNode({node_id})"),
         };

@@ -69,3 +69,11 @@ pub(crate) fn deletion(due_ms: u64, key: &KeyId) -> Vec<u8> {
     ]
     .concat()
 }
+
+pub(crate) fn alias_count(account: &AccountId) -> Vec<u8> {
+    format!("acct/{account}/aliascount").into_bytes()
+}
+
+pub(crate) fn quota(account: &AccountId) -> Vec<u8> {
+    format!("quota/{account}").into_bytes()
+}

@@ -36,8 +36,8 @@ pub mod storage;
 
 pub use apply::{AppliedMeta, StateMachine, StateSnapshot};
 pub use command::{
-    AccessKeyRecord, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command, JoinAuthorization,
-    KeyRecord, NodeRecord, Op, Reply, Response,
+    AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command,
+    JoinAuthorization, KeyRecord, NodeRecord, Op, QuotaUsage, Reply, Response,
 };
 pub use storage::{Durable, StateError};
 
@@ -50,6 +50,9 @@ pub const REQUEST_ID_TTL_MS: u64 = 60 * 60 * 1000;
 
 /// The key quota per account when the cluster configuration sets none (as AWS's seed).
 pub const DEFAULT_KEY_QUOTA: u64 = 1000;
+
+/// The alias quota per account when none is set.
+pub const DEFAULT_ALIAS_QUOTA: u64 = 1000;
 
 /// Most tags on one key (as AWS).
 pub const MAX_TAGS_PER_KEY: usize = 50;

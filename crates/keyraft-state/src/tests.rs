@@ -104,6 +104,10 @@ impl Runner {
                 k.key_state.as_str(),
                 k.epoch
             ),
+            Ok(Reply::Quota(q)) => format!(
+                "quota: keys {}/{} aliases {}/{}",
+                q.keys_used, q.keys_limit, q.aliases_used, q.aliases_limit
+            ),
             Ok(Reply::Deleted(v)) => format!(
                 "deleted: [{}]",
                 v.iter().map(key_name).collect::<Vec<_>>().join(", ")
@@ -335,6 +339,27 @@ impl Runner {
                 },
             ),
             "tick" => self.apply(&format!("tick-{t}"), t, Op::Tick { node_id: 1 }),
+            "quota" => {
+                let account = AccountId::parse(&arg("account", ACCOUNT)).unwrap();
+                if positional.first().map(String::as_str) == Some("set") {
+                    self.apply(
+                        &request,
+                        t,
+                        Op::SetQuota {
+                            account,
+                            keys: args.get("keys").map(|v| v.parse().unwrap()),
+                            aliases: args.get("aliases").map(|v| v.parse().unwrap()),
+                            audit: Box::new(record("SetQuota")),
+                        },
+                    )
+                } else {
+                    let q = self.sm.quota(&account).unwrap();
+                    format!(
+                        "keys {}/{} aliases {}/{}",
+                        q.keys_used, q.keys_limit, q.aliases_used, q.aliases_limit
+                    )
+                }
+            }
             "due" => format!("{:?}", self.sm.next_deletion_due().unwrap()),
             "reencrypt" => {
                 let mut r = record("ReEncrypt");
@@ -487,6 +512,11 @@ fn idempotency_and_quota() {
 #[test]
 fn aliases_descriptions_and_tags() {
     run_file("aliases_tags.test");
+}
+
+#[test]
+fn quotas() {
+    run_file("quotas.test");
 }
 
 #[test]
