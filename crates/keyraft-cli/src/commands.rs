@@ -85,8 +85,50 @@ pub(crate) enum KeyCommand {
         #[arg(long)]
         key_id: String,
     },
+    /// Key rotation.
+    Rotation {
+        #[command(subcommand)]
+        command: RotationCommand,
+    },
     /// List a key's tags (all pages).
     Tags {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RotationCommand {
+    /// Rotate automatically every N days.
+    Enable {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// 90-2560 days.
+        #[arg(long, default_value_t = 365)]
+        rotation_period_days: u32,
+    },
+    /// Stop automatic rotation.
+    Disable {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Whether automatic rotation is on, and when it is next due.
+    Status {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Rotate now (at most 25 times per key).
+    RotateNow {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Every rotation of the key (all pages).
+    List {
         /// Key id, key ARN or alias.
         #[arg(long)]
         key_id: String,
@@ -390,6 +432,7 @@ pub(crate) async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Value, Err
         KeyCommand::CancelDeletion { key_id } => {
             json!({"KeyId": c.cancel_key_deletion(&key_id).await?.key_id})
         }
+        KeyCommand::Rotation { command } => rotation(&c, command).await?,
         KeyCommand::Tags { key_id } => {
             let mut tags = Vec::new();
             let mut marker = String::new();
@@ -468,6 +511,54 @@ pub(crate) async fn alias(conn: &Connection, cmd: AliasCommand) -> Result<Value,
                 marker = page.next_marker;
             }
             json!({"Aliases": aliases})
+        }
+    })
+}
+
+async fn rotation(c: &Client, cmd: RotationCommand) -> Result<Value, Error> {
+    Ok(match cmd {
+        RotationCommand::Enable {
+            key_id,
+            rotation_period_days,
+        } => {
+            c.set_key_rotation(&key_id, Some(rotation_period_days))
+                .await?;
+            json!({})
+        }
+        RotationCommand::Disable { key_id } => {
+            c.set_key_rotation(&key_id, None).await?;
+            json!({})
+        }
+        RotationCommand::Status { key_id } => {
+            let s = c.get_key_rotation_status(&key_id).await?;
+            let mut v = json!({"KeyId": s.key_id, "KeyRotationEnabled": s.key_rotation_enabled});
+            if s.key_rotation_enabled {
+                v["RotationPeriodInDays"] = json!(s.rotation_period_in_days);
+                v["NextRotationDate"] = json!(s.next_rotation_date as f64 / 1000.0);
+            }
+            v
+        }
+        RotationCommand::RotateNow { key_id } => {
+            json!({"KeyId": c.rotate_key_on_demand(&key_id).await?.key_id})
+        }
+        RotationCommand::List { key_id } => {
+            let mut rotations = Vec::new();
+            let mut marker = String::new();
+            loop {
+                let page = c.list_key_rotations(&key_id, 1000, &marker).await?;
+                rotations.extend(page.rotations.iter().map(|r| {
+                    json!({
+                        "KeyId": r.key_id,
+                        "RotationDate": r.rotation_date as f64 / 1000.0,
+                        "RotationType": r.rotation_type,
+                    })
+                }));
+                if !page.truncated {
+                    break;
+                }
+                marker = page.next_marker;
+            }
+            json!({"Rotations": rotations})
         }
     })
 }

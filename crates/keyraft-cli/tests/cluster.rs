@@ -1075,3 +1075,104 @@ async fn concurrent_creates_on_every_node_never_exceed_the_quota_even_across_a_l
     let q = survivor.get_quota(None).await.unwrap();
     assert_eq!(q.keys_used as usize, keys);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_keys_decrypt_every_older_ciphertext_on_every_node() {
+    const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = LocalCluster::prepare(dir.path(), binary(), 3, 0, "test-1").unwrap();
+    c.configure(|cfg| cfg.tick_interval_ms = 100).unwrap();
+    c.start_all().unwrap();
+    c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let clients: Vec<Client> = (1..=3).map(|i| c.client_of(i).unwrap()).collect();
+    let key = clients[0].create_key("rotating").await.unwrap();
+    let version_of = |blob: &[u8]| u32::from_be_bytes(blob[5 + 36..5 + 40].try_into().unwrap());
+
+    let v1 = clients[1]
+        .encrypt(&key.key_id, b"under v1", &ctx(&[]))
+        .await
+        .unwrap();
+    assert_eq!(version_of(&v1.ciphertext_blob), 1);
+    clients[2].rotate_key_on_demand(&key.key_id).await.unwrap();
+    let v2 = clients[0]
+        .encrypt(&key.key_id, b"under v2", &ctx(&[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        version_of(&v2.ciphertext_blob),
+        2,
+        "new encryptions use the new version"
+    );
+    assert_eq!(v2.key_id, key.arn, "the key id never changes");
+
+    // Automatic rotation from the replicated tick, driven by the service clock.
+    assert_eq!(
+        code(clients[1].set_key_rotation(&key.key_id, Some(89)).await),
+        Some(ErrorCode::Validation)
+    );
+    clients[1]
+        .set_key_rotation(&key.key_id, Some(90))
+        .await
+        .unwrap();
+    let status = clients[2]
+        .get_key_rotation_status(&key.key_id)
+        .await
+        .unwrap();
+    assert!(status.key_rotation_enabled);
+    assert_eq!(status.rotation_period_in_days, 90);
+    for n in &clients {
+        n.advance_clock(91 * DAY_MS).await.unwrap();
+    }
+    eventually(Duration::from_secs(20), || async {
+        let r = clients[0]
+            .list_key_rotations(&key.key_id, 0, "")
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.rotations.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{} rotations", r.rotations.len()))
+        }
+    })
+    .await;
+    let rotations = clients[1]
+        .list_key_rotations(&key.key_id, 0, "")
+        .await
+        .unwrap()
+        .rotations;
+    let kinds: Vec<&str> = rotations.iter().map(|r| r.rotation_type.as_str()).collect();
+    assert_eq!(kinds, ["ON_DEMAND", "AUTOMATIC"]);
+    let v3 = clients[2]
+        .encrypt(&key.key_id, b"under v3", &ctx(&[]))
+        .await
+        .unwrap();
+    assert_eq!(version_of(&v3.ciphertext_blob), 3);
+
+    // Every older ciphertext still decrypts, on every node.
+    for n in &clients {
+        for (ct, pt) in [
+            (&v1, &b"under v1"[..]),
+            (&v2, b"under v2"),
+            (&v3, b"under v3"),
+        ] {
+            assert_eq!(
+                n.decrypt(&ct.ciphertext_blob, &ctx(&[]), None)
+                    .await
+                    .unwrap()
+                    .plaintext,
+                pt
+            );
+        }
+    }
+    let tail = clients[0].audit_tail(100).await.unwrap();
+    let rotated = tail
+        .events_json
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap())
+        .filter(|e| e["eventName"] == "RotateKey" && e["eventType"] == "AwsServiceEvent")
+        .count();
+    assert_eq!(rotated, 1, "the automatic rotation is a service event");
+}

@@ -796,6 +796,101 @@ impl Client {
         .await
     }
 
+    /// Turns automatic rotation on (`Some(days)`, 90–2560; 0 = 365) or off (`None`).
+    pub async fn set_key_rotation(
+        &self,
+        key_id: &str,
+        period_days: Option<u32>,
+    ) -> Result<(), Error> {
+        match period_days {
+            Some(days) => {
+                let req = EnableKeyRotationRequest {
+                    key_id: key_id.to_string(),
+                    rotation_period_in_days: days,
+                    request_id: Self::request_id(),
+                };
+                self.call(
+                    Route::Leader,
+                    key_method!("EnableKeyRotation"),
+                    req,
+                    |c, r| async move { Self::key(c).enable_key_rotation(r).await },
+                )
+                .await
+                .map(|_| ())
+            }
+            None => {
+                let req = DisableKeyRotationRequest {
+                    key_id: key_id.to_string(),
+                    request_id: Self::request_id(),
+                };
+                self.call(
+                    Route::Leader,
+                    key_method!("DisableKeyRotation"),
+                    req,
+                    |c, r| async move { Self::key(c).disable_key_rotation(r).await },
+                )
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+
+    /// Whether automatic rotation is on, its period and the next rotation date.
+    pub async fn get_key_rotation_status(
+        &self,
+        key_id: &str,
+    ) -> Result<GetKeyRotationStatusResponse, Error> {
+        let req = GetKeyRotationStatusRequest {
+            key_id: key_id.to_string(),
+        };
+        self.call(
+            Route::Any,
+            key_method!("GetKeyRotationStatus"),
+            req,
+            |c, r| async move { Self::key(c).get_key_rotation_status(r).await },
+        )
+        .await
+    }
+
+    /// Adds a new backing version now (at most 25 times per key).
+    pub async fn rotate_key_on_demand(
+        &self,
+        key_id: &str,
+    ) -> Result<RotateKeyOnDemandResponse, Error> {
+        let req = RotateKeyOnDemandRequest {
+            key_id: key_id.to_string(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("RotateKeyOnDemand"),
+            req,
+            |c, r| async move { Self::key(c).rotate_key_on_demand(r).await },
+        )
+        .await
+    }
+
+    /// One page of a key's rotations (`limit` 0 = 100).
+    pub async fn list_key_rotations(
+        &self,
+        key_id: &str,
+        limit: u32,
+        marker: &str,
+    ) -> Result<ListKeyRotationsResponse, Error> {
+        let req = ListKeyRotationsRequest {
+            key_id: key_id.to_string(),
+            limit,
+            marker: marker.to_string(),
+        };
+        self.call(
+            Route::Any,
+            key_method!("ListKeyRotations"),
+            req,
+            |c, r| async move { Self::key(c).list_key_rotations(r).await },
+        )
+        .await
+    }
+
     /// The cluster's members, leader and per-node progress. Also refreshes this
     /// client's view: members' endpoints are added and the leader remembered.
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, Error> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use keyraft_hsm::CiphertextBlob;
 use keyraft_proto::v1::*;
-use keyraft_state::{Op, Reply};
+use keyraft_state::{Op, PreparedRotation, Reply};
 use keyraft_types::{
     AliasName, CryptoOperation, EncryptionContext, ErrorCode, KeyCheck, KeyRef, KmsError,
 };
@@ -406,4 +406,105 @@ pub(crate) async fn cancel_deletion(
         .await,
     )?;
     Ok(CancelKeyDeletionResponse { key_id: key.arn })
+}
+
+/// EnableKeyRotation (`Some(days)`) or DisableKeyRotation.
+pub(crate) async fn set_rotation(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    key_ref: String,
+    request_id: String,
+    period_days: Option<u32>,
+) -> Result<(), KmsError> {
+    call.record.request_parameters.key_id = Some(key_ref.clone());
+    let key = core.owned_key(call, &key_ref).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let key_id = key.metadata.key_id;
+    expect_key(
+        core.mutate(call, request_id, |audit| Op::SetKeyRotation {
+            key_id,
+            period_days,
+            audit,
+        })
+        .await,
+    )?;
+    Ok(())
+}
+
+pub(crate) async fn rotate_on_demand(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: RotateKeyOnDemandRequest,
+) -> Result<RotateKeyOnDemandResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    // The version is decided here, so read the newest state first: only a truly
+    // concurrent rotation then conflicts (ConflictException).
+    core.read_barrier().await?;
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let version = key.metadata.current_version + 1;
+    let material = core
+        .hsm
+        .generate_key_material(&key.metadata.key_id, version)?;
+    let rotation = PreparedRotation {
+        key_id: key.metadata.key_id,
+        version,
+        material: material.0,
+    };
+    let key = expect_key(
+        core.mutate(call, req.request_id, |audit| Op::RotateKey {
+            rotation,
+            audit,
+        })
+        .await,
+    )?;
+    Ok(RotateKeyOnDemandResponse { key_id: key.arn })
+}
+
+pub(crate) async fn list_rotations(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: ListKeyRotationsRequest,
+) -> Result<ListKeyRotationsResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    let limit = page_limit(req.limit, 1000, 100)?;
+    let after: u32 = match marker(&req.marker) {
+        Some(m) => m.parse().map_err(|_| {
+            KmsError::new(
+                ErrorCode::InvalidMarker,
+                "the marker is not one this service issued",
+            )
+        })?,
+        None => 0,
+    };
+    core.read_barrier().await?;
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let mut rotations: Vec<KeyRotation> = key
+        .rotations
+        .iter()
+        .filter(|r| r.version > after)
+        .map(|r| KeyRotation {
+            key_id: key.metadata.arn.clone(),
+            rotation_date: r.date_ms,
+            rotation_type: if r.on_demand {
+                "ON_DEMAND"
+            } else {
+                "AUTOMATIC"
+            }
+            .to_string(),
+            version: r.version,
+        })
+        .collect();
+    let truncated = rotations.len() > limit;
+    rotations.truncate(limit);
+    let next_marker = match (truncated, rotations.last()) {
+        (true, Some(r)) => r.version.to_string(),
+        _ => String::new(),
+    };
+    Ok(ListKeyRotationsResponse {
+        rotations,
+        next_marker,
+        truncated,
+    })
 }

@@ -324,6 +324,8 @@ impl KeyService for KeyApi {
                         epoch: 1,
                         current_version: 1,
                         deletion_date_ms: None,
+                        rotation_period_days: None,
+                        next_rotation_ms: None,
                     };
                     let key = expect_key(
                         core.mutate(call, req.request_id, |audit| Op::CreateKey {
@@ -813,6 +815,105 @@ impl KeyService for KeyApi {
                 false,
                 handler!(|core, call, req| {
                     crate::key_admin::cancel_deletion(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn enable_key_rotation(
+        &self,
+        request: Request<EnableKeyRotationRequest>,
+    ) -> Result<Response<EnableKeyRotationResponse>, Status> {
+        self.core
+            .run(request, "EnableKeyRotation", method!("EnableKeyRotation"), false, handler!(|core, call, req| {
+                let days = match req.rotation_period_in_days {
+                    0 => 365,
+                    d @ 90..=2560 => d,
+                    d => return Err(KmsError::validation(format!(
+                        "Value '{d}' at 'rotationPeriodInDays' failed to satisfy constraint: Member must have value between 90 and 2560"
+                    ))),
+                };
+                crate::key_admin::set_rotation(core, call, req.key_id, req.request_id, Some(days)).await?;
+                Ok(EnableKeyRotationResponse {})
+            }))
+            .await
+    }
+
+    async fn disable_key_rotation(
+        &self,
+        request: Request<DisableKeyRotationRequest>,
+    ) -> Result<Response<DisableKeyRotationResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "DisableKeyRotation",
+                method!("DisableKeyRotation"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::set_rotation(core, call, req.key_id, req.request_id, None)
+                        .await?;
+                    Ok(DisableKeyRotationResponse {})
+                }),
+            )
+            .await
+    }
+
+    async fn get_key_rotation_status(
+        &self,
+        request: Request<GetKeyRotationStatusRequest>,
+    ) -> Result<Response<GetKeyRotationStatusResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "GetKeyRotationStatus",
+                method!("GetKeyRotationStatus"),
+                true,
+                handler!(|core, call, req| {
+                    call.record.request_parameters.key_id = Some(req.key_id.clone());
+                    core.read_barrier().await?;
+                    let key = core.owned_key(call, &req.key_id).await?;
+                    call.record.resources.push(key.metadata.arn.clone());
+                    let m = key.metadata;
+                    Ok(GetKeyRotationStatusResponse {
+                        key_id: m.arn,
+                        key_rotation_enabled: m.rotation_period_days.is_some(),
+                        rotation_period_in_days: m.rotation_period_days.unwrap_or(0),
+                        next_rotation_date: m.next_rotation_ms.unwrap_or(0),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn rotate_key_on_demand(
+        &self,
+        request: Request<RotateKeyOnDemandRequest>,
+    ) -> Result<Response<RotateKeyOnDemandResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "RotateKeyOnDemand",
+                method!("RotateKeyOnDemand"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::rotate_on_demand(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn list_key_rotations(
+        &self,
+        request: Request<ListKeyRotationsRequest>,
+    ) -> Result<Response<ListKeyRotationsResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ListKeyRotations",
+                method!("ListKeyRotations"),
+                true,
+                handler!(|core, call, req| {
+                    crate::key_admin::list_rotations(core, call, req).await
                 }),
             )
             .await

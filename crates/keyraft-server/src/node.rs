@@ -176,9 +176,10 @@ impl Node {
     }
 }
 
-/// The leader's time-driven work: when a scheduled deletion (later: rotation, import
-/// expiry) is due by the service clock, propose a tick carrying that clock's time.
-/// Apply decides with that time alone, so every replica destroys the same keys.
+/// The leader's time-driven work: when a scheduled deletion or an automatic rotation is
+/// due by the service clock, propose a tick carrying that clock's time and the new key
+/// versions this node's HSM prepared. Apply decides with that command alone, so every
+/// replica destroys and rotates the same keys.
 async fn run_ticker(core: Arc<NodeCore>) {
     use keyraft_state::{Command, Op, Reply};
     let mut interval = tokio::time::interval(Duration::from_millis(core.config.tick_interval_ms));
@@ -189,18 +190,24 @@ async fn run_ticker(core: Arc<NodeCore>) {
             continue;
         }
         let now = core.clock.now_ms();
-        match core.state.next_deletion_due() {
-            Ok(Some(due)) if due <= now => {}
-            Ok(_) => continue,
+        let deletion_due = match core.state.next_deletion_due() {
+            Ok(due) => due.is_some_and(|due| due <= now),
             Err(e) => {
                 tracing::error!(error = %e, "reading scheduled deletions");
                 continue;
             }
+        };
+        let rotations = prepare_rotations(&core, now);
+        if !deletion_due && rotations.is_empty() {
+            continue;
         }
         let cmd = Command {
             request_id: uuid::Uuid::new_v4().to_string(),
             time_ms: now,
-            op: Op::Tick { node_id: core.id },
+            op: Op::Tick {
+                node_id: core.id,
+                rotations,
+            },
         };
         match core.propose_local(cmd).await {
             Ok(Ok(Reply::Deleted(keys))) => {
@@ -212,6 +219,36 @@ async fn run_ticker(core: Arc<NodeCore>) {
             Err(e) => tracing::warn!(error = %e, "tick did not commit"),
         }
     }
+}
+
+/// New backing versions, made by this node's HSM, for the enabled keys whose automatic
+/// rotation is due (a disabled key's rotation waits until it is enabled again).
+fn prepare_rotations(core: &NodeCore, now: u64) -> Vec<keyraft_state::PreparedRotation> {
+    let due = match core.state.due_rotations(now, 50) {
+        Ok(due) => due,
+        Err(e) => {
+            tracing::error!(error = %e, "reading due rotations");
+            return Vec::new();
+        }
+    };
+    due.into_iter()
+        .filter_map(|id| core.state.key(&id).ok().flatten())
+        .filter(|k| k.metadata.key_state == keyraft_types::KeyState::Enabled)
+        .filter_map(|k| {
+            let version = k.metadata.current_version + 1;
+            match core.hsm.generate_key_material(&k.metadata.key_id, version) {
+                Ok(material) => Some(keyraft_state::PreparedRotation {
+                    key_id: k.metadata.key_id,
+                    version,
+                    material: material.0,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prepare a rotation");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Reports the first fatal error of the Raft core.

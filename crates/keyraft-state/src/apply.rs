@@ -14,11 +14,15 @@ use keyraft_types::{
 
 use crate::command::{
     AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command,
-    JoinAuthorization, KeyRecord, NodeRecord, Op, QuotaUsage, Reply, Response,
+    JoinAuthorization, KeyRecord, NodeRecord, Op, PreparedRotation, QuotaUsage, Reply, Response,
+    Rotation,
 };
 use crate::keys;
 use crate::storage::{Durable, StateError};
-use crate::{DEFAULT_ALIAS_QUOTA, DEFAULT_KEY_QUOTA, MAX_TAGS_PER_KEY, REQUEST_ID_TTL_MS};
+use crate::{
+    DEFAULT_ALIAS_QUOTA, DEFAULT_KEY_QUOTA, MAX_ON_DEMAND_ROTATIONS, MAX_TAGS_PER_KEY,
+    REQUEST_ID_TTL_MS,
+};
 
 /// The replicated state of one node.
 pub struct StateMachine {
@@ -303,6 +307,27 @@ impl StateMachine {
         quota_usage(&Txn::new(&self.tree), account)
     }
 
+    /// Keys whose automatic rotation is due by `now_ms` (up to `limit`), in due order.
+    pub fn due_rotations(&self, now_ms: u64, limit: usize) -> Result<Vec<KeyId>, StateError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(keys::ROTATION_PREFIX) {
+            let (k, _) = item?;
+            let at = keys::ROTATION_PREFIX.len();
+            let Some(time_bytes) = k.get(at..at + 8) else {
+                continue;
+            };
+            let mut t = [0u8; 8];
+            t.copy_from_slice(time_bytes);
+            if u64::from_be_bytes(t) > now_ms || out.len() == limit {
+                break;
+            }
+            if let Ok(id) = KeyId::parse(&String::from_utf8_lossy(&k[at + 8..])) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// When the earliest scheduled deletion falls due, if any.
     pub fn next_deletion_due(&self) -> Result<Option<u64>, StateError> {
         let Some(item) = self.tree.scan_prefix(keys::DELETION_PREFIX).next() else {
@@ -509,7 +534,19 @@ fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateErro
             let r = cancel_deletion(txn, key_id)?;
             audited(txn, audit, r)?
         }
-        Op::Tick { node_id } => tick(txn, cmd, *node_id)?,
+        Op::Tick { node_id, rotations } => tick(txn, cmd, *node_id, rotations)?,
+        Op::SetKeyRotation {
+            key_id,
+            period_days,
+            audit,
+        } => {
+            let r = set_rotation(txn, key_id, *period_days, cmd.time_ms)?;
+            audited(txn, audit, r)?
+        }
+        Op::RotateKey { rotation, audit } => {
+            let r = rotate(txn, rotation, cmd.time_ms, true)?;
+            audited(txn, audit, r)?
+        }
         Op::SetQuota {
             account,
             keys: key_limit,
@@ -679,6 +716,7 @@ fn create_key(
         metadata: key.clone(),
         versions: BTreeMap::from([(key.current_version, material.to_vec())]),
         tags: BTreeMap::new(),
+        rotations: Vec::new(),
     };
     txn.put(keys::key(&key.key_id), &record)?;
     txn.put(count_key, &(count + 1))?;
@@ -825,7 +863,27 @@ const TICK_BATCH: usize = 100;
 /// Destroys the keys whose waiting period ended by the command's time: the key record
 /// with its wrapped material, its aliases and its quota slot go, and each destruction is
 /// a service event in the audit chain. Deterministic: only the command's time is used.
-fn tick(txn: &mut Txn<'_>, cmd: &Command, node_id: NodeId) -> Result<Response, StateError> {
+fn tick(
+    txn: &mut Txn<'_>,
+    cmd: &Command,
+    node_id: NodeId,
+    rotations: &[PreparedRotation],
+) -> Result<Response, StateError> {
+    for prepared in rotations {
+        // Only a rotation still due at the command's time, for the key's next version.
+        let due = txn
+            .get::<KeyRecord>(&keys::key(&prepared.key_id))?
+            .and_then(|k| k.metadata.next_rotation_ms)
+            .is_some_and(|due| due <= cmd.time_ms);
+        if due {
+            if let Ok(Reply::Key(k)) = rotate(txn, prepared, cmd.time_ms, false)? {
+                let mut record = service_event(cmd, node_id, "RotateKey", &k.account);
+                record.request_parameters.key_id = Some(k.key_id.to_string());
+                record.resources = vec![k.arn.clone()];
+                append_audit(txn, record, None)?;
+            }
+        }
+    }
     let mut due = Vec::new();
     for item in txn.tree.scan_prefix(keys::DELETION_PREFIX) {
         let (k, _) = item?;
@@ -858,6 +916,10 @@ fn tick(txn: &mut Txn<'_>, cmd: &Command, node_id: NodeId) -> Result<Response, S
             continue;
         }
         let account = record.metadata.account.clone();
+        let record_arn = record.metadata.arn.clone();
+        if let Some(due) = record.metadata.next_rotation_ms {
+            txn.delete(keys::rotation(due, &key_id));
+        }
         txn.delete(keys::key(&key_id));
         let count_key = keys::key_count(&account);
         let count: u64 = txn.get(&count_key)?.unwrap_or(0);
@@ -878,34 +940,136 @@ fn tick(txn: &mut Txn<'_>, cmd: &Command, node_id: NodeId) -> Result<Response, S
         for k in aliases {
             txn.delete(k);
         }
-        let record = AuditRecord {
-            event_id: format!("{}-{}", cmd.request_id, key_id),
-            event_time_ms: cmd.time_ms,
-            event_name: "DeleteKey".to_string(),
-            request_id: cmd.request_id.clone(),
-            event_type: EventType::AwsServiceEvent,
-            read_only: false,
-            user_identity: UserIdentity {
-                identity_type: "Service".to_string(),
-                principal_arn: format!("keyraft:node/{node_id}"),
-                account_id: account.to_string(),
-                access_key_id: String::new(),
-            },
-            source_ip: String::new(),
-            user_agent: "keyraft".to_string(),
-            node_id,
-            request_parameters: RequestParameters {
-                key_id: Some(key_id.to_string()),
-                ..Default::default()
-            },
-            resources: vec![record.metadata.arn.clone()],
-            error: None,
-            key_checks: Vec::new(),
-        };
+        let mut record = service_event(cmd, node_id, "DeleteKey", &account);
+        record.event_id = format!("{}-{}", cmd.request_id, key_id);
+        record.request_parameters.key_id = Some(key_id.to_string());
+        record.resources = vec![record_arn.clone()];
         append_audit(txn, record, None)?;
         deleted.push(key_id);
     }
     Ok(Ok(Reply::Deleted(deleted)))
+}
+
+/// The audit record of something the service did by itself in a tick.
+fn service_event(cmd: &Command, node_id: NodeId, name: &str, account: &AccountId) -> AuditRecord {
+    AuditRecord {
+        event_id: format!("{}-{name}", cmd.request_id),
+        event_time_ms: cmd.time_ms,
+        event_name: name.to_string(),
+        request_id: cmd.request_id.clone(),
+        event_type: EventType::AwsServiceEvent,
+        read_only: false,
+        user_identity: UserIdentity {
+            identity_type: "Service".to_string(),
+            principal_arn: format!("keyraft:node/{node_id}"),
+            account_id: account.to_string(),
+            access_key_id: String::new(),
+        },
+        source_ip: String::new(),
+        user_agent: "keyraft".to_string(),
+        node_id,
+        request_parameters: RequestParameters::default(),
+        resources: Vec::new(),
+        error: None,
+        key_checks: Vec::new(),
+    }
+}
+
+fn set_rotation(
+    txn: &mut Txn<'_>,
+    key_id: &KeyId,
+    period_days: Option<u32>,
+    time_ms: u64,
+) -> Result<Response, StateError> {
+    let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    };
+    let m = &mut record.metadata;
+    if m.key_state == KeyState::PendingDeletion {
+        return Ok(Err(KmsError::new(
+            ErrorCode::InvalidState,
+            format!("{} is pending deletion", m.arn),
+        )));
+    }
+    if let Some(due) = m.next_rotation_ms.take() {
+        txn.delete(keys::rotation(due, key_id));
+    }
+    m.rotation_period_days = period_days;
+    if let Some(days) = period_days {
+        let due = time_ms.saturating_add(u64::from(days) * DAY_MS);
+        m.next_rotation_ms = Some(due);
+        txn.put(keys::rotation(due, key_id), &())?;
+    }
+    txn.put(keys::key(key_id), &record)?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+/// Adds a prepared backing version as the key's current one. Old versions stay, so
+/// every older ciphertext still decrypts; the key id never changes, and neither does
+/// the epoch (rotation changes no authorization decision).
+fn rotate(
+    txn: &mut Txn<'_>,
+    prepared: &PreparedRotation,
+    time_ms: u64,
+    on_demand: bool,
+) -> Result<Response, StateError> {
+    let key_id = &prepared.key_id;
+    let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    };
+    let m = &mut record.metadata;
+    match m.key_state {
+        KeyState::Enabled => {}
+        KeyState::Disabled => {
+            return Ok(Err(KmsError::new(
+                ErrorCode::Disabled,
+                format!("{} is disabled.", m.arn),
+            )))
+        }
+        other => {
+            return Ok(Err(KmsError::new(
+                ErrorCode::InvalidState,
+                format!("{} is {}", m.arn, other.as_str()),
+            )))
+        }
+    }
+    if prepared.version != m.current_version + 1 {
+        return Ok(Err(KmsError::new(
+            ErrorCode::Conflict,
+            format!("{} was rotated concurrently; retry", m.arn),
+        )));
+    }
+    if on_demand
+        && record.rotations.iter().filter(|r| r.on_demand).count() >= MAX_ON_DEMAND_ROTATIONS
+    {
+        return Ok(Err(KmsError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "{} has had {MAX_ON_DEMAND_ROTATIONS} on-demand rotations",
+                m.arn
+            ),
+        )));
+    }
+    m.current_version = prepared.version;
+    record
+        .versions
+        .insert(prepared.version, prepared.material.clone());
+    record.rotations.push(Rotation {
+        version: prepared.version,
+        date_ms: time_ms,
+        on_demand,
+    });
+    // An automatic rotation schedules the next one; an on-demand one leaves it be.
+    if !on_demand {
+        if let (Some(days), Some(due)) = (m.rotation_period_days, m.next_rotation_ms) {
+            txn.delete(keys::rotation(due, key_id));
+            let next = time_ms.saturating_add(u64::from(days) * DAY_MS);
+            m.next_rotation_ms = Some(next);
+            txn.put(keys::rotation(next, key_id), &())?;
+        }
+    }
+    txn.put(keys::key(key_id), &record)?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
 }
 
 /// A key an alias of `account` may point to.

@@ -145,11 +145,30 @@ pub enum Op {
         /// The request's audit record.
         audit: Box<AuditRecord>,
     },
+    /// Turns automatic rotation on (with a period in days) or off (`None`).
+    SetKeyRotation {
+        /// The key.
+        key_id: KeyId,
+        /// The rotation period in days, or `None` to disable.
+        period_days: Option<u32>,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Adds a backing version made by the proposer's HSM (RotateKeyOnDemand).
+    RotateKey {
+        /// The new version.
+        rotation: PreparedRotation,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
     /// Time-driven work, proposed by the leader with its clock: destroys keys whose
-    /// waiting period ended by `Command::time_ms`. Apply uses only that time.
+    /// waiting period ended by `Command::time_ms`, and performs the automatic rotations
+    /// the leader prepared (apply cannot call an HSM). Apply uses only this command.
     Tick {
         /// The proposing node (named in the service events it causes).
         node_id: NodeId,
+        /// New backing versions for keys whose automatic rotation is due.
+        rotations: Vec<PreparedRotation>,
     },
     /// Marks a node id as retired after its removal: it can never be used again.
     RetireNode {
@@ -175,6 +194,8 @@ impl Op {
             | Op::ScheduleKeyDeletion { audit, .. }
             | Op::CancelKeyDeletion { audit, .. }
             | Op::SetQuota { audit, .. }
+            | Op::SetKeyRotation { audit, .. }
+            | Op::RotateKey { audit, .. }
             | Op::AuthorizeJoin { audit, .. }
             | Op::RetireNode { audit, .. } => Some(audit),
             Op::Bootstrap(_) | Op::AuditBatch { .. } | Op::Tick { .. } => None,
@@ -234,6 +255,29 @@ pub struct JoinAuthorization {
     pub node_id: NodeId,
     /// The ephemeral public key to wrap to.
     pub public_key: Vec<u8>,
+}
+
+/// A new backing version, generated and wrapped by the proposer's HSM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedRotation {
+    /// The key.
+    pub key_id: KeyId,
+    /// The version the material was made for (wrapped with it as AAD); apply accepts it
+    /// only as the key's next version.
+    pub version: u32,
+    /// The material, wrapped under the domain key.
+    pub material: Vec<u8>,
+}
+
+/// One rotation of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The version it introduced.
+    pub version: u32,
+    /// When (ms, the proposer's clock).
+    pub date_ms: u64,
+    /// On demand (true) or automatic.
+    pub on_demand: bool,
 }
 
 /// Quotas set for one account; unset limits fall back to the region's defaults.
@@ -297,6 +341,8 @@ pub struct KeyRecord {
     pub versions: BTreeMap<u32, Vec<u8>>,
     /// Tags (key -> value).
     pub tags: BTreeMap<String, String>,
+    /// Rotations, oldest first.
+    pub rotations: Vec<Rotation>,
 }
 
 /// What apply answers for one command.
@@ -357,7 +403,19 @@ impl std::fmt::Display for Command {
                 format!("ScheduleKeyDeletion({key_id}, {pending_window_days}d)")
             }
             Op::CancelKeyDeletion { key_id, .. } => format!("CancelKeyDeletion({key_id})"),
-            Op::Tick { node_id } => format!("Tick(node {node_id})"),
+            Op::Tick { node_id, rotations } => {
+                format!("Tick(node {node_id}, {} rotations)", rotations.len())
+            }
+            Op::SetKeyRotation {
+                key_id,
+                period_days,
+                ..
+            } => {
+                format!("SetKeyRotation({key_id}, {period_days:?})")
+            }
+            Op::RotateKey { rotation, .. } => {
+                format!("RotateKey({} v{})", rotation.key_id, rotation.version)
+            }
             Op::SetQuota { account, .. } => format!("SetQuota({account})"),
             Op::AuthorizeJoin { node, .. } => format!("AuthorizeJoin({})", node.node_id),
             Op::RetireNode { node_id, .. } => format!("RetireNode({node_id})"),

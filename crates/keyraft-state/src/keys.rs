@@ -77,3 +77,15 @@ pub(crate) fn alias_count(account: &AccountId) -> Vec<u8> {
 pub(crate) fn quota(account: &AccountId) -> Vec<u8> {
     format!("quota/{account}").into_bytes()
 }
+
+pub(crate) const ROTATION_PREFIX: &[u8] = b"rotation/";
+
+/// Index of automatic rotations, in due order.
+pub(crate) fn rotation(due_ms: u64, key: &KeyId) -> Vec<u8> {
+    [
+        ROTATION_PREFIX,
+        &due_ms.to_be_bytes()[..],
+        key.as_str().as_bytes(),
+    ]
+    .concat()
+}

@@ -37,7 +37,8 @@ pub mod storage;
 pub use apply::{AppliedMeta, StateMachine, StateSnapshot};
 pub use command::{
     AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command,
-    JoinAuthorization, KeyRecord, NodeRecord, Op, QuotaUsage, Reply, Response,
+    JoinAuthorization, KeyRecord, NodeRecord, Op, PreparedRotation, QuotaUsage, Reply, Response,
+    Rotation,
 };
 pub use storage::{Durable, StateError};
 
@@ -53,6 +54,9 @@ pub const DEFAULT_KEY_QUOTA: u64 = 1000;
 
 /// The alias quota per account when none is set.
 pub const DEFAULT_ALIAS_QUOTA: u64 = 1000;
+
+/// Most on-demand rotations of one key (as AWS).
+pub const MAX_ON_DEMAND_ROTATIONS: usize = 25;
 
 /// Most tags on one key (as AWS).
 pub const MAX_TAGS_PER_KEY: usize = 50;

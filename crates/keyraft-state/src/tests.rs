@@ -22,7 +22,9 @@ use keyraft_types::{
     UserIdentity,
 };
 
-use crate::command::{AccessKeyRecord, ApplyEntry, Bootstrap, Command, NodeRecord, Op, Reply};
+use crate::command::{
+    AccessKeyRecord, ApplyEntry, Bootstrap, Command, NodeRecord, Op, PreparedRotation, Reply,
+};
 use crate::{keys, Durable, StateMachine};
 
 const ACCOUNT: &str = "111122223333";
@@ -183,6 +185,8 @@ impl Runner {
                     epoch: 1,
                     current_version: 1,
                     deletion_date_ms: None,
+                    rotation_period_days: None,
+                    next_rotation_ms: None,
                 };
                 self.apply(
                     &request,
@@ -227,7 +231,7 @@ impl Runner {
             }
             "describe" => match self.sm.key(&key_id(&positional[0])).unwrap() {
                 Some(k) => format!(
-                    "{} {} epoch={} versions={:?} description={:?} tags={:?}{}",
+                    "{} {} epoch={} versions={:?} description={:?} tags={:?}{}{}",
                     key_name(&k.metadata.key_id),
                     k.metadata.key_state.as_str(),
                     k.metadata.epoch,
@@ -237,7 +241,24 @@ impl Runner {
                     k.metadata
                         .deletion_date_ms
                         .map(|d| format!(" deletion={d}"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    match (k.metadata.rotation_period_days, k.metadata.next_rotation_ms) {
+                        (Some(p), Some(n)) => format!(
+                            " rotation={p}d next={n} rotations={:?}",
+                            k.rotations
+                                .iter()
+                                .map(|r| (r.version, r.on_demand))
+                                .collect::<Vec<_>>()
+                        ),
+                        _ if !k.rotations.is_empty() => format!(
+                            " rotations={:?}",
+                            k.rotations
+                                .iter()
+                                .map(|r| (r.version, r.on_demand))
+                                .collect::<Vec<_>>()
+                        ),
+                        _ => String::new(),
+                    }
                 ),
                 None => "not found".into(),
             },
@@ -338,7 +359,66 @@ impl Runner {
                     audit: Box::new(record("CancelKeyDeletion")),
                 },
             ),
-            "tick" => self.apply(&format!("tick-{t}"), t, Op::Tick { node_id: 1 }),
+            "tick" => {
+                // The leader's part: prepare the next version of every key due to rotate.
+                let rotations = self
+                    .sm
+                    .due_rotations(t, 100)
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|id| self.sm.key(&id).unwrap())
+                    .map(|k| PreparedRotation {
+                        version: k.metadata.current_version + 1,
+                        key_id: k.metadata.key_id,
+                        material: vec![0xCD; 60],
+                    })
+                    .collect();
+                self.apply(
+                    &format!("tick-{t}"),
+                    t,
+                    Op::Tick {
+                        node_id: 1,
+                        rotations,
+                    },
+                )
+            }
+            "rotation" => {
+                let key = key_id(&positional[1]);
+                let period_days =
+                    (positional[0] == "enable").then(|| arg("days", "365").parse().unwrap());
+                self.apply(
+                    &request,
+                    t,
+                    Op::SetKeyRotation {
+                        key_id: key,
+                        period_days,
+                        audit: Box::new(record("SetKeyRotation")),
+                    },
+                )
+            }
+            "rotate" => {
+                let key = key_id(&positional[0]);
+                let version = match args.get("version") {
+                    Some(v) => v.parse().unwrap(),
+                    None => self
+                        .sm
+                        .key(&key)
+                        .unwrap()
+                        .map_or(2, |k| k.metadata.current_version + 1),
+                };
+                self.apply(
+                    &request,
+                    t,
+                    Op::RotateKey {
+                        rotation: PreparedRotation {
+                            key_id: key,
+                            version,
+                            material: vec![0xEF; 60],
+                        },
+                        audit: Box::new(record("RotateKeyOnDemand")),
+                    },
+                )
+            }
             "quota" => {
                 let account = AccountId::parse(&arg("account", ACCOUNT)).unwrap();
                 if positional.first().map(String::as_str) == Some("set") {
@@ -515,6 +595,11 @@ fn aliases_descriptions_and_tags() {
 }
 
 #[test]
+fn rotation() {
+    run_file("rotation.test");
+}
+
+#[test]
 fn quotas() {
     run_file("quotas.test");
 }
@@ -575,6 +660,8 @@ fn batch_is_one_atomic_apply() {
                 epoch: 1,
                 current_version: 1,
                 deletion_date_ms: None,
+                rotation_period_days: None,
+                next_rotation_ms: None,
             }),
             material: vec![1; 60],
             audit: Box::new(record("CreateKey")),

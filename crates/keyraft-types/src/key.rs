@@ -224,6 +224,10 @@ pub struct KeyMetadata {
     pub current_version: u32,
     /// When a key pending deletion will be destroyed (ms since the Unix epoch).
     pub deletion_date_ms: Option<u64>,
+    /// Automatic rotation period in days, if automatic rotation is enabled.
+    pub rotation_period_days: Option<u32>,
+    /// When the next automatic rotation is due (ms since the Unix epoch).
+    pub next_rotation_ms: Option<u64>,
 }
 
 impl KeyMetadata {
