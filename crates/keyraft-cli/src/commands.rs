@@ -295,6 +295,19 @@ pub(crate) enum ClusterCommand {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum ServiceKeyCommand {
+    /// Create (or find) the service-managed key of a service (region administrator).
+    Create {
+        /// The service's name, e.g. s3 (the key is `alias/keyraft/<service>`).
+        #[arg(long)]
+        service: String,
+        /// The account (default: the caller's).
+        #[arg(long)]
+        account: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum QuotaCommand {
     /// Show an account's limits and usage (default: the caller's account).
     Get {
@@ -685,6 +698,18 @@ pub(crate) async fn cluster(conn: &Connection, cmd: ClusterCommand) -> Result<Va
             json!({"Leader": c.transfer_leader(node_id).await?})
         }
     })
+}
+
+pub(crate) async fn service_key(conn: &Connection, cmd: ServiceKeyCommand) -> Result<Value, Error> {
+    let ServiceKeyCommand::Create { service, account } = cmd;
+    let r = client(conn)?
+        .create_service_key(&service, account.as_deref())
+        .await?;
+    let mut out = json!({"AliasName": r.alias_name});
+    if let Some(m) = &r.key_metadata {
+        out["KeyMetadata"] = key_metadata(m);
+    }
+    Ok(out)
 }
 
 pub(crate) async fn quota(conn: &Connection, cmd: QuotaCommand) -> Result<Value, Error> {

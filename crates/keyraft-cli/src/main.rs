@@ -86,6 +86,13 @@ enum Top {
         #[command(subcommand)]
         command: commands::ClusterCommand,
     },
+    /// Service-managed keys.
+    ServiceKey {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: commands::ServiceKeyCommand,
+    },
     /// Per-account quotas of this region.
     Quota {
         #[command(flatten)]
@@ -200,6 +207,9 @@ async fn run(cli: Cli) -> ExitCode {
         Top::Alias { conn, command } => output::finish(commands::alias(&conn, command).await),
         Top::Cluster { conn, command } => output::finish(commands::cluster(&conn, command).await),
         Top::Quota { conn, command } => output::finish(commands::quota(&conn, command).await),
+        Top::ServiceKey { conn, command } => {
+            output::finish(commands::service_key(&conn, command).await)
+        }
         Top::Audit { conn, command } => output::finish(commands::audit(&conn, command).await),
     }
 }

@@ -1176,3 +1176,85 @@ async fn rotated_keys_decrypt_every_older_ciphertext_on_every_node() {
         .count();
     assert_eq!(rotated, 1, "the automatic rotation is a service event");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_managed_keys_serve_every_node_outside_the_quota_and_refuse_account_changes() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let (n1, n2, n3) = (
+        c.client_of(1).unwrap(),
+        c.client_of(2).unwrap(),
+        c.client_of(3).unwrap(),
+    );
+    n1.set_quota(None, 1, 0).await.unwrap();
+    n1.create_key("the one customer key").await.unwrap();
+
+    let made = n2.create_service_key("s3", None).await.unwrap();
+    assert_eq!(made.alias_name, "alias/keyraft/s3");
+    let key = made.key_metadata.unwrap();
+    assert_eq!(key.key_manager, "AWS");
+    let again = n3
+        .create_service_key("s3", None)
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap();
+    assert_eq!(again.key_id, key.key_id, "one key per service and account");
+    assert_eq!(
+        code(n1.create_service_key("Bad Name", None).await),
+        Some(ErrorCode::Validation)
+    );
+
+    // Applications use it by its alias on any node; it does not count against the quota.
+    let ct = n3
+        .encrypt("alias/keyraft/s3", b"object data key", &ctx(&[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        n1.decrypt(&ct.ciphertext_blob, &ctx(&[]), None)
+            .await
+            .unwrap()
+            .plaintext,
+        b"object data key"
+    );
+    let q = n2.get_quota(None).await.unwrap();
+    assert_eq!((q.keys_used, q.keys_limit), (1, 1));
+    let status = n1
+        .get_key_rotation_status("alias/keyraft/s3")
+        .await
+        .unwrap();
+    assert!(status.key_rotation_enabled);
+    assert_eq!(status.rotation_period_in_days, 365);
+
+    // The account cannot disable, delete, re-tag, re-alias or stop rotating it.
+    let unsupported = Some(ErrorCode::UnsupportedOperation);
+    assert_eq!(code(n1.disable_key(&key.key_id).await), unsupported);
+    assert_eq!(
+        code(n2.schedule_key_deletion(&key.key_id, 7).await),
+        unsupported
+    );
+    assert_eq!(
+        code(n3.set_key_rotation(&key.key_id, None).await),
+        unsupported
+    );
+    assert_eq!(
+        code(
+            n1.tag_resource(&key.key_id, &[("a".into(), "b".into())])
+                .await
+        ),
+        unsupported
+    );
+    assert_eq!(
+        code(n2.create_alias("alias/mine", &key.key_id).await),
+        unsupported
+    );
+    assert_eq!(
+        code(n3.delete_alias("alias/keyraft/s3").await),
+        Some(ErrorCode::InvalidAliasName)
+    );
+    assert_eq!(
+        n2.describe_key("alias/keyraft/s3").await.unwrap().key_state,
+        "Enabled"
+    );
+}

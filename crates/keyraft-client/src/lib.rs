@@ -759,6 +759,27 @@ impl Client {
         Ok(resp.now)
     }
 
+    /// The region administrator creates (or finds) the service-managed key of
+    /// `service` for an account (`None`: the caller's); it is `alias/keyraft/<service>`.
+    pub async fn create_service_key(
+        &self,
+        service: &str,
+        account: Option<&str>,
+    ) -> Result<CreateServiceKeyResponse, Error> {
+        let req = CreateServiceKeyRequest {
+            service: service.to_string(),
+            account: account.unwrap_or_default().to_string(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            admin_method!("CreateServiceKey"),
+            req,
+            |c, r| async move { Self::admin(c).create_service_key(r).await },
+        )
+        .await
+    }
+
     /// An account's quotas and usage (`None`: the caller's account).
     pub async fn get_quota(&self, account: Option<&str>) -> Result<QuotaResponse, Error> {
         let req = GetQuotaRequest {

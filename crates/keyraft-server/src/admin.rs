@@ -14,7 +14,10 @@ use keyraft_proto::v1::internal::{NodeStatusRequest, NodeStatusResponse};
 use keyraft_proto::v1::*;
 use keyraft_raft::NodeAddr;
 use keyraft_state::{Command, NodeRecord, Op, QuotaUsage, Reply};
-use keyraft_types::{AccountId, ErrorCode, KmsError, NodeId};
+use keyraft_types::{
+    AccountId, AliasName, ErrorCode, KeyId, KeyManager, KeyMetadata, KeySpec, KeyState, KeyUsage,
+    KmsError, NodeId, Origin,
+};
 
 use crate::audit_json::event_json;
 use crate::core::{handler, node_methods, Call, NodeCore};
@@ -551,6 +554,74 @@ impl AdminService for AdminApi {
                             Err(KmsError::internal())
                         }
                     }
+                }),
+            )
+            .await
+    }
+
+    async fn create_service_key(
+        &self,
+        request: Request<CreateServiceKeyRequest>,
+    ) -> Result<Response<CreateServiceKeyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "CreateServiceKey",
+                method!("CreateServiceKey"),
+                false,
+                handler!(|core, call, req| {
+                    core.require_region_admin(call)?;
+                    let account = quota_account(&core, call, &req.account)?;
+                    let ok = !req.service.is_empty()
+                        && req.service.len() <= 64
+                        && req
+                            .service
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                    if !ok {
+                        return Err(KmsError::validation(
+                            "service must be 1 to 64 characters of [a-z0-9-]",
+                        ));
+                    }
+                    let alias = AliasName::parse(&format!("alias/keyraft/{}", req.service))?;
+                    call.record.request_parameters.alias_name = Some(alias.to_string());
+                    let key_id = KeyId::random();
+                    let material = core.hsm.generate_key_material(&key_id, 1)?;
+                    let now = core.clock.now_ms();
+                    let key = KeyMetadata {
+                        arn: core.region.key_arn(&account, &key_id),
+                        key_id,
+                        account,
+                        description: format!(
+                            "Default key that protects my {} data when no other key is defined",
+                            req.service
+                        ),
+                        key_state: KeyState::Enabled,
+                        key_spec: KeySpec::SymmetricDefault,
+                        key_usage: KeyUsage::EncryptDecrypt,
+                        origin: Origin::Kms,
+                        key_manager: KeyManager::Service,
+                        creation_date_ms: now,
+                        epoch: 1,
+                        current_version: 1,
+                        deletion_date_ms: None,
+                        rotation_period_days: Some(365),
+                        next_rotation_ms: None,
+                    };
+                    let alias_for_op = alias.clone();
+                    let key = crate::kms::expect_key(
+                        core.mutate(call, req.request_id, |audit| Op::CreateServiceKey {
+                            key: Box::new(key),
+                            material: material.0,
+                            alias: alias_for_op,
+                            audit,
+                        })
+                        .await,
+                    )?;
+                    Ok(CreateServiceKeyResponse {
+                        key_metadata: Some((&key).into()),
+                        alias_name: alias.to_string(),
+                    })
                 }),
             )
             .await

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use keyraft_types::audit::GENESIS_HASH;
 use keyraft_types::{
-    AccountId, AliasName, AuditEvent, AuditRecord, ErrorCode, EventType, KeyId, KeyMetadata,
-    KeyState, KmsError, NodeId, RequestParameters, UserIdentity,
+    AccountId, AliasName, AuditEvent, AuditRecord, ErrorCode, EventType, KeyId, KeyManager,
+    KeyMetadata, KeyState, KmsError, NodeId, RequestParameters, UserIdentity,
 };
 
 use crate::command::{
@@ -436,6 +436,15 @@ fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateErro
             let r = create_key(txn, key, material)?;
             audited(txn, audit, r)?
         }
+        Op::CreateServiceKey {
+            key,
+            material,
+            alias,
+            audit,
+        } => {
+            let r = create_service_key(txn, key, material, alias, cmd.time_ms)?;
+            audited(txn, audit, r)?
+        }
         Op::SetKeyEnabled {
             key_id,
             enabled,
@@ -723,6 +732,65 @@ fn create_key(
     Ok(Ok(Reply::Key(Box::new(record.metadata))))
 }
 
+fn create_service_key(
+    txn: &mut Txn<'_>,
+    key: &KeyMetadata,
+    material: &[u8],
+    alias: &AliasName,
+    time_ms: u64,
+) -> Result<Response, StateError> {
+    if txn.get::<ClusterConfig>(keys::CLUSTER)?.is_none() {
+        return Ok(Err(not_bootstrapped()));
+    }
+    if let Some(existing) = txn.get::<AliasRecord>(&keys::alias(&key.account, alias))? {
+        return Ok(
+            match txn.get::<KeyRecord>(&keys::key(&existing.target_key_id))? {
+                Some(k) => Ok(Reply::Key(Box::new(k.metadata))),
+                None => Err(KmsError::internal()),
+            },
+        );
+    }
+    let mut metadata = key.clone();
+    metadata.key_manager = KeyManager::Service;
+    let days = metadata.rotation_period_days.unwrap_or(365);
+    let due = time_ms.saturating_add(u64::from(days) * DAY_MS);
+    metadata.rotation_period_days = Some(days);
+    metadata.next_rotation_ms = Some(due);
+    let record = KeyRecord {
+        metadata,
+        versions: BTreeMap::from([(key.current_version, material.to_vec())]),
+        tags: BTreeMap::new(),
+        rotations: Vec::new(),
+    };
+    // Service-managed keys and their aliases count against no quota.
+    txn.put(keys::key(&key.key_id), &record)?;
+    txn.put(keys::rotation(due, &key.key_id), &())?;
+    txn.put(
+        keys::alias(&key.account, alias),
+        &AliasRecord {
+            name: alias.clone(),
+            account: key.account.clone(),
+            target_key_id: key.key_id.clone(),
+            creation_ms: time_ms,
+            last_updated_ms: time_ms,
+        },
+    )?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+/// What the account may not do to a service-managed key.
+fn refuse_service_key(record: &KeyRecord, what: &str) -> Option<KmsError> {
+    (record.metadata.key_manager == KeyManager::Service).then(|| {
+        KmsError::new(
+            ErrorCode::UnsupportedOperation,
+            format!(
+                "{} is managed by the service: {what} is not allowed",
+                record.metadata.arn
+            ),
+        )
+    })
+}
+
 fn set_key_enabled(
     txn: &mut Txn<'_>,
     key_id: &KeyId,
@@ -731,6 +799,9 @@ fn set_key_enabled(
     let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
         return Ok(Err(KmsError::key_not_found(key_id.as_str())));
     };
+    if let Some(e) = refuse_service_key(&record, "enabling or disabling it") {
+        return Ok(Err(e));
+    }
     let target = if enabled {
         KeyState::Enabled
     } else {
@@ -764,6 +835,9 @@ fn change_key(
     let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
         return Ok(Err(KmsError::key_not_found(key_id.as_str())));
     };
+    if let Some(e) = refuse_service_key(&record, "changing its description or tags") {
+        return Ok(Err(e));
+    }
     if record.metadata.key_state == KeyState::PendingDeletion {
         return Ok(Err(KmsError::new(
             ErrorCode::InvalidState,
@@ -822,6 +896,9 @@ fn schedule_deletion(
     let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
         return Ok(Err(KmsError::key_not_found(key_id.as_str())));
     };
+    if let Some(e) = refuse_service_key(&record, "deleting it") {
+        return Ok(Err(e));
+    }
     let m = &mut record.metadata;
     if m.key_state == KeyState::PendingDeletion {
         return Ok(Err(KmsError::new(
@@ -984,6 +1061,9 @@ fn set_rotation(
     let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
         return Ok(Err(KmsError::key_not_found(key_id.as_str())));
     };
+    if let Some(e) = refuse_service_key(&record, "changing its rotation") {
+        return Ok(Err(e));
+    }
     let m = &mut record.metadata;
     if m.key_state == KeyState::PendingDeletion {
         return Ok(Err(KmsError::new(
@@ -1083,6 +1163,9 @@ fn alias_target(
     };
     if &key.metadata.account != account {
         return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    }
+    if let Some(e) = refuse_service_key(&key, "giving it an alias") {
+        return Ok(Err(e));
     }
     if key.metadata.key_state == KeyState::PendingDeletion {
         return Ok(Err(KmsError::new(

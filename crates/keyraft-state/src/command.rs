@@ -35,6 +35,19 @@ pub enum Op {
         /// The request's audit record.
         audit: Box<AuditRecord>,
     },
+    /// Creates the service-managed key of a service for an account, with its alias
+    /// (`alias/keyraft/<service>`) and yearly rotation; if the alias exists already, the
+    /// existing key is the answer.
+    CreateServiceKey {
+        /// The key's metadata (KeyManager::Service, rotation on).
+        key: Box<KeyMetadata>,
+        /// Version 1's key material, wrapped under the domain key.
+        material: Vec<u8>,
+        /// The service's alias.
+        alias: AliasName,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
     /// Enables or disables a key.
     SetKeyEnabled {
         /// The key.
@@ -184,6 +197,7 @@ impl Op {
     pub fn audit_record(&self) -> Option<&AuditRecord> {
         match self {
             Op::CreateKey { audit, .. }
+            | Op::CreateServiceKey { audit, .. }
             | Op::SetKeyEnabled { audit, .. }
             | Op::CreateAlias { audit, .. }
             | Op::UpdateAlias { audit, .. }
@@ -377,6 +391,7 @@ impl std::fmt::Display for Command {
         let name = match &self.op {
             Op::Bootstrap(_) => "Bootstrap".to_string(),
             Op::CreateKey { key, .. } => format!("CreateKey({})", key.key_id),
+            Op::CreateServiceKey { alias, .. } => format!("CreateServiceKey({alias})"),
             Op::SetKeyEnabled {
                 key_id, enabled, ..
             } => {

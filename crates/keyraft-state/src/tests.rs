@@ -198,6 +198,37 @@ impl Runner {
                     },
                 )
             }
+            "service" => {
+                let id = key_id(&positional[0]);
+                let account = AccountId::parse(&arg("account", ACCOUNT)).unwrap();
+                let key = KeyMetadata {
+                    arn: region.key_arn(&account, &id),
+                    key_id: id,
+                    account,
+                    description: "service key".into(),
+                    key_state: KeyState::Enabled,
+                    key_spec: KeySpec::SymmetricDefault,
+                    key_usage: KeyUsage::EncryptDecrypt,
+                    origin: Origin::Kms,
+                    key_manager: KeyManager::Service,
+                    creation_date_ms: t,
+                    epoch: 1,
+                    current_version: 1,
+                    deletion_date_ms: None,
+                    rotation_period_days: None,
+                    next_rotation_ms: None,
+                };
+                self.apply(
+                    &request,
+                    t,
+                    Op::CreateServiceKey {
+                        key: Box::new(key),
+                        material: vec![0x5E; 60],
+                        alias: AliasName::parse(&arg("alias", "alias/keyraft/s3")).unwrap(),
+                        audit: Box::new(record("CreateServiceKey")),
+                    },
+                )
+            }
             "enable" | "disable" => self.apply(
                 &request,
                 t,
@@ -592,6 +623,11 @@ fn idempotency_and_quota() {
 #[test]
 fn aliases_descriptions_and_tags() {
     run_file("aliases_tags.test");
+}
+
+#[test]
+fn service_keys() {
+    run_file("service_keys.test");
 }
 
 #[test]

@@ -118,6 +118,10 @@ impl Origin {
 pub enum KeyManager {
     /// The account's own key.
     Customer,
+    /// A key the service manages on behalf of an integrated service (AWS: `AWS`): it
+    /// cannot be disabled, deleted, re-tagged or have its rotation changed by the
+    /// account, rotates every year, and does not count against quotas.
+    Service,
 }
 
 impl KeyManager {
@@ -125,6 +129,7 @@ impl KeyManager {
     pub fn as_str(self) -> &'static str {
         match self {
             KeyManager::Customer => "CUSTOMER",
+            KeyManager::Service => "AWS",
         }
     }
 }
