@@ -27,6 +27,7 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Hsm>) {
     check_wrong_key(hsm.as_ref());
     check_data_keys(hsm.as_ref());
     check_secrets(hsm.as_ref());
+    check_import(hsm.as_ref());
     check_transfer(make);
 }
 
@@ -271,4 +272,68 @@ pub fn check_transfer(make: &dyn Fn() -> Box<dyn Hsm>) {
             .as_slice(),
         b"before the join"
     );
+}
+
+/// Imported key material: wrapped by the caller to the HSM's RSA public key with
+/// RSAES-OAEP-SHA-256, usable after import, fingerprinted for re-import checks.
+pub fn check_import(hsm: &dyn Hsm) {
+    use rsa::pkcs8::DecodePublicKey;
+    let id = KeyId::random();
+    let wrapping = hsm
+        .generate_import_wrapping_key(2048, b"token-1")
+        .expect("wrapping key");
+    let public =
+        rsa::RsaPublicKey::from_public_key_der(&wrapping.public_key_der).expect("SPKI DER");
+    let material = [0x42u8; 32];
+    let mut rng = rand::rngs::OsRng;
+    let encrypted = public
+        .encrypt(&mut rng, rsa::Oaep::new::<sha2::Sha256>(), &material)
+        .expect("encrypt to the wrapping key");
+    let (key, fp) = hsm
+        .import_key_material(&wrapping, b"token-1", &encrypted, &id, 1)
+        .expect("import");
+    let blob = CiphertextBlob::parse(
+        &hsm.encrypt(&key, &id, 1, b"byok", &ctx(&[]))
+            .expect("encrypt"),
+    )
+    .expect("parse");
+    assert_eq!(
+        hsm.decrypt(&key, &blob, &ctx(&[]))
+            .expect("decrypt")
+            .as_slice(),
+        b"byok"
+    );
+    let again = public
+        .encrypt(&mut rng, rsa::Oaep::new::<sha2::Sha256>(), &material)
+        .expect("encrypt");
+    let (_, fp2) = hsm
+        .import_key_material(&wrapping, b"token-1", &again, &id, 1)
+        .expect("re-import");
+    assert_eq!(fp, fp2, "the same material has the same fingerprint");
+    let other = public
+        .encrypt(&mut rng, rsa::Oaep::new::<sha2::Sha256>(), &[0x43u8; 32])
+        .expect("encrypt");
+    let (_, fp3) = hsm
+        .import_key_material(&wrapping, b"token-1", &other, &id, 1)
+        .expect("import other");
+    assert_ne!(fp, fp3, "other material has another fingerprint");
+    assert!(
+        hsm.import_key_material(&wrapping, b"token-2", &encrypted, &id, 1)
+            .is_err(),
+        "token not bound"
+    );
+    let short = public
+        .encrypt(&mut rng, rsa::Oaep::new::<sha2::Sha256>(), &[1u8; 16])
+        .expect("encrypt");
+    assert!(matches!(
+        hsm.import_key_material(&wrapping, b"token-1", &short, &id, 1),
+        Err(HsmError::InvalidInput(_))
+    ));
+    let mut bad = encrypted.clone();
+    bad[10] ^= 1;
+    assert!(matches!(
+        hsm.import_key_material(&wrapping, b"token-1", &bad, &id, 1),
+        Err(HsmError::InvalidCiphertext)
+    ));
+    assert!(hsm.generate_import_wrapping_key(1024, b"t").is_err());
 }

@@ -53,6 +53,26 @@ pub struct DomainKeyTransfer {
     pub ciphertext: Vec<u8>,
 }
 
+/// An RSA key pair for importing key material: the public half for the caller, the
+/// private half only wrapped under the domain key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportWrappingKey {
+    /// DER SubjectPublicKeyInfo of the RSA public key.
+    pub public_key_der: Vec<u8>,
+    /// The PKCS#8 private key, wrapped under the domain key (bound to the import token).
+    pub wrapped_private_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ImportWrappingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ImportWrappingKey({} byte public key)",
+            self.public_key_der.len()
+        )
+    }
+}
+
 /// What an HSM operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
@@ -176,6 +196,27 @@ pub trait Hsm: Send + Sync + 'static {
             destination_context,
         )
     }
+
+    /// Makes an RSA key pair (2048, 3072 or 4096 bits) for importing key material under
+    /// `token`; the private half leaves only wrapped under the domain key.
+    fn generate_import_wrapping_key(
+        &self,
+        bits: usize,
+        token: &[u8],
+    ) -> Result<ImportWrappingKey, HsmError>;
+
+    /// Unwraps key material the caller encrypted (RSAES-OAEP with SHA-256) to an import
+    /// wrapping key, and returns it wrapped under the domain key for `version` of
+    /// `key_id`, with a fingerprint that lets a later re-import be checked for being the
+    /// same material. Material must be 32 bytes (an AES-256 key).
+    fn import_key_material(
+        &self,
+        wrapping: &ImportWrappingKey,
+        token: &[u8],
+        encrypted_material: &[u8],
+        key_id: &KeyId,
+        version: u32,
+    ) -> Result<(WrappedKey, String), HsmError>;
 
     /// Random bytes (1..=1024) from the HSM's generator.
     fn generate_random(&self, len: usize) -> Result<Vec<u8>, HsmError>;

@@ -34,7 +34,7 @@ use keyraft_types::{EncryptionContext, KeyId};
 
 use crate::blob::{self, CiphertextBlob, NONCE_LEN, SALT_LEN};
 use crate::context::encode_context;
-use crate::{DomainKeyTransfer, Hsm, HsmError, JoinPublicKey, WrappedKey};
+use crate::{DomainKeyTransfer, Hsm, HsmError, ImportWrappingKey, JoinPublicKey, WrappedKey};
 
 const SEAL_MAGIC: &[u8; 7] = b"KRSEAL1";
 const SEALED_FILE: &str = "domain-key.sealed";
@@ -99,6 +99,10 @@ fn key_aad(key_id: &KeyId, version: u32) -> Vec<u8> {
     aad.extend_from_slice(key_id.as_str().as_bytes());
     aad.extend_from_slice(&version.to_be_bytes());
     aad
+}
+
+fn import_purpose(token: &[u8]) -> Vec<u8> {
+    [b"keyraft-import-wrapping-key:".as_slice(), token].concat()
 }
 
 fn secret_aad(purpose: &[u8]) -> Vec<u8> {
@@ -328,6 +332,75 @@ impl Hsm for SoftHsm {
         OsRng.fill_bytes(&mut plain);
         let blob = self.encrypt(key, key_id, version, &plain, context)?;
         Ok((plain, blob))
+    }
+
+    fn generate_import_wrapping_key(
+        &self,
+        bits: usize,
+        token: &[u8],
+    ) -> Result<ImportWrappingKey, HsmError> {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        if ![2048, 3072, 4096].contains(&bits) {
+            return Err(HsmError::InvalidInput(format!(
+                "RSA_{bits} is not a wrapping key spec"
+            )));
+        }
+        let private = rsa::RsaPrivateKey::new(&mut OsRng, bits)
+            .map_err(|e| HsmError::InvalidInput(format!("RSA key generation failed: {e}")))?;
+        let public_key_der = private
+            .to_public_key()
+            .to_public_key_der()
+            .map_err(|e| HsmError::InvalidInput(format!("public key encoding failed: {e}")))?
+            .into_vec();
+        let der = private
+            .to_pkcs8_der()
+            .map_err(|e| HsmError::InvalidInput(format!("private key encoding failed: {e}")))?;
+        let wrapped_private_key = self.wrap_secret(der.as_bytes(), &import_purpose(token))?;
+        Ok(ImportWrappingKey {
+            public_key_der,
+            wrapped_private_key,
+        })
+    }
+
+    fn import_key_material(
+        &self,
+        wrapping: &ImportWrappingKey,
+        token: &[u8],
+        encrypted_material: &[u8],
+        key_id: &KeyId,
+        version: u32,
+    ) -> Result<(WrappedKey, String), HsmError> {
+        use rsa::pkcs8::DecodePrivateKey;
+        let der = self.unwrap_secret(&wrapping.wrapped_private_key, &import_purpose(token))?;
+        let private =
+            rsa::RsaPrivateKey::from_pkcs8_der(&der).map_err(|_| HsmError::UnwrapFailed)?;
+        let material = Zeroizing::new(
+            private
+                .decrypt(rsa::Oaep::new::<Sha256>(), encrypted_material)
+                .map_err(|_| HsmError::InvalidCiphertext)?,
+        );
+        if material.len() != KEY_LEN {
+            return Err(HsmError::InvalidInput(format!(
+                "imported key material must be {KEY_LEN} bytes, not {}",
+                material.len()
+            )));
+        }
+        let domain = self.domain_key()?;
+        let nonce: [u8; NONCE_LEN] = random();
+        let ct = seal_with(&domain, &nonce, &material, &key_aad(key_id, version))?;
+        let fingerprint = {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(domain.as_ref())
+                .map_err(|_| HsmError::InvalidInput("bad domain key".into()))?;
+            mac.update(b"keyraft imported material v1");
+            mac.update(key_id.as_str().as_bytes());
+            mac.update(&material);
+            mac.finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        Ok((WrappedKey([nonce.as_slice(), &ct].concat()), fingerprint))
     }
 
     fn generate_random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
