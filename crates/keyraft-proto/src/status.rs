@@ -37,7 +37,10 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::InvalidKeyUsage
         | ErrorCode::InvalidArn
         | ErrorCode::InvalidAliasName
-        | ErrorCode::Tag => Code::InvalidArgument,
+        | ErrorCode::Tag
+        | ErrorCode::IncorrectKeyMaterial
+        | ErrorCode::ExpiredImportToken
+        | ErrorCode::InvalidImportToken => Code::InvalidArgument,
         ErrorCode::LimitExceeded | ErrorCode::Throttling => Code::ResourceExhausted,
         ErrorCode::AccessDenied => Code::PermissionDenied,
         ErrorCode::AlreadyExists => Code::AlreadyExists,

@@ -607,6 +607,7 @@ impl AdminService for AdminApi {
                         deletion_date_ms: None,
                         rotation_period_days: Some(365),
                         next_rotation_ms: None,
+                        valid_to_ms: None,
                     };
                     let alias_for_op = alias.clone();
                     let key = crate::kms::expect_key(

@@ -326,6 +326,7 @@ impl KeyService for KeyApi {
                         deletion_date_ms: None,
                         rotation_period_days: None,
                         next_rotation_ms: None,
+                        valid_to_ms: None,
                     };
                     let key = expect_key(
                         core.mutate(call, req.request_id, |audit| Op::CreateKey {

@@ -9,13 +9,13 @@ use serde::{Deserialize, Serialize};
 use keyraft_types::audit::GENESIS_HASH;
 use keyraft_types::{
     AccountId, AliasName, AuditEvent, AuditRecord, ErrorCode, EventType, KeyId, KeyManager,
-    KeyMetadata, KeyState, KmsError, NodeId, RequestParameters, UserIdentity,
+    KeyMetadata, KeyState, KmsError, NodeId, Origin, RequestParameters, UserIdentity,
 };
 
 use crate::command::{
     AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command,
-    JoinAuthorization, KeyRecord, NodeRecord, Op, PreparedRotation, QuotaUsage, Reply, Response,
-    Rotation,
+    ImportParameters, JoinAuthorization, KeyRecord, NodeRecord, Op, PreparedRotation, QuotaUsage,
+    Reply, Response, Rotation,
 };
 use crate::keys;
 use crate::storage::{Durable, StateError};
@@ -328,6 +328,25 @@ impl StateMachine {
         Ok(out)
     }
 
+    /// The parameters of a pending import, by token.
+    pub fn import_parameters(&self, token: &str) -> Result<Option<ImportParameters>, StateError> {
+        self.get(&keys::import(token))
+    }
+
+    /// When the earliest imported material expires, if any.
+    pub fn next_expiry_due(&self) -> Result<Option<u64>, StateError> {
+        let Some(item) = self.tree.scan_prefix(keys::EXPIRY_PREFIX).next() else {
+            return Ok(None);
+        };
+        let (k, _) = item?;
+        let mut t = [0u8; 8];
+        match k.get(keys::EXPIRY_PREFIX.len()..keys::EXPIRY_PREFIX.len() + 8) {
+            Some(b) => t.copy_from_slice(b),
+            None => return Ok(None),
+        }
+        Ok(Some(u64::from_be_bytes(t)))
+    }
+
     /// When the earliest scheduled deletion falls due, if any.
     pub fn next_deletion_due(&self) -> Result<Option<u64>, StateError> {
         let Some(item) = self.tree.scan_prefix(keys::DELETION_PREFIX).next() else {
@@ -544,6 +563,46 @@ fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateErro
             audited(txn, audit, r)?
         }
         Op::Tick { node_id, rotations } => tick(txn, cmd, *node_id, rotations)?,
+        Op::StoreImportParameters {
+            key_id,
+            token,
+            public_key_der,
+            wrapped_private_key,
+            expires_ms,
+            audit,
+        } => {
+            let params = ImportParameters {
+                key_id: key_id.clone(),
+                public_key_der: public_key_der.clone(),
+                wrapped_private_key: wrapped_private_key.clone(),
+                expires_ms: *expires_ms,
+            };
+            let r = store_import_parameters(txn, token, params)?;
+            audited(txn, audit, r)?
+        }
+        Op::ImportKeyMaterial {
+            key_id,
+            token,
+            material,
+            fingerprint,
+            valid_to_ms,
+            audit,
+        } => {
+            let r = import_material(
+                txn,
+                key_id,
+                token,
+                material,
+                fingerprint,
+                *valid_to_ms,
+                cmd.time_ms,
+            )?;
+            audited(txn, audit, r)?
+        }
+        Op::DeleteImportedKeyMaterial { key_id, audit } => {
+            let r = delete_imported_material(txn, key_id)?;
+            audited(txn, audit, r)?
+        }
         Op::SetKeyRotation {
             key_id,
             period_days,
@@ -721,12 +780,18 @@ fn create_key(
         )));
     }
     let count = usage.keys_used;
-    let record = KeyRecord {
+    let mut record = KeyRecord {
         metadata: key.clone(),
         versions: BTreeMap::from([(key.current_version, material.to_vec())]),
         tags: BTreeMap::new(),
         rotations: Vec::new(),
+        imported_fingerprint: None,
     };
+    if key.origin == Origin::External {
+        // Its material comes later, through ImportKeyMaterial.
+        record.versions.clear();
+        record.metadata.key_state = KeyState::PendingImport;
+    }
     txn.put(keys::key(&key.key_id), &record)?;
     txn.put(count_key, &(count + 1))?;
     Ok(Ok(Reply::Key(Box::new(record.metadata))))
@@ -761,6 +826,7 @@ fn create_service_key(
         versions: BTreeMap::from([(key.current_version, material.to_vec())]),
         tags: BTreeMap::new(),
         rotations: Vec::new(),
+        imported_fingerprint: None,
     };
     // Service-managed keys and their aliases count against no quota.
     txn.put(keys::key(&key.key_id), &record)?;
@@ -775,6 +841,132 @@ fn create_service_key(
             last_updated_ms: time_ms,
         },
     )?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+/// Imported key material cannot be rotated by the service.
+fn refuse_imported(record: &KeyRecord, what: &str) -> Option<KmsError> {
+    (record.metadata.origin == Origin::External).then(|| {
+        KmsError::new(
+            ErrorCode::UnsupportedOperation,
+            format!(
+                "{} has imported key material: {what} is not supported",
+                record.metadata.arn
+            ),
+        )
+    })
+}
+
+/// An EXTERNAL key of this state, or the error.
+fn external_key(txn: &Txn<'_>, key_id: &KeyId) -> Result<Result<KeyRecord, KmsError>, StateError> {
+    let Some(record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    };
+    if record.metadata.origin != Origin::External {
+        return Ok(Err(KmsError::new(
+            ErrorCode::UnsupportedOperation,
+            format!(
+                "{} has no imported key material (origin AWS_KMS)",
+                record.metadata.arn
+            ),
+        )));
+    }
+    if record.metadata.key_state == KeyState::PendingDeletion {
+        return Ok(Err(KmsError::new(
+            ErrorCode::InvalidState,
+            format!("{} is pending deletion", record.metadata.arn),
+        )));
+    }
+    Ok(Ok(record))
+}
+
+fn store_import_parameters(
+    txn: &mut Txn<'_>,
+    token: &str,
+    params: ImportParameters,
+) -> Result<Response, StateError> {
+    if let Err(e) = external_key(txn, &params.key_id)? {
+        return Ok(Err(e));
+    }
+    txn.put(keys::import(token), &params)?;
+    Ok(Ok(Reply::Unit))
+}
+
+fn import_material(
+    txn: &mut Txn<'_>,
+    key_id: &KeyId,
+    token: &str,
+    material: &[u8],
+    fingerprint: &str,
+    valid_to_ms: Option<u64>,
+    time_ms: u64,
+) -> Result<Response, StateError> {
+    let mut record = match external_key(txn, key_id)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Some(params) = txn.get::<ImportParameters>(&keys::import(token))? else {
+        return Ok(Err(KmsError::new(
+            ErrorCode::InvalidImportToken,
+            "The import token is invalid or was used already.",
+        )));
+    };
+    if &params.key_id != key_id {
+        return Ok(Err(KmsError::new(
+            ErrorCode::InvalidImportToken,
+            "The import token was issued for another key.",
+        )));
+    }
+    if time_ms > params.expires_ms {
+        return Ok(Err(KmsError::new(
+            ErrorCode::ExpiredImportToken,
+            "The import token has expired.",
+        )));
+    }
+    if record
+        .imported_fingerprint
+        .as_deref()
+        .is_some_and(|f| f != fingerprint)
+    {
+        return Ok(Err(KmsError::new(
+            ErrorCode::IncorrectKeyMaterial,
+            "The key material is not the material previously imported into this key.",
+        )));
+    }
+    let m = &mut record.metadata;
+    if let Some(old) = m.valid_to_ms.take() {
+        txn.delete(keys::expiry(old, key_id));
+    }
+    m.valid_to_ms = valid_to_ms;
+    if let Some(due) = valid_to_ms {
+        txn.put(keys::expiry(due, key_id), &())?;
+    }
+    if m.key_state == KeyState::PendingImport {
+        m.key_state = KeyState::Enabled;
+        m.epoch += 1;
+    }
+    record.versions = BTreeMap::from([(m.current_version, material.to_vec())]);
+    record.imported_fingerprint = Some(fingerprint.to_string());
+    txn.delete(keys::import(token));
+    txn.put(keys::key(key_id), &record)?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+fn delete_imported_material(txn: &mut Txn<'_>, key_id: &KeyId) -> Result<Response, StateError> {
+    let mut record = match external_key(txn, key_id)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let m = &mut record.metadata;
+    if let Some(old) = m.valid_to_ms.take() {
+        txn.delete(keys::expiry(old, key_id));
+    }
+    if m.key_state != KeyState::PendingImport {
+        m.key_state = KeyState::PendingImport;
+        m.epoch += 1;
+    }
+    record.versions.clear();
+    txn.put(keys::key(key_id), &record)?;
     Ok(Ok(Reply::Key(Box::new(record.metadata))))
 }
 
@@ -978,6 +1170,31 @@ fn tick(
         }
         due.push(k.to_vec());
     }
+    let mut expired = Vec::new();
+    for item in txn.tree.scan_prefix(keys::EXPIRY_PREFIX) {
+        let (k, _) = item?;
+        let at = keys::EXPIRY_PREFIX.len();
+        let Some(time_bytes) = k.get(at..at + 8) else {
+            continue;
+        };
+        let mut t = [0u8; 8];
+        t.copy_from_slice(time_bytes);
+        if u64::from_be_bytes(t) > cmd.time_ms || expired.len() == TICK_BATCH {
+            break;
+        }
+        if let Ok(id) = KeyId::parse(&String::from_utf8_lossy(&k[at + 8..])) {
+            expired.push(id);
+        }
+    }
+    for key_id in expired {
+        if let Ok(Reply::Key(k)) = delete_imported_material(txn, &key_id)? {
+            let mut record = service_event(cmd, node_id, "DeleteExpiredKeyMaterial", &k.account);
+            record.event_id = format!("{}-expiry-{}", cmd.request_id, key_id);
+            record.request_parameters.key_id = Some(key_id.to_string());
+            record.resources = vec![k.arn.clone()];
+            append_audit(txn, record, None)?;
+        }
+    }
     let mut deleted = Vec::new();
     for index_key in due {
         txn.delete(index_key.clone());
@@ -996,6 +1213,9 @@ fn tick(
         let record_arn = record.metadata.arn.clone();
         if let Some(due) = record.metadata.next_rotation_ms {
             txn.delete(keys::rotation(due, &key_id));
+        }
+        if let Some(due) = record.metadata.valid_to_ms {
+            txn.delete(keys::expiry(due, &key_id));
         }
         txn.delete(keys::key(&key_id));
         let count_key = keys::key_count(&account);
@@ -1064,6 +1284,9 @@ fn set_rotation(
     if let Some(e) = refuse_service_key(&record, "changing its rotation") {
         return Ok(Err(e));
     }
+    if let Some(e) = refuse_imported(&record, "automatic rotation") {
+        return Ok(Err(e));
+    }
     let m = &mut record.metadata;
     if m.key_state == KeyState::PendingDeletion {
         return Ok(Err(KmsError::new(
@@ -1097,6 +1320,9 @@ fn rotate(
     let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
         return Ok(Err(KmsError::key_not_found(key_id.as_str())));
     };
+    if let Some(e) = refuse_imported(&record, "rotation") {
+        return Ok(Err(e));
+    }
     let m = &mut record.metadata;
     match m.key_state {
         KeyState::Enabled => {}

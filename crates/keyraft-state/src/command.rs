@@ -158,6 +158,44 @@ pub enum Op {
         /// The request's audit record.
         audit: Box<AuditRecord>,
     },
+    /// Stores the parameters of one import (an RSA wrapping key whose private half is
+    /// wrapped under the domain key), valid until `expires_ms`, under `token`.
+    StoreImportParameters {
+        /// The key (origin EXTERNAL).
+        key_id: KeyId,
+        /// The import token handed to the caller.
+        token: String,
+        /// The wrapping key's public half (DER SubjectPublicKeyInfo).
+        public_key_der: Vec<u8>,
+        /// Its private half, wrapped under the domain key.
+        wrapped_private_key: Vec<u8>,
+        /// When the token expires.
+        expires_ms: u64,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Installs imported key material (unwrapped and re-wrapped by the proposer's HSM).
+    ImportKeyMaterial {
+        /// The key.
+        key_id: KeyId,
+        /// The import token used.
+        token: String,
+        /// The material, wrapped under the domain key for the key's current version.
+        material: Vec<u8>,
+        /// Fingerprint of the material: a re-import must match it.
+        fingerprint: String,
+        /// When the material expires, if it does.
+        valid_to_ms: Option<u64>,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Deletes imported key material; the key returns to PendingImport.
+    DeleteImportedKeyMaterial {
+        /// The key.
+        key_id: KeyId,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
     /// Turns automatic rotation on (with a period in days) or off (`None`).
     SetKeyRotation {
         /// The key.
@@ -209,6 +247,9 @@ impl Op {
             | Op::CancelKeyDeletion { audit, .. }
             | Op::SetQuota { audit, .. }
             | Op::SetKeyRotation { audit, .. }
+            | Op::StoreImportParameters { audit, .. }
+            | Op::ImportKeyMaterial { audit, .. }
+            | Op::DeleteImportedKeyMaterial { audit, .. }
             | Op::RotateKey { audit, .. }
             | Op::AuthorizeJoin { audit, .. }
             | Op::RetireNode { audit, .. } => Some(audit),
@@ -269,6 +310,19 @@ pub struct JoinAuthorization {
     pub node_id: NodeId,
     /// The ephemeral public key to wrap to.
     pub public_key: Vec<u8>,
+}
+
+/// The parameters of one pending import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportParameters {
+    /// The key they were issued for.
+    pub key_id: KeyId,
+    /// The wrapping key's public half (DER SubjectPublicKeyInfo).
+    pub public_key_der: Vec<u8>,
+    /// Its private half, wrapped under the domain key.
+    pub wrapped_private_key: Vec<u8>,
+    /// When the token expires.
+    pub expires_ms: u64,
 }
 
 /// A new backing version, generated and wrapped by the proposer's HSM.
@@ -357,6 +411,9 @@ pub struct KeyRecord {
     pub tags: BTreeMap<String, String>,
     /// Rotations, oldest first.
     pub rotations: Vec<Rotation>,
+    /// For imported material: its fingerprint (kept after the material is deleted, so a
+    /// re-import must bring the same material).
+    pub imported_fingerprint: Option<String>,
 }
 
 /// What apply answers for one command.
@@ -418,6 +475,11 @@ impl std::fmt::Display for Command {
                 format!("ScheduleKeyDeletion({key_id}, {pending_window_days}d)")
             }
             Op::CancelKeyDeletion { key_id, .. } => format!("CancelKeyDeletion({key_id})"),
+            Op::StoreImportParameters { key_id, .. } => format!("StoreImportParameters({key_id})"),
+            Op::ImportKeyMaterial { key_id, .. } => format!("ImportKeyMaterial({key_id})"),
+            Op::DeleteImportedKeyMaterial { key_id, .. } => {
+                format!("DeleteImportedKeyMaterial({key_id})")
+            }
             Op::Tick { node_id, rotations } => {
                 format!("Tick(node {node_id}, {} rotations)", rotations.len())
             }

@@ -89,3 +89,19 @@ pub(crate) fn rotation(due_ms: u64, key: &KeyId) -> Vec<u8> {
     ]
     .concat()
 }
+
+pub(crate) fn import(token: &str) -> Vec<u8> {
+    format!("import/{token}").into_bytes()
+}
+
+pub(crate) const EXPIRY_PREFIX: &[u8] = b"expiry/";
+
+/// Index of imported material expiries, in due order.
+pub(crate) fn expiry(due_ms: u64, key: &KeyId) -> Vec<u8> {
+    [
+        EXPIRY_PREFIX,
+        &due_ms.to_be_bytes()[..],
+        key.as_str().as_bytes(),
+    ]
+    .concat()
+}

@@ -37,8 +37,8 @@ pub mod storage;
 pub use apply::{AppliedMeta, StateMachine, StateSnapshot};
 pub use command::{
     AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command,
-    JoinAuthorization, KeyRecord, NodeRecord, Op, PreparedRotation, QuotaUsage, Reply, Response,
-    Rotation,
+    ImportParameters, JoinAuthorization, KeyRecord, NodeRecord, Op, PreparedRotation, QuotaUsage,
+    Reply, Response, Rotation,
 };
 pub use storage::{Durable, StateError};
 

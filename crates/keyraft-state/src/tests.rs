@@ -179,7 +179,11 @@ impl Runner {
                     key_state: KeyState::Enabled,
                     key_spec: KeySpec::SymmetricDefault,
                     key_usage: KeyUsage::EncryptDecrypt,
-                    origin: Origin::Kms,
+                    origin: if arg("origin", "") == "EXTERNAL" {
+                        Origin::External
+                    } else {
+                        Origin::Kms
+                    },
                     key_manager: KeyManager::Customer,
                     creation_date_ms: t,
                     epoch: 1,
@@ -187,6 +191,7 @@ impl Runner {
                     deletion_date_ms: None,
                     rotation_period_days: None,
                     next_rotation_ms: None,
+                    valid_to_ms: None,
                 };
                 self.apply(
                     &request,
@@ -217,6 +222,7 @@ impl Runner {
                     deletion_date_ms: None,
                     rotation_period_days: None,
                     next_rotation_ms: None,
+                    valid_to_ms: None,
                 };
                 self.apply(
                     &request,
@@ -229,6 +235,38 @@ impl Runner {
                     },
                 )
             }
+            "importparams" => self.apply(
+                &request,
+                t,
+                Op::StoreImportParameters {
+                    key_id: key_id(&positional[0]),
+                    token: arg("token", "t1"),
+                    public_key_der: vec![1; 10],
+                    wrapped_private_key: vec![2; 10],
+                    expires_ms: arg("expires", "86400000").parse().unwrap(),
+                    audit: Box::new(record("GetParametersForImport")),
+                },
+            ),
+            "import" => self.apply(
+                &request,
+                t,
+                Op::ImportKeyMaterial {
+                    key_id: key_id(&positional[0]),
+                    token: arg("token", "t1"),
+                    material: vec![0x1A; 60],
+                    fingerprint: arg("fp", "A"),
+                    valid_to_ms: args.get("validto").map(|v| v.parse().unwrap()),
+                    audit: Box::new(record("ImportKeyMaterial")),
+                },
+            ),
+            "deleteimported" => self.apply(
+                &request,
+                t,
+                Op::DeleteImportedKeyMaterial {
+                    key_id: key_id(&positional[0]),
+                    audit: Box::new(record("DeleteImportedKeyMaterial")),
+                },
+            ),
             "enable" | "disable" => self.apply(
                 &request,
                 t,
@@ -626,6 +664,11 @@ fn aliases_descriptions_and_tags() {
 }
 
 #[test]
+fn imported_key_material() {
+    run_file("import.test");
+}
+
+#[test]
 fn service_keys() {
     run_file("service_keys.test");
 }
@@ -698,6 +741,7 @@ fn batch_is_one_atomic_apply() {
                 deletion_date_ms: None,
                 rotation_period_days: None,
                 next_rotation_ms: None,
+                valid_to_ms: None,
             }),
             material: vec![1; 60],
             audit: Box::new(record("CreateKey")),

@@ -43,6 +43,12 @@ pub enum ErrorCode {
     InvalidAliasName,
     /// A tag key or value breaks the tagging rules, or too many tags.
     Tag,
+    /// Re-imported key material is not the material the key had.
+    IncorrectKeyMaterial,
+    /// The import token has expired.
+    ExpiredImportToken,
+    /// The import token is not one issued for this key.
+    InvalidImportToken,
     /// The access key id is unknown (or disabled).
     UnrecognizedClient,
     /// The request signature is wrong, stale or replayed.
@@ -64,7 +70,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests of the wire tables.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::NotFound,
         ErrorCode::Disabled,
         ErrorCode::InvalidState,
@@ -80,6 +86,9 @@ impl ErrorCode {
         ErrorCode::InvalidArn,
         ErrorCode::InvalidAliasName,
         ErrorCode::Tag,
+        ErrorCode::IncorrectKeyMaterial,
+        ErrorCode::ExpiredImportToken,
+        ErrorCode::InvalidImportToken,
         ErrorCode::UnrecognizedClient,
         ErrorCode::InvalidSignature,
         ErrorCode::Throttling,
@@ -108,6 +117,9 @@ impl ErrorCode {
             ErrorCode::InvalidArn => "InvalidArnException",
             ErrorCode::InvalidAliasName => "InvalidAliasNameException",
             ErrorCode::Tag => "TagException",
+            ErrorCode::IncorrectKeyMaterial => "IncorrectKeyMaterialException",
+            ErrorCode::ExpiredImportToken => "ExpiredImportTokenException",
+            ErrorCode::InvalidImportToken => "InvalidImportTokenException",
             ErrorCode::UnrecognizedClient => "UnrecognizedClientException",
             ErrorCode::InvalidSignature => "InvalidSignatureException",
             ErrorCode::Throttling => "ThrottlingException",

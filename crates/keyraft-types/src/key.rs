@@ -102,6 +102,8 @@ impl KeyUsage {
 pub enum Origin {
     /// Generated inside Keyraft's HSMs (AWS: `AWS_KMS`).
     Kms,
+    /// Imported by the customer (AWS: `EXTERNAL`).
+    External,
 }
 
 impl Origin {
@@ -109,6 +111,19 @@ impl Origin {
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Kms => "AWS_KMS",
+            Origin::External => "EXTERNAL",
+        }
+    }
+
+    /// Parses `AWS_KMS` (also `KEYRAFT`, or empty) and `EXTERNAL`.
+    pub fn parse(s: &str) -> Result<Self, KmsError> {
+        match s {
+            "" | "AWS_KMS" | "KEYRAFT" => Ok(Origin::Kms),
+            "EXTERNAL" => Ok(Origin::External),
+            other => Err(KmsError::new(
+                ErrorCode::UnsupportedOperation,
+                format!("Origin '{}' is not supported", crate::ids::truncate(other)),
+            )),
         }
     }
 }
@@ -233,6 +248,8 @@ pub struct KeyMetadata {
     pub rotation_period_days: Option<u32>,
     /// When the next automatic rotation is due (ms since the Unix epoch).
     pub next_rotation_ms: Option<u64>,
+    /// When imported key material expires (ms since the Unix epoch); `None`: never.
+    pub valid_to_ms: Option<u64>,
 }
 
 impl KeyMetadata {
