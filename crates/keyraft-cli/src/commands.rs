@@ -13,11 +13,53 @@ use crate::Connection;
 
 #[derive(Subcommand)]
 pub(crate) enum KeyCommand {
-    /// Create a symmetric key.
+    /// Create a key.
     Create {
         /// Free text.
         #[arg(long, default_value = "")]
         description: String,
+        /// SYMMETRIC_DEFAULT.
+        #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+        key_spec: String,
+        /// ENCRYPT_DECRYPT.
+        #[arg(long, default_value = "ENCRYPT_DECRYPT")]
+        key_usage: String,
+        /// KEYRAFT (material made in the HSMs) or EXTERNAL (imported later).
+        #[arg(long, default_value = "KEYRAFT")]
+        origin: String,
+    },
+    /// Get a wrapping public key and an import token for an EXTERNAL key.
+    ImportParams {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// RSAES_OAEP_SHA_256.
+        #[arg(long, default_value = "RSAES_OAEP_SHA_256")]
+        wrapping_algorithm: String,
+        /// RSA_2048, RSA_3072 or RSA_4096.
+        #[arg(long, default_value = "RSA_2048")]
+        wrapping_key_spec: String,
+    },
+    /// Import key material encrypted to the wrapping public key.
+    Import {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// The encrypted material (raw bytes, or base64 text).
+        #[arg(long)]
+        encrypted_key_material_file: PathBuf,
+        /// The import token (raw bytes, or the base64 text import-params printed).
+        #[arg(long)]
+        import_token_file: PathBuf,
+        /// Expiry: seconds since the Unix epoch, or RFC 3339 (e.g. 2027-01-31T00:00:00Z).
+        #[arg(long)]
+        valid_to: Option<String>,
+    },
+    /// Delete imported key material (the key returns to PendingImport).
+    DeleteImportedMaterial {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
     },
     /// Show a key's metadata.
     Describe {
@@ -380,9 +422,54 @@ fn read_file(path: &PathBuf) -> Result<Vec<u8>, Error> {
 pub(crate) async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Value, Error> {
     let c = client(conn)?;
     Ok(match cmd {
-        KeyCommand::Create { description } => {
-            let m = c.create_key(&description).await?;
+        KeyCommand::Create {
+            description,
+            key_spec,
+            key_usage,
+            origin,
+        } => {
+            let m = c
+                .create_key_with(keyraft_client::types::CreateKeyRequest {
+                    description,
+                    key_spec,
+                    key_usage,
+                    origin,
+                    request_id: String::new(),
+                })
+                .await?;
             json!({"KeyMetadata": key_metadata(&m)})
+        }
+        KeyCommand::ImportParams {
+            key_id,
+            wrapping_algorithm,
+            wrapping_key_spec,
+        } => {
+            let p = c
+                .get_parameters_for_import(&key_id, &wrapping_algorithm, &wrapping_key_spec)
+                .await?;
+            json!({
+                "KeyId": p.key_id,
+                "PublicKey": b64(&p.public_key),
+                "ImportToken": b64(&p.import_token),
+                "ParametersValidTo": p.parameters_valid_to as f64 / 1000.0,
+            })
+        }
+        KeyCommand::Import {
+            key_id,
+            encrypted_key_material_file,
+            import_token_file,
+            valid_to,
+        } => {
+            let material = read_blob(&None, &Some(encrypted_key_material_file))?;
+            let token = read_blob(&None, &Some(import_token_file))?;
+            let valid_to = valid_to.map(|v| parse_time(&v)).transpose()?;
+            c.import_key_material(&key_id, &token, &material, valid_to)
+                .await?;
+            json!({})
+        }
+        KeyCommand::DeleteImportedMaterial { key_id } => {
+            c.delete_imported_key_material(&key_id).await?;
+            json!({})
         }
         KeyCommand::Describe { key_id } => {
             let m = c.describe_key(&key_id).await?;
@@ -464,6 +551,22 @@ pub(crate) async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Value, Err
             json!({"Tags": tags})
         }
     })
+}
+
+/// Seconds since the Unix epoch or RFC 3339, as ms since the Unix epoch.
+fn parse_time(v: &str) -> Result<u64, Error> {
+    if let Ok(secs) = v.parse::<u64>() {
+        return Ok(secs.saturating_mul(1000));
+    }
+    humantime::parse_rfc3339_weak(v)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "'{v}' is neither seconds since the epoch nor RFC 3339"
+            ))
+        })
 }
 
 fn read_blob(text: &Option<String>, file: &Option<PathBuf>) -> Result<Vec<u8>, Error> {

@@ -41,6 +41,12 @@ pub(crate) fn key_metadata(m: &KeyMetadata) -> Value {
         "CustomerMasterKeySpec": m.key_spec,
         "EncryptionAlgorithms": m.encryption_algorithms,
     });
+    if m.valid_to != 0 {
+        v["ValidTo"] = json!(m.valid_to as f64 / 1000.0);
+        v["ExpirationModel"] = json!("KEY_MATERIAL_EXPIRES");
+    } else if m.origin == "EXTERNAL" {
+        v["ExpirationModel"] = json!("KEY_MATERIAL_DOES_NOT_EXPIRE");
+    }
     if m.deletion_date != 0 {
         v["DeletionDate"] = json!(m.deletion_date as f64 / 1000.0);
     }

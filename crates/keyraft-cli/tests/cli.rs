@@ -44,52 +44,102 @@ fn run(env: &[(String, String)], args: &[&str]) -> (bool, Value) {
     (out.status.success(), value)
 }
 
+/// A `keyraft dev` cluster; dropping it sends Ctrl-C (SIGINT) and waits.
+struct Dev {
+    child: std::process::Child,
+    env: Vec<(String, String)>,
+    pids: Vec<i32>,
+    _dir: tempfile::TempDir,
+}
+
+impl Dev {
+    fn start(region: &str) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("dev");
+        let mut child = keyraft()
+            .args([
+                "dev",
+                "--nodes",
+                "3",
+                "--base-port",
+                "0",
+                "--region",
+                region,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // `dev` prints one JSON line once the cluster is ready.
+        let stdout = child.stdout.take().unwrap();
+        let line = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            line
+        })
+        .join()
+        .unwrap();
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            // SIGINT, not SIGKILL: `dev` must get the chance to stop its nodes.
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
+            let _ = child.wait();
+            panic!("keyraft dev did not come up: {line:?}")
+        });
+        assert_eq!(ready["Region"], region);
+        let pids = ready["Nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["Pid"].as_i64().unwrap() as i32)
+            .collect();
+        Dev {
+            child,
+            env: env_file(&data.join("cluster.env")),
+            pids,
+            _dir: dir,
+        }
+    }
+
+    /// Ctrl-C, then waits for `dev` and every node to be gone.
+    fn stop(mut self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "keyraft dev did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in &self.pids {
+            let gone = (0..200).any(|_| {
+                let alive = kill(Pid::from_raw(*pid), None).is_ok()
+                    && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .is_ok_and(|s| !s.contains(") Z "));
+                if alive {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                !alive
+            });
+            assert!(gone, "node process {pid} still runs");
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[test]
 fn dev_cluster_and_client_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("dev");
-    let mut dev = keyraft()
-        .args([
-            "dev",
-            "--nodes",
-            "3",
-            "--base-port",
-            "0",
-            "--region",
-            "cli-1",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // `dev` prints one JSON line once the cluster is ready.
-    let stdout = dev.stdout.take().unwrap();
-    let line = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        line
-    })
-    .join()
-    .unwrap();
-    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
-        // SIGINT, not SIGKILL: `dev` must get the chance to stop its nodes.
-        let _ = kill(Pid::from_raw(dev.id() as i32), Signal::SIGINT);
-        let _ = dev.wait();
-        panic!("keyraft dev did not come up: {line:?}")
-    });
-    assert_eq!(ready["Region"], "cli-1");
-    let pids: Vec<i32> = ready["Nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["Pid"].as_i64().unwrap() as i32)
-        .collect();
-    assert_eq!(pids.len(), 3);
-
-    let env = env_file(&data.join("cluster.env"));
+    let dev = Dev::start("cli-1");
+    assert_eq!(dev.pids.len(), 3);
+    let env = dev.env.clone();
     let endpoints = &env
         .iter()
         .find(|(k, _)| k == "KEYRAFT_ENDPOINTS")
@@ -271,24 +321,7 @@ fn dev_cluster_and_client_commands() {
     assert_eq!(quota["Aliases"]["Used"], 1);
 
     // Ctrl-C stops every node.
-    kill(Pid::from_raw(dev.id() as i32), Signal::SIGINT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while dev.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "keyraft dev did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for pid in pids {
-        let gone = (0..200).any(|_| {
-            let alive = kill(Pid::from_raw(pid), None).is_ok()
-                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| !s.contains(") Z "));
-            if alive {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            !alive
-        });
-        assert!(gone, "node process {pid} still runs");
-    }
+    dev.stop();
 }
 
 #[test]
@@ -303,4 +336,161 @@ fn client_commands_without_configuration_fail_with_a_typed_error() {
     assert!(!out.status.success());
     let err: Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(err["Error"]["Code"], "ConfigurationError");
+}
+
+/// Bring your own key, as a user does it: random bytes wrapped with `openssl pkeyutl`
+/// (RSAES-OAEP with SHA-256) to the public key Keyraft returned.
+#[test]
+fn imported_key_material_wrapped_with_openssl() {
+    let dev = Dev::start("byok-1");
+    let env = dev.env.clone();
+    let work = tempfile::tempdir().unwrap();
+    let path = |name: &str| work.path().join(name);
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+    };
+
+    let (ok, created) = run(
+        &env,
+        &[
+            "key",
+            "create",
+            "--origin",
+            "EXTERNAL",
+            "--description",
+            "byok",
+        ],
+    );
+    assert!(ok, "{created}");
+    assert_eq!(created["KeyMetadata"]["KeyState"], "PendingImport");
+    assert_eq!(created["KeyMetadata"]["Origin"], "EXTERNAL");
+    let key_id = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, err) = run(&env, &["encrypt", "--key-id", &key_id, "--plaintext", "x"]);
+    assert!(!ok);
+    assert_eq!(err["Error"]["Code"], "KMSInvalidStateException");
+
+    let wrap = |material: &[u8], name: &str| -> (std::path::PathBuf, std::path::PathBuf) {
+        let (ok, params) = run(&env, &["key", "import-params", "--key-id", &key_id]);
+        assert!(ok, "{params}");
+        std::fs::write(
+            path("wrapping.der"),
+            b64(params["PublicKey"].as_str().unwrap()),
+        )
+        .unwrap();
+        let token = path(&format!("{name}.token"));
+        std::fs::write(&token, params["ImportToken"].as_str().unwrap()).unwrap();
+        std::fs::write(path(&format!("{name}.bin")), material).unwrap();
+        let encrypted = path(&format!("{name}.enc"));
+        let out = Command::new("openssl")
+            .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
+            .arg(path("wrapping.der"))
+            .args([
+                "-pkeyopt",
+                "rsa_padding_mode:oaep",
+                "-pkeyopt",
+                "rsa_oaep_md:sha256",
+                "-pkeyopt",
+                "rsa_mgf1_md:sha256",
+                "-in",
+            ])
+            .arg(path(&format!("{name}.bin")))
+            .arg("-out")
+            .arg(&encrypted)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (encrypted, token)
+    };
+    let material: [u8; 32] = rand::random();
+    let (encrypted, token) = wrap(&material, "first");
+    let import = |encrypted: &std::path::Path, token: &std::path::Path| {
+        run(
+            &env,
+            &[
+                "key",
+                "import",
+                "--key-id",
+                &key_id,
+                "--encrypted-key-material-file",
+                encrypted.to_str().unwrap(),
+                "--import-token-file",
+                token.to_str().unwrap(),
+            ],
+        )
+    };
+    let (ok, out) = import(&encrypted, &token);
+    assert!(ok, "{out}");
+    let (_, described) = run(&env, &["key", "describe", "--key-id", &key_id]);
+    assert_eq!(described["KeyMetadata"]["KeyState"], "Enabled");
+
+    let (ok, enc) = run(
+        &env,
+        &[
+            "encrypt",
+            "--key-id",
+            &key_id,
+            "--plaintext",
+            "bring your own key",
+        ],
+    );
+    assert!(ok, "{enc}");
+    let (ok, dec) = run(
+        &env,
+        &[
+            "decrypt",
+            "--ciphertext",
+            enc["CiphertextBlob"].as_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{dec}");
+    assert_eq!(
+        b64(dec["Plaintext"].as_str().unwrap()),
+        b"bring your own key"
+    );
+
+    // A used token is spent; other material is refused; the same material re-imports.
+    let (ok, err) = import(&encrypted, &token);
+    assert!(!ok);
+    assert_eq!(err["Error"]["Code"], "InvalidImportTokenException");
+    let (other, other_token) = wrap(&rand::random::<[u8; 32]>(), "other");
+    let (ok, err) = import(&other, &other_token);
+    assert!(!ok);
+    assert_eq!(err["Error"]["Code"], "IncorrectKeyMaterialException");
+    let (ok, _) = run(
+        &env,
+        &["key", "delete-imported-material", "--key-id", &key_id],
+    );
+    assert!(ok);
+    let (_, described) = run(&env, &["key", "describe", "--key-id", &key_id]);
+    assert_eq!(described["KeyMetadata"]["KeyState"], "PendingImport");
+    let (same, same_token) = wrap(&material, "same");
+    let (ok, out) = import(&same, &same_token);
+    assert!(ok, "{out}");
+    let (ok, dec) = run(
+        &env,
+        &[
+            "decrypt",
+            "--ciphertext",
+            enc["CiphertextBlob"].as_str().unwrap(),
+        ],
+    );
+    assert!(
+        ok,
+        "the same material decrypts what it encrypted before: {dec}"
+    );
+    let (ok, err) = run(
+        &env,
+        &["key", "rotation", "rotate-now", "--key-id", &key_id],
+    );
+    assert!(!ok);
+    assert_eq!(err["Error"]["Code"], "UnsupportedOperationException");
+    dev.stop();
 }

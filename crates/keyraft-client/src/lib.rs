@@ -912,6 +912,77 @@ impl Client {
         .await
     }
 
+    /// An RSA wrapping public key (DER) and an import token for importing key material
+    /// into an EXTERNAL key; valid for 24 hours.
+    pub async fn get_parameters_for_import(
+        &self,
+        key_id: &str,
+        wrapping_algorithm: &str,
+        wrapping_key_spec: &str,
+    ) -> Result<GetParametersForImportResponse, Error> {
+        let req = GetParametersForImportRequest {
+            key_id: key_id.to_string(),
+            wrapping_algorithm: wrapping_algorithm.to_string(),
+            wrapping_key_spec: wrapping_key_spec.to_string(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("GetParametersForImport"),
+            req,
+            |c, r| async move { Self::key(c).get_parameters_for_import(r).await },
+        )
+        .await
+    }
+
+    /// Imports 32 bytes of key material encrypted (RSAES-OAEP-SHA-256) to the wrapping
+    /// key; `valid_to` (ms since the Unix epoch) makes it expire.
+    pub async fn import_key_material(
+        &self,
+        key_id: &str,
+        import_token: &[u8],
+        encrypted_key_material: &[u8],
+        valid_to: Option<u64>,
+    ) -> Result<(), Error> {
+        let req = ImportKeyMaterialRequest {
+            key_id: key_id.to_string(),
+            import_token: import_token.to_vec(),
+            encrypted_key_material: encrypted_key_material.to_vec(),
+            expiration_model: if valid_to.is_some() {
+                "KEY_MATERIAL_EXPIRES"
+            } else {
+                "KEY_MATERIAL_DOES_NOT_EXPIRE"
+            }
+            .to_string(),
+            valid_to: valid_to.unwrap_or(0),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("ImportKeyMaterial"),
+            req,
+            |c, r| async move { Self::key(c).import_key_material(r).await },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes imported key material; the key returns to PendingImport.
+    pub async fn delete_imported_key_material(&self, key_id: &str) -> Result<(), Error> {
+        let req = DeleteImportedKeyMaterialRequest {
+            key_id: key_id.to_string(),
+            request_id: Self::request_id(),
+        };
+        self.call(
+            Route::Leader,
+            key_method!("DeleteImportedKeyMaterial"),
+            req,
+            |c, r| async move { Self::key(c).delete_imported_key_material(r).await },
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// The cluster's members, leader and per-node progress. Also refreshes this
     /// client's view: members' endpoints are added and the leader remembered.
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, Error> {

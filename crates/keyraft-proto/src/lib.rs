@@ -52,6 +52,7 @@ impl From<&KeyMetadata> for v1::KeyMetadata {
             enabled: m.key_state == keyraft_types::KeyState::Enabled,
             encryption_algorithms: vec![SYMMETRIC_DEFAULT.to_string()],
             deletion_date: m.deletion_date_ms.unwrap_or(0),
+            valid_to: m.valid_to_ms.unwrap_or(0),
         }
     }
 }

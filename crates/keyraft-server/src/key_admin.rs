@@ -508,3 +508,146 @@ pub(crate) async fn list_rotations(
         truncated,
     })
 }
+
+/// How long import parameters stay valid (as AWS: 24 hours).
+const IMPORT_TOKEN_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+pub(crate) async fn import_parameters(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: GetParametersForImportRequest,
+) -> Result<GetParametersForImportResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    call.record.request_parameters.encryption_algorithm = Some(req.wrapping_algorithm.clone());
+    call.record.request_parameters.key_spec = Some(req.wrapping_key_spec.clone());
+    match req.wrapping_algorithm.as_str() {
+        "" | "RSAES_OAEP_SHA_256" => {}
+        other => {
+            return Err(KmsError::new(
+                ErrorCode::UnsupportedOperation,
+                format!("WrappingAlgorithm {other} is not supported; use RSAES_OAEP_SHA_256"),
+            ))
+        }
+    }
+    let bits = match req.wrapping_key_spec.as_str() {
+        "" | "RSA_2048" => 2048,
+        "RSA_3072" => 3072,
+        "RSA_4096" => 4096,
+        other => {
+            return Err(KmsError::validation(format!(
+                "WrappingKeySpec {other} is not valid"
+            )))
+        }
+    };
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let token = hex_token();
+    let hsm = core.hsm.clone();
+    let token_for_hsm = token.clone();
+    // RSA key generation takes a while: keep it off the async workers.
+    let wrapping = tokio::task::spawn_blocking(move || {
+        hsm.generate_import_wrapping_key(bits, token_for_hsm.as_bytes())
+    })
+    .await
+    .map_err(|_| KmsError::internal())??;
+    let expires_ms = core.clock.now_ms() + IMPORT_TOKEN_TTL_MS;
+    let key_id = key.metadata.key_id;
+    let public_key_der = wrapping.public_key_der.clone();
+    let token_for_op = token.clone();
+    core.mutate(call, req.request_id, |audit| Op::StoreImportParameters {
+        key_id,
+        token: token_for_op,
+        public_key_der,
+        wrapped_private_key: wrapping.wrapped_private_key,
+        expires_ms,
+        audit,
+    })
+    .await?;
+    Ok(GetParametersForImportResponse {
+        key_id: key.metadata.arn,
+        public_key: wrapping.public_key_der,
+        import_token: token.into_bytes(),
+        parameters_valid_to: expires_ms,
+    })
+}
+
+fn hex_token() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) async fn import_material(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: ImportKeyMaterialRequest,
+) -> Result<ImportKeyMaterialResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    let valid_to = match (req.expiration_model.as_str(), req.valid_to) {
+        ("" | "KEY_MATERIAL_DOES_NOT_EXPIRE", 0) => None,
+        ("" | "KEY_MATERIAL_EXPIRES", t) if t > 0 => Some(t),
+        ("KEY_MATERIAL_EXPIRES", _) => {
+            return Err(KmsError::validation("KEY_MATERIAL_EXPIRES needs ValidTo"))
+        }
+        (_, _) => {
+            return Err(KmsError::validation(
+                "ValidTo goes only with KEY_MATERIAL_EXPIRES",
+            ))
+        }
+    };
+    if valid_to.is_some_and(|t| t <= core.clock.now_ms()) {
+        return Err(KmsError::validation("ValidTo must be in the future"));
+    }
+    let token = String::from_utf8(req.import_token.clone()).map_err(|_| {
+        KmsError::new(
+            ErrorCode::InvalidImportToken,
+            "The import token is invalid.",
+        )
+    })?;
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let params = match core.state.import_parameters(&token).map_err(internal)? {
+        Some(p) => Some(p),
+        None => {
+            core.read_barrier().await?;
+            core.state.import_parameters(&token).map_err(internal)?
+        }
+    }
+    .ok_or_else(|| {
+        KmsError::new(
+            ErrorCode::InvalidImportToken,
+            "The import token is invalid or was used already.",
+        )
+    })?;
+    if params.key_id != key.metadata.key_id {
+        return Err(KmsError::new(
+            ErrorCode::InvalidImportToken,
+            "The import token was issued for another key.",
+        ));
+    }
+    let wrapping = keyraft_hsm::ImportWrappingKey {
+        public_key_der: params.public_key_der,
+        wrapped_private_key: params.wrapped_private_key,
+    };
+    let version = key.metadata.current_version;
+    let (material, fingerprint) = core.hsm.import_key_material(
+        &wrapping,
+        token.as_bytes(),
+        &req.encrypted_key_material,
+        &key.metadata.key_id,
+        version,
+    )?;
+    let key_id = key.metadata.key_id;
+    expect_key(
+        core.mutate(call, req.request_id, |audit| Op::ImportKeyMaterial {
+            key_id,
+            token,
+            material: material.0,
+            fingerprint,
+            valid_to_ms: valid_to,
+            audit,
+        })
+        .await,
+    )?;
+    Ok(ImportKeyMaterialResponse {})
+}

@@ -305,8 +305,13 @@ impl KeyService for KeyApi {
                     }
                     let key_spec = KeySpec::parse(&req.key_spec)?;
                     let key_usage = KeyUsage::parse(&req.key_usage)?;
+                    let origin = Origin::parse(&req.origin)?;
                     let key_id = KeyId::random();
-                    let material = core.hsm.generate_key_material(&key_id, 1)?;
+                    // An EXTERNAL key gets its material by import, not from the HSM.
+                    let material = match origin {
+                        Origin::Kms => core.hsm.generate_key_material(&key_id, 1)?,
+                        Origin::External => keyraft_hsm::WrappedKey(Vec::new()),
+                    };
                     let account = call.principal.account.clone();
                     let arn = core.region.key_arn(&account, &key_id);
                     call.record.resources.push(arn.clone());
@@ -318,7 +323,7 @@ impl KeyService for KeyApi {
                         key_state: KeyState::Enabled,
                         key_spec,
                         key_usage,
-                        origin: Origin::Kms,
+                        origin,
                         key_manager: KeyManager::Customer,
                         creation_date_ms: core.clock.now_ms(),
                         epoch: 1,
@@ -915,6 +920,67 @@ impl KeyService for KeyApi {
                 true,
                 handler!(|core, call, req| {
                     crate::key_admin::list_rotations(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn get_parameters_for_import(
+        &self,
+        request: Request<GetParametersForImportRequest>,
+    ) -> Result<Response<GetParametersForImportResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "GetParametersForImport",
+                method!("GetParametersForImport"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::import_parameters(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn import_key_material(
+        &self,
+        request: Request<ImportKeyMaterialRequest>,
+    ) -> Result<Response<ImportKeyMaterialResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ImportKeyMaterial",
+                method!("ImportKeyMaterial"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::import_material(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn delete_imported_key_material(
+        &self,
+        request: Request<DeleteImportedKeyMaterialRequest>,
+    ) -> Result<Response<DeleteImportedKeyMaterialResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "DeleteImportedKeyMaterial",
+                method!("DeleteImportedKeyMaterial"),
+                false,
+                handler!(|core, call, req| {
+                    call.record.request_parameters.key_id = Some(req.key_id.clone());
+                    let key = core.owned_key(call, &req.key_id).await?;
+                    call.record.resources.push(key.metadata.arn.clone());
+                    let key_id = key.metadata.key_id;
+                    expect_key(
+                        core.mutate(call, req.request_id, |audit| {
+                            Op::DeleteImportedKeyMaterial { key_id, audit }
+                        })
+                        .await,
+                    )?;
+                    Ok(DeleteImportedKeyMaterialResponse {})
                 }),
             )
             .await

@@ -176,8 +176,8 @@ impl Node {
     }
 }
 
-/// The leader's time-driven work: when a scheduled deletion or an automatic rotation is
-/// due by the service clock, propose a tick carrying that clock's time and the new key
+/// The leader's time-driven work: when a scheduled deletion, an expiry of imported key
+/// material or an automatic rotation is due by the service clock, propose a tick carrying that clock's time and the new key
 /// versions this node's HSM prepared. Apply decides with that command alone, so every
 /// replica destroys and rotates the same keys.
 async fn run_ticker(core: Arc<NodeCore>) {
@@ -190,15 +190,15 @@ async fn run_ticker(core: Arc<NodeCore>) {
             continue;
         }
         let now = core.clock.now_ms();
-        let deletion_due = match core.state.next_deletion_due() {
-            Ok(due) => due.is_some_and(|due| due <= now),
-            Err(e) => {
-                tracing::error!(error = %e, "reading scheduled deletions");
+        let removal_due = match (core.state.next_deletion_due(), core.state.next_expiry_due()) {
+            (Ok(d), Ok(e)) => d.is_some_and(|d| d <= now) || e.is_some_and(|e| e <= now),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "reading scheduled deletions and expiries");
                 continue;
             }
         };
         let rotations = prepare_rotations(&core, now);
-        if !deletion_due && rotations.is_empty() {
+        if !removal_due && rotations.is_empty() {
             continue;
         }
         let cmd = Command {
