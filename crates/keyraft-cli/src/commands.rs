@@ -337,6 +337,51 @@ pub(crate) enum ClusterCommand {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum MacCommand {
+    /// The HMAC of a message under an HMAC key.
+    Generate {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// The message as text.
+        #[arg(
+            long,
+            conflicts_with = "message_file",
+            required_unless_present = "message_file"
+        )]
+        message: Option<String>,
+        /// Read the message from a file.
+        #[arg(long)]
+        message_file: Option<PathBuf>,
+        /// HMAC_SHA_256, HMAC_SHA_384 or HMAC_SHA_512.
+        #[arg(long)]
+        mac_algorithm: String,
+    },
+    /// Verify a MAC (exit status 1 and KMSInvalidMacException if it does not match).
+    Verify {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// The message as text.
+        #[arg(
+            long,
+            conflicts_with = "message_file",
+            required_unless_present = "message_file"
+        )]
+        message: Option<String>,
+        /// Read the message from a file.
+        #[arg(long)]
+        message_file: Option<PathBuf>,
+        /// HMAC_SHA_256, HMAC_SHA_384 or HMAC_SHA_512.
+        #[arg(long)]
+        mac_algorithm: String,
+        /// The MAC, base64.
+        #[arg(long)]
+        mac: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum ServiceKeyCommand {
     /// Create (or find) the service-managed key of a service (region administrator).
     Create {
@@ -799,6 +844,47 @@ pub(crate) async fn cluster(conn: &Connection, cmd: ClusterCommand) -> Result<Va
         }
         ClusterCommand::TransferLeader { node_id } => {
             json!({"Leader": c.transfer_leader(node_id).await?})
+        }
+    })
+}
+
+pub(crate) async fn mac(conn: &Connection, cmd: MacCommand) -> Result<Value, Error> {
+    let c = client(conn)?;
+    let message = |text: Option<String>, file: Option<PathBuf>| match (text, file) {
+        (Some(t), _) => Ok(t.into_bytes()),
+        (None, Some(f)) => read_file(&f),
+        (None, None) => Err(Error::Config(
+            "--message or --message-file is required".into(),
+        )),
+    };
+    Ok(match cmd {
+        MacCommand::Generate {
+            key_id,
+            message: text,
+            message_file,
+            mac_algorithm,
+        } => {
+            let r = c
+                .generate_mac(&key_id, &message(text, message_file)?, &mac_algorithm)
+                .await?;
+            json!({"KeyId": r.key_id, "Mac": b64(&r.mac), "MacAlgorithm": r.mac_algorithm})
+        }
+        MacCommand::Verify {
+            key_id,
+            message: text,
+            message_file,
+            mac_algorithm,
+            mac,
+        } => {
+            let r = c
+                .verify_mac(
+                    &key_id,
+                    &message(text, message_file)?,
+                    &mac_algorithm,
+                    &unb64(&mac)?,
+                )
+                .await?;
+            json!({"KeyId": r.key_id, "MacValid": r.mac_valid, "MacAlgorithm": r.mac_algorithm})
         }
     })
 }

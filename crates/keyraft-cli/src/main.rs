@@ -86,6 +86,13 @@ enum Top {
         #[command(subcommand)]
         command: commands::ClusterCommand,
     },
+    /// MACs with HMAC keys.
+    Mac {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: commands::MacCommand,
+    },
     /// Service-managed keys.
     ServiceKey {
         #[command(flatten)]
@@ -207,6 +214,7 @@ async fn run(cli: Cli) -> ExitCode {
         Top::Alias { conn, command } => output::finish(commands::alias(&conn, command).await),
         Top::Cluster { conn, command } => output::finish(commands::cluster(&conn, command).await),
         Top::Quota { conn, command } => output::finish(commands::quota(&conn, command).await),
+        Top::Mac { conn, command } => output::finish(commands::mac(&conn, command).await),
         Top::ServiceKey { conn, command } => {
             output::finish(commands::service_key(&conn, command).await)
         }

@@ -39,8 +39,13 @@ pub(crate) fn key_metadata(m: &KeyMetadata) -> Value {
         "KeyManager": m.key_manager,
         "KeySpec": m.key_spec,
         "CustomerMasterKeySpec": m.key_spec,
-        "EncryptionAlgorithms": m.encryption_algorithms,
     });
+    if !m.encryption_algorithms.is_empty() {
+        v["EncryptionAlgorithms"] = json!(m.encryption_algorithms);
+    }
+    if !m.mac_algorithms.is_empty() {
+        v["MacAlgorithms"] = json!(m.mac_algorithms);
+    }
     if m.valid_to != 0 {
         v["ValidTo"] = json!(m.valid_to as f64 / 1000.0);
         v["ExpirationModel"] = json!("KEY_MATERIAL_EXPIRES");

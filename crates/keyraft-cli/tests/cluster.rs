@@ -1258,3 +1258,82 @@ async fn service_managed_keys_serve_every_node_outside_the_quota_and_refuse_acco
         "Enabled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hmac_keys_generate_on_one_node_and_verify_on_another() {
+    use keyraft_client::types::CreateKeyRequest;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let (n1, n2, n3) = (
+        c.client_of(1).unwrap(),
+        c.client_of(2).unwrap(),
+        c.client_of(3).unwrap(),
+    );
+    let hmac = |spec: &str| CreateKeyRequest {
+        key_spec: spec.to_string(),
+        key_usage: "GENERATE_VERIFY_MAC".to_string(),
+        ..Default::default()
+    };
+    let key = n1.create_key_with(hmac("HMAC_384")).await.unwrap();
+    assert_eq!(key.key_usage, "GENERATE_VERIFY_MAC");
+    assert_eq!(key.mac_algorithms, ["HMAC_SHA_384"]);
+    assert!(key.encryption_algorithms.is_empty());
+
+    let mac = n2
+        .generate_mac(&key.key_id, b"pay 10 EUR", "HMAC_SHA_384")
+        .await
+        .unwrap();
+    assert_eq!(mac.mac.len(), 48);
+    let ok = n3
+        .verify_mac(&key.key_id, b"pay 10 EUR", "HMAC_SHA_384", &mac.mac)
+        .await
+        .unwrap();
+    assert!(ok.mac_valid);
+    assert_eq!(
+        code(
+            n1.verify_mac(&key.key_id, b"pay 99 EUR", "HMAC_SHA_384", &mac.mac)
+                .await
+        ),
+        Some(ErrorCode::InvalidMac)
+    );
+    assert_eq!(
+        code(n1.generate_mac(&key.key_id, b"x", "HMAC_SHA_256").await),
+        Some(ErrorCode::InvalidKeyUsage)
+    );
+
+    // Usage is enforced both ways, and HMAC keys do not rotate.
+    let symmetric = n1.create_key("aes").await.unwrap();
+    assert_eq!(
+        code(
+            n2.generate_mac(&symmetric.key_id, b"x", "HMAC_SHA_256")
+                .await
+        ),
+        Some(ErrorCode::InvalidKeyUsage)
+    );
+    assert_eq!(
+        code(n2.encrypt(&key.key_id, b"x", &ctx(&[])).await),
+        Some(ErrorCode::InvalidKeyUsage)
+    );
+    assert_eq!(
+        code(n3.rotate_key_on_demand(&key.key_id).await),
+        Some(ErrorCode::UnsupportedOperation)
+    );
+    let mismatched = CreateKeyRequest {
+        key_spec: "HMAC_256".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(n1.create_key_with(mismatched).await),
+        Some(ErrorCode::Validation)
+    );
+    let k512 = n1.create_key_with(hmac("HMAC_512")).await.unwrap();
+    assert_eq!(
+        n3.generate_mac(&k512.key_id, b"m", "HMAC_SHA_512")
+            .await
+            .unwrap()
+            .mac
+            .len(),
+        64
+    );
+}

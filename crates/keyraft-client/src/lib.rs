@@ -983,6 +983,50 @@ impl Client {
         .map(|_| ())
     }
 
+    /// The HMAC of `message` (1–4096 bytes) under an HMAC key.
+    pub async fn generate_mac(
+        &self,
+        key_id: &str,
+        message: &[u8],
+        mac_algorithm: &str,
+    ) -> Result<GenerateMacResponse, Error> {
+        let req = GenerateMacRequest {
+            key_id: key_id.to_string(),
+            message: message.to_vec(),
+            mac_algorithm: mac_algorithm.to_string(),
+        };
+        self.call(
+            Route::Any,
+            key_method!("GenerateMac"),
+            req,
+            |c, r| async move { Self::key(c).generate_mac(r).await },
+        )
+        .await
+    }
+
+    /// Verifies a MAC; a MAC that does not match is `KMSInvalidMacException`.
+    pub async fn verify_mac(
+        &self,
+        key_id: &str,
+        message: &[u8],
+        mac_algorithm: &str,
+        mac: &[u8],
+    ) -> Result<VerifyMacResponse, Error> {
+        let req = VerifyMacRequest {
+            key_id: key_id.to_string(),
+            message: message.to_vec(),
+            mac_algorithm: mac_algorithm.to_string(),
+            mac: mac.to_vec(),
+        };
+        self.call(
+            Route::Any,
+            key_method!("VerifyMac"),
+            req,
+            |c, r| async move { Self::key(c).verify_mac(r).await },
+        )
+        .await
+    }
+
     /// The cluster's members, leader and per-node progress. Also refreshes this
     /// client's view: members' endpoints are added and the leader remembered.
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, Error> {

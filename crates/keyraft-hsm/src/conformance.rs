@@ -28,6 +28,7 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Hsm>) {
     check_data_keys(hsm.as_ref());
     check_secrets(hsm.as_ref());
     check_import(hsm.as_ref());
+    check_mac(hsm.as_ref());
     check_transfer(make);
 }
 
@@ -336,4 +337,28 @@ pub fn check_import(hsm: &dyn Hsm) {
         Err(HsmError::InvalidCiphertext)
     ));
     assert!(hsm.generate_import_wrapping_key(1024, b"t").is_err());
+}
+
+/// HMAC keys: a MAC verifies for its message and key only.
+pub fn check_mac(hsm: &dyn Hsm) {
+    for (len, bits) in [(32usize, 256usize), (48, 384), (64, 512)] {
+        let id = KeyId::random();
+        let key = hsm.generate_mac_key(&id, 1, len).expect("mac key");
+        let mac = hsm.mac(&key, &id, 1, bits, b"message").expect("mac");
+        assert_eq!(mac.len(), bits / 8);
+        assert!(hsm
+            .verify_mac(&key, &id, 1, bits, b"message", &mac)
+            .expect("verify"));
+        assert!(!hsm
+            .verify_mac(&key, &id, 1, bits, b"messagf", &mac)
+            .expect("verify"));
+        let mut bad = mac.clone();
+        bad[0] ^= 1;
+        assert!(!hsm
+            .verify_mac(&key, &id, 1, bits, b"message", &bad)
+            .expect("verify"));
+        let other = hsm.generate_mac_key(&id, 1, len).expect("mac key");
+        assert_ne!(hsm.mac(&other, &id, 1, bits, b"message").expect("mac"), mac);
+    }
+    assert!(hsm.generate_mac_key(&KeyId::random(), 1, 16).is_err());
 }

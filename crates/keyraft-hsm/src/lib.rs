@@ -218,6 +218,37 @@ pub trait Hsm: Send + Sync + 'static {
         version: u32,
     ) -> Result<(WrappedKey, String), HsmError>;
 
+    /// Generates `len` bytes (32, 48 or 64) of HMAC key material for `version` of
+    /// `key_id`, wrapped under the domain key like any key material.
+    fn generate_mac_key(
+        &self,
+        key_id: &KeyId,
+        version: u32,
+        len: usize,
+    ) -> Result<WrappedKey, HsmError>;
+
+    /// HMAC of `message` under the wrapped key, with SHA-256, -384 or -512 (`bits`).
+    fn mac(
+        &self,
+        key: &WrappedKey,
+        key_id: &KeyId,
+        version: u32,
+        bits: usize,
+        message: &[u8],
+    ) -> Result<Vec<u8>, HsmError>;
+
+    /// Whether `mac` is the HMAC of `message` (compared in constant time).
+    #[allow(clippy::too_many_arguments)]
+    fn verify_mac(
+        &self,
+        key: &WrappedKey,
+        key_id: &KeyId,
+        version: u32,
+        bits: usize,
+        message: &[u8],
+        mac: &[u8],
+    ) -> Result<bool, HsmError>;
+
     /// Random bytes (1..=1024) from the HSM's generator.
     fn generate_random(&self, len: usize) -> Result<Vec<u8>, HsmError>;
 

@@ -101,6 +101,25 @@ fn key_aad(key_id: &KeyId, version: u32) -> Vec<u8> {
     aad
 }
 
+fn hmac_of(key: &[u8], bits: usize, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+    macro_rules! hmac_with {
+        ($digest:ty) => {{
+            let mut mac = <Hmac<$digest> as Mac>::new_from_slice(key)
+                .map_err(|_| HsmError::InvalidInput("bad HMAC key".into()))?;
+            mac.update(message);
+            Ok(mac.finalize().into_bytes().to_vec())
+        }};
+    }
+    match bits {
+        256 => hmac_with!(Sha256),
+        384 => hmac_with!(sha2::Sha384),
+        512 => hmac_with!(sha2::Sha512),
+        other => Err(HsmError::InvalidInput(format!(
+            "HMAC with SHA-{other} is not supported"
+        ))),
+    }
+}
+
 fn import_purpose(token: &[u8]) -> Vec<u8> {
     [b"keyraft-import-wrapping-key:".as_slice(), token].concat()
 }
@@ -202,6 +221,21 @@ impl SoftHsm {
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
         k.copy_from_slice(&plain);
         Ok(k)
+    }
+
+    /// Unwraps key material of any length (HMAC keys are 32, 48 or 64 bytes).
+    fn unwrap_any(
+        &self,
+        key: &WrappedKey,
+        key_id: &KeyId,
+        version: u32,
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let domain = self.domain_key()?;
+        if key.0.len() < NONCE_LEN {
+            return Err(HsmError::UnwrapFailed);
+        }
+        let (nonce, ct) = key.0.split_at(NONCE_LEN);
+        open_with(&domain, nonce, ct, &key_aad(key_id, version)).ok_or(HsmError::UnwrapFailed)
     }
 
     fn message_key(material: &[u8; KEY_LEN], key_id: &KeyId, version: u32, salt: &[u8]) -> Key {
@@ -401,6 +435,57 @@ impl Hsm for SoftHsm {
                 .collect()
         };
         Ok((WrappedKey([nonce.as_slice(), &ct].concat()), fingerprint))
+    }
+
+    fn generate_mac_key(
+        &self,
+        key_id: &KeyId,
+        version: u32,
+        len: usize,
+    ) -> Result<WrappedKey, HsmError> {
+        if ![32, 48, 64].contains(&len) {
+            return Err(HsmError::InvalidInput(format!(
+                "an HMAC key is 32, 48 or 64 bytes, not {len}"
+            )));
+        }
+        let domain = self.domain_key()?;
+        let mut material = Zeroizing::new(vec![0u8; len]);
+        OsRng.fill_bytes(&mut material);
+        let nonce: [u8; NONCE_LEN] = random();
+        let ct = seal_with(&domain, &nonce, &material, &key_aad(key_id, version))?;
+        Ok(WrappedKey([nonce.as_slice(), &ct].concat()))
+    }
+
+    fn mac(
+        &self,
+        key: &WrappedKey,
+        key_id: &KeyId,
+        version: u32,
+        bits: usize,
+        message: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let material = self.unwrap_any(key, key_id, version)?;
+        hmac_of(&material, bits, message)
+    }
+
+    fn verify_mac(
+        &self,
+        key: &WrappedKey,
+        key_id: &KeyId,
+        version: u32,
+        bits: usize,
+        message: &[u8],
+        mac: &[u8],
+    ) -> Result<bool, HsmError> {
+        let expected = self.mac(key, key_id, version, bits, message)?;
+        // Constant time: every byte is compared whatever the first difference.
+        let same = expected.len() == mac.len()
+            && expected
+                .iter()
+                .zip(mac)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        Ok(same)
     }
 
     fn generate_random(&self, len: usize) -> Result<Vec<u8>, HsmError> {

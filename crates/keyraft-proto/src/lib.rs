@@ -50,7 +50,16 @@ impl From<&KeyMetadata> for v1::KeyMetadata {
             key_manager: m.key_manager.as_str().to_string(),
             creation_date: m.creation_date_ms,
             enabled: m.key_state == keyraft_types::KeyState::Enabled,
-            encryption_algorithms: vec![SYMMETRIC_DEFAULT.to_string()],
+            encryption_algorithms: match m.key_usage {
+                keyraft_types::KeyUsage::EncryptDecrypt => vec![SYMMETRIC_DEFAULT.to_string()],
+                keyraft_types::KeyUsage::GenerateVerifyMac => Vec::new(),
+            },
+            mac_algorithms: m
+                .key_spec
+                .mac_algorithm()
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
             deletion_date: m.deletion_date_ms.unwrap_or(0),
             valid_to: m.valid_to_ms.unwrap_or(0),
         }

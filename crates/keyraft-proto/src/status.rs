@@ -40,7 +40,8 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::Tag
         | ErrorCode::IncorrectKeyMaterial
         | ErrorCode::ExpiredImportToken
-        | ErrorCode::InvalidImportToken => Code::InvalidArgument,
+        | ErrorCode::InvalidImportToken
+        | ErrorCode::InvalidMac => Code::InvalidArgument,
         ErrorCode::LimitExceeded | ErrorCode::Throttling => Code::ResourceExhausted,
         ErrorCode::AccessDenied => Code::PermissionDenied,
         ErrorCode::AlreadyExists => Code::AlreadyExists,

@@ -145,6 +145,53 @@ pub(crate) fn internal(e: keyraft_state::StateError) -> KmsError {
     KmsError::internal()
 }
 
+/// The HMAC key a GenerateMac/VerifyMac names, checked for usage and algorithm, with
+/// the SHA-2 size its algorithm uses; records the key check for apply.
+async fn mac_key(
+    core: &NodeCore,
+    call: &mut Call,
+    key_ref: &str,
+    algorithm: &str,
+    message: &[u8],
+    op: CryptoOperation,
+) -> Result<(KeyRecord, usize), KmsError> {
+    let p = &mut call.record.request_parameters;
+    p.key_id = Some(key_ref.to_string());
+    p.encryption_algorithm = Some(algorithm.to_string());
+    if message.is_empty() || message.len() > MAX_PLAINTEXT {
+        return Err(KmsError::validation(format!(
+            "message must be 1 to {MAX_PLAINTEXT} bytes"
+        )));
+    }
+    let bits = match algorithm {
+        "HMAC_SHA_256" => 256,
+        "HMAC_SHA_384" => 384,
+        "HMAC_SHA_512" => 512,
+        other => {
+            return Err(KmsError::validation(format!(
+                "Value '{other}' at 'macAlgorithm' failed to satisfy constraint: Member must satisfy enum value set: [HMAC_SHA_384, HMAC_SHA_256, HMAC_SHA_512]"
+            )))
+        }
+    };
+    let key = core.usable_key(call, key_ref, op).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    if key.metadata.key_spec.mac_algorithm() != Some(algorithm) {
+        return Err(KmsError::new(
+            ErrorCode::InvalidKeyUsage,
+            format!(
+                "{algorithm} is not valid for a {} key",
+                key.metadata.key_spec.as_str()
+            ),
+        ));
+    }
+    call.record.key_checks.push(KeyCheck {
+        key_id: key.metadata.key_id.clone(),
+        epoch: key.metadata.epoch,
+        operation: op,
+    });
+    Ok((key, bits))
+}
+
 pub(crate) fn check_context(ctx: &EncryptionContext) -> Result<(), KmsError> {
     let size: usize = ctx.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_CONTEXT_BYTES {
@@ -306,11 +353,30 @@ impl KeyService for KeyApi {
                     let key_spec = KeySpec::parse(&req.key_spec)?;
                     let key_usage = KeyUsage::parse(&req.key_usage)?;
                     let origin = Origin::parse(&req.origin)?;
+                    if key_usage != key_spec.usage() {
+                        return Err(KmsError::validation(format!(
+                            "KeyUsage {} is not valid for KeySpec {}; use {}",
+                            key_usage.as_str(),
+                            key_spec.as_str(),
+                            key_spec.usage().as_str()
+                        )));
+                    }
+                    if origin == Origin::External && key_spec != KeySpec::SymmetricDefault {
+                        return Err(KmsError::new(
+                            ErrorCode::UnsupportedOperation,
+                            "imported key material is supported for SYMMETRIC_DEFAULT keys only",
+                        ));
+                    }
                     let key_id = KeyId::random();
                     // An EXTERNAL key gets its material by import, not from the HSM.
-                    let material = match origin {
-                        Origin::Kms => core.hsm.generate_key_material(&key_id, 1)?,
-                        Origin::External => keyraft_hsm::WrappedKey(Vec::new()),
+                    let material = match (origin, key_spec) {
+                        (Origin::External, _) => keyraft_hsm::WrappedKey(Vec::new()),
+                        (Origin::Kms, KeySpec::SymmetricDefault) => {
+                            core.hsm.generate_key_material(&key_id, 1)?
+                        }
+                        (Origin::Kms, hmac) => {
+                            core.hsm.generate_mac_key(&key_id, 1, hmac.material_len())?
+                        }
                     };
                     let account = call.principal.account.clone();
                     let arn = core.region.key_arn(&account, &key_id);
@@ -981,6 +1047,89 @@ impl KeyService for KeyApi {
                         .await,
                     )?;
                     Ok(DeleteImportedKeyMaterialResponse {})
+                }),
+            )
+            .await
+    }
+
+    async fn generate_mac(
+        &self,
+        request: Request<GenerateMacRequest>,
+    ) -> Result<Response<GenerateMacResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "GenerateMac",
+                method!("GenerateMac"),
+                false,
+                handler!(|core, call, req| {
+                    let (key, bits) = mac_key(
+                        &core,
+                        call,
+                        &req.key_id,
+                        &req.mac_algorithm,
+                        &req.message,
+                        CryptoOperation::GenerateMac,
+                    )
+                    .await?;
+                    let version = key.metadata.current_version;
+                    let mac = core.hsm.mac(
+                        &material(&key, version)?,
+                        &key.metadata.key_id,
+                        version,
+                        bits,
+                        &req.message,
+                    )?;
+                    Ok(GenerateMacResponse {
+                        key_id: key.metadata.arn,
+                        mac,
+                        mac_algorithm: req.mac_algorithm,
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn verify_mac(
+        &self,
+        request: Request<VerifyMacRequest>,
+    ) -> Result<Response<VerifyMacResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "VerifyMac",
+                method!("VerifyMac"),
+                false,
+                handler!(|core, call, req| {
+                    let (key, bits) = mac_key(
+                        &core,
+                        call,
+                        &req.key_id,
+                        &req.mac_algorithm,
+                        &req.message,
+                        CryptoOperation::VerifyMac,
+                    )
+                    .await?;
+                    let version = key.metadata.current_version;
+                    let valid = core.hsm.verify_mac(
+                        &material(&key, version)?,
+                        &key.metadata.key_id,
+                        version,
+                        bits,
+                        &req.message,
+                        &req.mac,
+                    )?;
+                    if !valid {
+                        return Err(KmsError::new(
+                            ErrorCode::InvalidMac,
+                            "The MAC does not match the message and key.",
+                        ));
+                    }
+                    Ok(VerifyMacResponse {
+                        key_id: key.metadata.arn,
+                        mac_valid: true,
+                        mac_algorithm: req.mac_algorithm,
+                    })
                 }),
             )
             .await

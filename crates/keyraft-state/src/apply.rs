@@ -844,8 +844,19 @@ fn create_service_key(
     Ok(Ok(Reply::Key(Box::new(record.metadata))))
 }
 
-/// Imported key material cannot be rotated by the service.
+/// Only the service's own symmetric key material rotates: not imported material, not
+/// HMAC keys.
 fn refuse_imported(record: &KeyRecord, what: &str) -> Option<KmsError> {
+    if record.metadata.key_spec != keyraft_types::KeySpec::SymmetricDefault {
+        return Some(KmsError::new(
+            ErrorCode::UnsupportedOperation,
+            format!(
+                "{} is a {} key: {what} is supported for SYMMETRIC_DEFAULT keys only",
+                record.metadata.arn,
+                record.metadata.key_spec.as_str()
+            ),
+        ));
+    }
     (record.metadata.origin == Origin::External).then(|| {
         KmsError::new(
             ErrorCode::UnsupportedOperation,

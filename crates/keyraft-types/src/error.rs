@@ -49,6 +49,8 @@ pub enum ErrorCode {
     ExpiredImportToken,
     /// The import token is not one issued for this key.
     InvalidImportToken,
+    /// VerifyMac: the MAC does not match the message.
+    InvalidMac,
     /// The access key id is unknown (or disabled).
     UnrecognizedClient,
     /// The request signature is wrong, stale or replayed.
@@ -70,7 +72,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests of the wire tables.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::NotFound,
         ErrorCode::Disabled,
         ErrorCode::InvalidState,
@@ -89,6 +91,7 @@ impl ErrorCode {
         ErrorCode::IncorrectKeyMaterial,
         ErrorCode::ExpiredImportToken,
         ErrorCode::InvalidImportToken,
+        ErrorCode::InvalidMac,
         ErrorCode::UnrecognizedClient,
         ErrorCode::InvalidSignature,
         ErrorCode::Throttling,
@@ -120,6 +123,7 @@ impl ErrorCode {
             ErrorCode::IncorrectKeyMaterial => "IncorrectKeyMaterialException",
             ErrorCode::ExpiredImportToken => "ExpiredImportTokenException",
             ErrorCode::InvalidImportToken => "InvalidImportTokenException",
+            ErrorCode::InvalidMac => "KMSInvalidMacException",
             ErrorCode::UnrecognizedClient => "UnrecognizedClientException",
             ErrorCode::InvalidSignature => "InvalidSignatureException",
             ErrorCode::Throttling => "ThrottlingException",

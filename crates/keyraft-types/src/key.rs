@@ -45,6 +45,12 @@ impl KeyState {
 pub enum KeySpec {
     /// AES-256-GCM.
     SymmetricDefault,
+    /// HMAC with SHA-256 (a 256-bit key).
+    Hmac256,
+    /// HMAC with SHA-384 (a 384-bit key).
+    Hmac384,
+    /// HMAC with SHA-512 (a 512-bit key).
+    Hmac512,
 }
 
 impl KeySpec {
@@ -52,6 +58,36 @@ impl KeySpec {
     pub fn as_str(self) -> &'static str {
         match self {
             KeySpec::SymmetricDefault => "SYMMETRIC_DEFAULT",
+            KeySpec::Hmac256 => "HMAC_256",
+            KeySpec::Hmac384 => "HMAC_384",
+            KeySpec::Hmac512 => "HMAC_512",
+        }
+    }
+
+    /// The key material's length in bytes.
+    pub fn material_len(self) -> usize {
+        match self {
+            KeySpec::SymmetricDefault | KeySpec::Hmac256 => 32,
+            KeySpec::Hmac384 => 48,
+            KeySpec::Hmac512 => 64,
+        }
+    }
+
+    /// The MAC algorithm of an HMAC spec (`HMAC_SHA_256`, ...).
+    pub fn mac_algorithm(self) -> Option<&'static str> {
+        match self {
+            KeySpec::SymmetricDefault => None,
+            KeySpec::Hmac256 => Some("HMAC_SHA_256"),
+            KeySpec::Hmac384 => Some("HMAC_SHA_384"),
+            KeySpec::Hmac512 => Some("HMAC_SHA_512"),
+        }
+    }
+
+    /// The usage a key of this spec must have.
+    pub fn usage(self) -> KeyUsage {
+        match self {
+            KeySpec::SymmetricDefault => KeyUsage::EncryptDecrypt,
+            _ => KeyUsage::GenerateVerifyMac,
         }
     }
 
@@ -59,6 +95,9 @@ impl KeySpec {
     pub fn parse(s: &str) -> Result<Self, KmsError> {
         match s {
             "" | "SYMMETRIC_DEFAULT" => Ok(KeySpec::SymmetricDefault),
+            "HMAC_256" => Ok(KeySpec::Hmac256),
+            "HMAC_384" => Ok(KeySpec::Hmac384),
+            "HMAC_512" => Ok(KeySpec::Hmac512),
             other => Err(KmsError::new(
                 ErrorCode::UnsupportedOperation,
                 format!("KeySpec '{}' is not supported", crate::ids::truncate(other)),
@@ -72,6 +111,8 @@ impl KeySpec {
 pub enum KeyUsage {
     /// Encrypt, Decrypt, GenerateDataKey*.
     EncryptDecrypt,
+    /// GenerateMac, VerifyMac.
+    GenerateVerifyMac,
 }
 
 impl KeyUsage {
@@ -79,6 +120,7 @@ impl KeyUsage {
     pub fn as_str(self) -> &'static str {
         match self {
             KeyUsage::EncryptDecrypt => "ENCRYPT_DECRYPT",
+            KeyUsage::GenerateVerifyMac => "GENERATE_VERIFY_MAC",
         }
     }
 
@@ -86,6 +128,7 @@ impl KeyUsage {
     pub fn parse(s: &str) -> Result<Self, KmsError> {
         match s {
             "" | "ENCRYPT_DECRYPT" => Ok(KeyUsage::EncryptDecrypt),
+            "GENERATE_VERIFY_MAC" => Ok(KeyUsage::GenerateVerifyMac),
             other => Err(KmsError::new(
                 ErrorCode::UnsupportedOperation,
                 format!(
@@ -160,6 +203,10 @@ pub enum CryptoOperation {
     GenerateDataKey,
     /// GenerateDataKeyWithoutPlaintext.
     GenerateDataKeyWithoutPlaintext,
+    /// GenerateMac.
+    GenerateMac,
+    /// VerifyMac.
+    VerifyMac,
 }
 
 impl CryptoOperation {
@@ -170,6 +217,8 @@ impl CryptoOperation {
             CryptoOperation::Decrypt => "Decrypt",
             CryptoOperation::GenerateDataKey => "GenerateDataKey",
             CryptoOperation::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
+            CryptoOperation::GenerateMac => "GenerateMac",
+            CryptoOperation::VerifyMac => "VerifyMac",
         }
     }
 }
@@ -270,8 +319,28 @@ impl KeyMetadata {
                 ))
             }
         }
-        match (self.key_usage, op) {
-            (KeyUsage::EncryptDecrypt, _) => Ok(()),
+        let allowed = match self.key_usage {
+            KeyUsage::EncryptDecrypt => !matches!(
+                op,
+                CryptoOperation::GenerateMac | CryptoOperation::VerifyMac
+            ),
+            KeyUsage::GenerateVerifyMac => matches!(
+                op,
+                CryptoOperation::GenerateMac | CryptoOperation::VerifyMac
+            ),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(KmsError::new(
+                ErrorCode::InvalidKeyUsage,
+                format!(
+                    "{} key usage is {}, which does not allow {}",
+                    self.arn,
+                    self.key_usage.as_str(),
+                    op.as_str()
+                ),
+            ))
         }
     }
 }
