@@ -64,18 +64,15 @@ pub(crate) async fn update_description(
             "description must be at most {MAX_DESCRIPTION} characters"
         )));
     }
-    let key = core.owned_key(call, &req.key_id).await?;
-    call.record.resources.push(key.metadata.arn.clone());
-    let key_id = key.metadata.key_id;
     let description = req.description;
-    expect_key(
-        core.mutate(call, req.request_id, |audit| Op::UpdateKeyDescription {
+    core.mutate_key(call, &req.key_id, req.request_id, |key_id, audit| {
+        Op::UpdateKeyDescription {
             key_id,
             description,
             audit,
-        })
-        .await,
-    )?;
+        }
+    })
+    .await?;
     Ok(UpdateKeyDescriptionResponse {})
 }
 
@@ -220,17 +217,14 @@ pub(crate) async fn tag(
         }
         tags.insert(t.tag_key, t.tag_value);
     }
-    let key = core.owned_key(call, &req.key_id).await?;
-    call.record.resources.push(key.metadata.arn.clone());
-    let key_id = key.metadata.key_id;
-    expect_key(
-        core.mutate(call, req.request_id, |audit| Op::TagResource {
+    core.mutate_key(call, &req.key_id, req.request_id, |key_id, audit| {
+        Op::TagResource {
             key_id,
             tags,
             audit,
-        })
-        .await,
-    )?;
+        }
+    })
+    .await?;
     Ok(TagResourceResponse {})
 }
 
@@ -247,18 +241,15 @@ pub(crate) async fn untag(
     for k in &req.tag_keys {
         check_tag_key(k)?;
     }
-    let key = core.owned_key(call, &req.key_id).await?;
-    call.record.resources.push(key.metadata.arn.clone());
-    let key_id = key.metadata.key_id;
     let tag_keys = req.tag_keys;
-    expect_key(
-        core.mutate(call, req.request_id, |audit| Op::UntagResource {
+    core.mutate_key(call, &req.key_id, req.request_id, |key_id, audit| {
+        Op::UntagResource {
             key_id,
             tag_keys,
             audit,
-        })
-        .await,
-    )?;
+        }
+    })
+    .await?;
     Ok(UntagResourceResponse {})
 }
 
@@ -370,17 +361,15 @@ pub(crate) async fn schedule_deletion(
             )))
         }
     };
-    let key = core.owned_key(call, &req.key_id).await?;
-    call.record.resources.push(key.metadata.arn.clone());
-    let key_id = key.metadata.key_id;
-    let key = expect_key(
-        core.mutate(call, req.request_id, |audit| Op::ScheduleKeyDeletion {
-            key_id,
-            pending_window_days: days,
-            audit,
+    let key = core
+        .mutate_key(call, &req.key_id, req.request_id, |key_id, audit| {
+            Op::ScheduleKeyDeletion {
+                key_id,
+                pending_window_days: days,
+                audit,
+            }
         })
-        .await,
-    )?;
+        .await?;
     Ok(ScheduleKeyDeletionResponse {
         key_id: key.arn,
         deletion_date: key.deletion_date_ms.unwrap_or(0),
@@ -395,16 +384,11 @@ pub(crate) async fn cancel_deletion(
     req: CancelKeyDeletionRequest,
 ) -> Result<CancelKeyDeletionResponse, KmsError> {
     call.record.request_parameters.key_id = Some(req.key_id.clone());
-    let key = core.owned_key(call, &req.key_id).await?;
-    call.record.resources.push(key.metadata.arn.clone());
-    let key_id = key.metadata.key_id;
-    let key = expect_key(
-        core.mutate(call, req.request_id, |audit| Op::CancelKeyDeletion {
-            key_id,
-            audit,
+    let key = core
+        .mutate_key(call, &req.key_id, req.request_id, |key_id, audit| {
+            Op::CancelKeyDeletion { key_id, audit }
         })
-        .await,
-    )?;
+        .await?;
     Ok(CancelKeyDeletionResponse { key_id: key.arn })
 }
 
@@ -417,17 +401,14 @@ pub(crate) async fn set_rotation(
     period_days: Option<u32>,
 ) -> Result<(), KmsError> {
     call.record.request_parameters.key_id = Some(key_ref.clone());
-    let key = core.owned_key(call, &key_ref).await?;
-    call.record.resources.push(key.metadata.arn.clone());
-    let key_id = key.metadata.key_id;
-    expect_key(
-        core.mutate(call, request_id, |audit| Op::SetKeyRotation {
+    core.mutate_key(call, &key_ref, request_id, |key_id, audit| {
+        Op::SetKeyRotation {
             key_id,
             period_days,
             audit,
-        })
-        .await,
-    )?;
+        }
+    })
+    .await?;
     Ok(())
 }
 

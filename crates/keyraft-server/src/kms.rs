@@ -101,6 +101,26 @@ impl NodeCore {
         Ok(key)
     }
 
+    /// The common shape of a key mutation: record the key the caller named, load it
+    /// (the caller's own), name it as the resource, and propose `op` for it with the
+    /// call's audit record. Returns the key after the change.
+    pub(crate) async fn mutate_key(
+        &self,
+        call: &mut Call,
+        key_ref: &str,
+        given_request_id: String,
+        op: impl FnOnce(KeyId, Box<AuditRecord>) -> Op,
+    ) -> Result<KeyMetadata, KmsError> {
+        call.record.request_parameters.key_id = Some(key_ref.to_string());
+        let key = self.owned_key(call, key_ref).await?;
+        call.record.resources.push(key.metadata.arn.clone());
+        let key_id = key.metadata.key_id;
+        expect_key(
+            self.mutate(call, given_request_id, |audit| op(key_id, audit))
+                .await,
+        )
+    }
+
     /// Proposes a mutation whose audit record is the call's own: `op` receives the
     /// record, and the command carries the caller's request id (or a fresh one).
     pub(crate) async fn mutate(
@@ -277,18 +297,12 @@ impl KeyApi {
         rid: String,
         enabled: bool,
     ) -> Result<(), KmsError> {
-        call.record.request_parameters.key_id = Some(key_ref.clone());
-        let key = core.owned_key(call, &key_ref).await?;
-        call.record.resources.push(key.metadata.arn.clone());
-        let key_id = key.metadata.key_id;
-        expect_key(
-            core.mutate(call, rid, |audit| Op::SetKeyEnabled {
-                key_id,
-                enabled,
-                audit,
-            })
-            .await,
-        )
+        core.mutate_key(call, &key_ref, rid, |key_id, audit| Op::SetKeyEnabled {
+            key_id,
+            enabled,
+            audit,
+        })
+        .await
         .map(|_| ())
     }
 
@@ -1036,16 +1050,10 @@ impl KeyService for KeyApi {
                 method!("DeleteImportedKeyMaterial"),
                 false,
                 handler!(|core, call, req| {
-                    call.record.request_parameters.key_id = Some(req.key_id.clone());
-                    let key = core.owned_key(call, &req.key_id).await?;
-                    call.record.resources.push(key.metadata.arn.clone());
-                    let key_id = key.metadata.key_id;
-                    expect_key(
-                        core.mutate(call, req.request_id, |audit| {
-                            Op::DeleteImportedKeyMaterial { key_id, audit }
-                        })
-                        .await,
-                    )?;
+                    core.mutate_key(call, &req.key_id, req.request_id, |key_id, audit| {
+                        Op::DeleteImportedKeyMaterial { key_id, audit }
+                    })
+                    .await?;
                     Ok(DeleteImportedKeyMaterialResponse {})
                 }),
             )

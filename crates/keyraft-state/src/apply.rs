@@ -846,7 +846,7 @@ fn create_service_key(
 
 /// Only the service's own symmetric key material rotates: not imported material, not
 /// HMAC keys.
-fn refuse_imported(record: &KeyRecord, what: &str) -> Option<KmsError> {
+fn refuse_rotation(record: &KeyRecord, what: &str) -> Option<KmsError> {
     if record.metadata.key_spec != keyraft_types::KeySpec::SymmetricDefault {
         return Some(KmsError::new(
             ErrorCode::UnsupportedOperation,
@@ -882,11 +882,8 @@ fn external_key(txn: &Txn<'_>, key_id: &KeyId) -> Result<Result<KeyRecord, KmsEr
             ),
         )));
     }
-    if record.metadata.key_state == KeyState::PendingDeletion {
-        return Ok(Err(KmsError::new(
-            ErrorCode::InvalidState,
-            format!("{} is pending deletion", record.metadata.arn),
-        )));
+    if let Some(e) = pending_deletion(&record) {
+        return Ok(Err(e));
     }
     Ok(Ok(record))
 }
@@ -1041,11 +1038,8 @@ fn change_key(
     if let Some(e) = refuse_service_key(&record, "changing its description or tags") {
         return Ok(Err(e));
     }
-    if record.metadata.key_state == KeyState::PendingDeletion {
-        return Ok(Err(KmsError::new(
-            ErrorCode::InvalidState,
-            format!("{} is pending deletion", record.metadata.arn),
-        )));
+    if let Some(e) = pending_deletion(&record) {
+        return Ok(Err(e));
     }
     if let Err(e) = change(&mut record) {
         return Ok(Err(e));
@@ -1102,13 +1096,10 @@ fn schedule_deletion(
     if let Some(e) = refuse_service_key(&record, "deleting it") {
         return Ok(Err(e));
     }
-    let m = &mut record.metadata;
-    if m.key_state == KeyState::PendingDeletion {
-        return Ok(Err(KmsError::new(
-            ErrorCode::InvalidState,
-            format!("{} is pending deletion", m.arn),
-        )));
+    if let Some(e) = pending_deletion(&record) {
+        return Ok(Err(e));
     }
+    let m = &mut record.metadata;
     let due = time_ms.saturating_add(u64::from(days) * DAY_MS);
     m.key_state = KeyState::PendingDeletion;
     m.deletion_date_ms = Some(due);
@@ -1258,6 +1249,16 @@ fn tick(
     Ok(Ok(Reply::Deleted(deleted)))
 }
 
+/// The refusal of a change to a key pending deletion.
+fn pending_deletion(record: &KeyRecord) -> Option<KmsError> {
+    (record.metadata.key_state == KeyState::PendingDeletion).then(|| {
+        KmsError::new(
+            ErrorCode::InvalidState,
+            format!("{} is pending deletion", record.metadata.arn),
+        )
+    })
+}
+
 /// The audit record of something the service did by itself in a tick.
 fn service_event(cmd: &Command, node_id: NodeId, name: &str, account: &AccountId) -> AuditRecord {
     AuditRecord {
@@ -1295,16 +1296,13 @@ fn set_rotation(
     if let Some(e) = refuse_service_key(&record, "changing its rotation") {
         return Ok(Err(e));
     }
-    if let Some(e) = refuse_imported(&record, "automatic rotation") {
+    if let Some(e) = refuse_rotation(&record, "automatic rotation") {
+        return Ok(Err(e));
+    }
+    if let Some(e) = pending_deletion(&record) {
         return Ok(Err(e));
     }
     let m = &mut record.metadata;
-    if m.key_state == KeyState::PendingDeletion {
-        return Ok(Err(KmsError::new(
-            ErrorCode::InvalidState,
-            format!("{} is pending deletion", m.arn),
-        )));
-    }
     if let Some(due) = m.next_rotation_ms.take() {
         txn.delete(keys::rotation(due, key_id));
     }
@@ -1331,7 +1329,7 @@ fn rotate(
     let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
         return Ok(Err(KmsError::key_not_found(key_id.as_str())));
     };
-    if let Some(e) = refuse_imported(&record, "rotation") {
+    if let Some(e) = refuse_rotation(&record, "rotation") {
         return Ok(Err(e));
     }
     let m = &mut record.metadata;
@@ -1404,11 +1402,8 @@ fn alias_target(
     if let Some(e) = refuse_service_key(&key, "giving it an alias") {
         return Ok(Err(e));
     }
-    if key.metadata.key_state == KeyState::PendingDeletion {
-        return Ok(Err(KmsError::new(
-            ErrorCode::InvalidState,
-            format!("{} is pending deletion", key.metadata.arn),
-        )));
+    if let Some(e) = pending_deletion(&key) {
+        return Ok(Err(e));
     }
     Ok(Ok(key))
 }
