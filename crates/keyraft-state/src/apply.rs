@@ -1121,7 +1121,12 @@ fn cancel_deletion(txn: &mut Txn<'_>, key_id: &KeyId) -> Result<Response, StateE
         )));
     };
     txn.delete(keys::deletion(due, key_id));
-    m.key_state = KeyState::Disabled;
+    // As AWS: a key returns Disabled, or PendingImport if it has no key material.
+    m.key_state = if record.versions.is_empty() {
+        KeyState::PendingImport
+    } else {
+        KeyState::Disabled
+    };
     m.deletion_date_ms = None;
     m.epoch += 1;
     txn.put(keys::key(key_id), &record)?;

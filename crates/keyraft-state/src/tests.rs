@@ -664,6 +664,11 @@ fn aliases_descriptions_and_tags() {
 }
 
 #[test]
+fn state_operation_matrix() {
+    run_file("state_matrix.test");
+}
+
+#[test]
 fn imported_key_material() {
     run_file("import.test");
 }
