@@ -1,19 +1,42 @@
 //! The ciphertext blob: self-describing, versioned, authenticated.
 //!
 //! ```text
-//! "KRC1" | key id length: u8 | key id (ASCII) | backing version: u32 BE
-//!        | salt: 16 bytes | nonce: 12 bytes | AES-256-GCM ciphertext || tag (16)
+//! offset  size  field
+//! 0       4     magic and format version: "KRC1"
+//! 4       1     key id length n (a key id is a 36-character UUID today)
+//! 5       n     key id (ASCII, the canonical hyphenated lowercase UUID)
+//! 5+n     4     backing-key version, u32 big-endian
+//! 9+n     16    salt (random per message)
+//! 25+n    12    nonce (random per message)
+//! 37+n    ..    AES-256-GCM ciphertext || tag (16)
 //! ```
+//!
+//! # Why self-describing
+//!
+//! Like AWS KMS, Decrypt does not ask the caller which key was used: the blob says so.
+//! [`CiphertextBlob::parse`] reads the key id and backing version from the header
+//! without any key material, so the server can look the key up, check permissions and
+//! load the right wrapped version before the HSM is involved. The magic doubles as the
+//! format version: a future layout gets a new magic and old blobs keep decrypting.
+//!
+//! # Why a derived key per message
 //!
 //! The AES key of one message is derived from the backing key:
 //! `HKDF-SHA256(ikm = backing key, salt, info = "keyraft-ciphertext-v1" || key id ||
-//! version)`. With a fresh random salt per message, a key can encrypt far more than the
-//! 2^32 messages that random 96-bit GCM nonces allow under one key. The AAD is the whole
-//! header (everything before the GCM output) followed by the canonical encryption
-//! context, so neither the header nor the context can be changed without detection.
+//! version BE)`. AES-GCM with random 96-bit nonces is only safe for about 2^32
+//! messages under one key (beyond that a nonce collision, which reveals the XOR of
+//! plaintexts and the authentication key, becomes too likely). A popular KMS key can
+//! exceed that; with a fresh 128-bit salt per message each message effectively has its
+//! own key, so nonce collisions under one AES key stop mattering.
 //!
-//! Decrypt needs no key id from the caller: [`CiphertextBlob::parse`] reads it from the
-//! header without any key material.
+//! # What is authenticated
+//!
+//! The AAD is the whole header (everything before the GCM output) followed by the
+//! canonical encryption context ([`crate::context::encode_context`]), so neither the
+//! key id, the version, the salt, the nonce nor the context can be changed without
+//! detection. Every failure — malformed, truncated, tampered, wrong key, wrong context
+//! — is the one error [`HsmError::InvalidCiphertext`], so a caller learns nothing about
+//! which check failed.
 
 use keyraft_types::KeyId;
 
@@ -44,7 +67,10 @@ pub struct CiphertextBlob {
 }
 
 impl CiphertextBlob {
-    /// Parses a blob; anything malformed is `InvalidCiphertext`.
+    /// Parses a blob without any key material; anything malformed (wrong magic,
+    /// truncated, too short to hold a tag, a key id that is not a valid [`KeyId`]) is
+    /// [`HsmError::InvalidCiphertext`]. Authenticity is only checked by
+    /// [`crate::Hsm::decrypt`].
     pub fn parse(bytes: &[u8]) -> Result<CiphertextBlob, HsmError> {
         let bad = || HsmError::InvalidCiphertext;
         let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(bad)?;
@@ -86,9 +112,14 @@ impl CiphertextBlob {
     pub fn sealed(&self) -> &[u8] {
         &self.bytes[self.header_len..]
     }
+
+    /// The whole blob, as parsed.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
-/// Builds the header of a new blob.
+/// Builds the header of a new blob (for HSM backends; the GCM output follows it).
 pub fn header(
     key_id: &KeyId,
     version: u32,
@@ -127,5 +158,42 @@ mod tests {
         let mut bad_id = blob.clone();
         bad_id[6] = b'!';
         assert!(CiphertextBlob::parse(&bad_id).is_err());
+        // Not the canonical lowercase form of the UUID.
+        let mut upper = blob.clone();
+        upper[5..5 + 36].make_ascii_uppercase();
+        assert!(matches!(
+            CiphertextBlob::parse(&upper),
+            Err(HsmError::InvalidCiphertext)
+        ));
+        let mut magic = blob.clone();
+        magic[3] = b'2';
+        assert!(CiphertextBlob::parse(&magic).is_err());
+        // A length byte that points past the end, or at an empty id.
+        for len in [0u8, 35, 37, 255] {
+            let mut b = blob.clone();
+            b[4] = len;
+            assert!(CiphertextBlob::parse(&b).is_err(), "id length {len}");
+        }
+    }
+
+    #[test]
+    fn the_layout_is_as_documented() {
+        let id = KeyId::random();
+        let salt = [0x11; SALT_LEN];
+        let nonce = [0x22; NONCE_LEN];
+        let mut blob = header(&id, 0x0102_0304, &salt, &nonce);
+        assert_eq!(blob.len(), 37 + 36);
+        blob.extend_from_slice(&[0x33; TAG_LEN + 5]);
+        assert_eq!(&blob[..4], b"KRC1");
+        assert_eq!(blob[4], 36);
+        assert_eq!(&blob[5..41], id.as_str().as_bytes());
+        assert_eq!(&blob[41..45], &[1, 2, 3, 4]);
+        let parsed = CiphertextBlob::parse(&blob).unwrap();
+        assert_eq!(parsed.version, 0x0102_0304);
+        assert_eq!(parsed.salt, salt);
+        assert_eq!(parsed.nonce, nonce);
+        assert_eq!(parsed.header(), &blob[..73]);
+        assert_eq!(parsed.sealed(), &[0x33; TAG_LEN + 5]);
+        assert_eq!(parsed.as_bytes(), blob.as_slice());
     }
 }

@@ -278,3 +278,57 @@ pub trait Hsm: Send + Sync + 'static {
         expected_fingerprint: &str,
     ) -> Result<(), HsmError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hsm_errors_map_to_stable_codes_without_detail() {
+        let code = |e: HsmError| KmsError::from(e).code;
+        assert_eq!(
+            code(HsmError::InvalidCiphertext),
+            ErrorCode::InvalidCiphertext
+        );
+        assert_eq!(code(HsmError::NoDomainKey), ErrorCode::KeyUnavailable);
+        assert_eq!(
+            code(HsmError::InvalidInput("len".into())),
+            ErrorCode::Validation
+        );
+        for internal in [
+            HsmError::DomainKeyExists,
+            HsmError::UnwrapFailed,
+            HsmError::WrongSealingSecret,
+            HsmError::SealedFileCorrupt,
+            HsmError::TransferRejected,
+            HsmError::Io(std::io::Error::other("/secret/path/domain-key.sealed")),
+        ] {
+            let e = KmsError::from(internal);
+            assert_eq!(e, KmsError::internal());
+            assert!(!e.message.contains("/secret/path"));
+        }
+    }
+
+    #[test]
+    fn the_trait_is_object_safe_and_shareable() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<std::sync::Arc<dyn Hsm>>();
+        let dir = tempfile::tempdir().unwrap();
+        let hsm: std::sync::Arc<dyn Hsm> =
+            std::sync::Arc::new(SoftHsm::open(dir.path(), &[7u8; 32]).unwrap());
+        assert!(!hsm.has_domain_key());
+    }
+
+    #[test]
+    fn public_types_debug_without_secrets() {
+        assert_eq!(
+            format!("{:?}", WrappedKey(vec![1, 2, 3])),
+            "WrappedKey(3 bytes)"
+        );
+        let w = ImportWrappingKey {
+            public_key_der: vec![0; 10],
+            wrapped_private_key: vec![9; 100],
+        };
+        assert!(!format!("{w:?}").contains('9'));
+    }
+}

@@ -1,16 +1,49 @@
 //! The software HSM: AES-256-GCM under a domain key sealed on disk.
 //!
+//! # Why a software HSM at all
+//!
+//! Keyraft's cryptography sits behind the [`Hsm`] trait so that a hardware module can
+//! take over later without the rest of the service noticing. Until then the soft HSM
+//! gives the same *shape* of guarantees a hardware module would: key material is only
+//! ever handed out wrapped under the region's domain key, the domain key itself never
+//! leaves this type except wrapped to another node's HSM during a join, and every
+//! operation unwraps what it needs into zeroizing buffers that are wiped when the
+//! operation returns.
+//!
+//! # The sealed domain key
+//!
 //! The domain key lives in memory only (zeroized on drop) and on disk only sealed:
 //!
 //! ```text
 //! domain-key.sealed = "KRSEAL1" | salt: 16 | nonce: 12 | AES-256-GCM(KEK, domain key)
-//! KEK = HKDF-SHA256(ikm = sealing secret, salt)
+//!                     (AAD = "KRSEAL1")
+//! KEK = HKDF-SHA256(ikm = sealing secret, salt, info = "keyraft-seal-v1")
 //! ```
 //!
 //! The sealing secret comes from the node's configuration or environment, never from a
 //! file next to the sealed key (the server refuses that outside development mode). The
 //! KEK derivation is HKDF, not a password hash: the sealing secret must be high-entropy
 //! (at least 16 bytes; `keyraft dev` uses 32 random bytes), not a memorable password.
+//! A GCM failure means the secret is wrong ([`HsmError::WrongSealingSecret`]); a file
+//! of the wrong shape is [`HsmError::SealedFileCorrupt`]. The two are kept apart so an
+//! operator knows whether to fix the configuration or restore the file.
+//!
+//! The file is written atomically — a temporary file in the same directory, `fsync`,
+//! `rename`, `fsync` of the directory — so a crash leaves either no sealed key or a
+//! complete one, never a torn file that would lose the region's domain key. On unix it
+//! is created with mode 0600.
+//!
+//! # Wrapped key material
+//!
+//! ```text
+//! WrappedKey = nonce: 12 | AES-256-GCM(domain key, material,
+//!                                       AAD = "keyraft-wrap-v1" | id len: u8 | key id | version: u32 BE)
+//! ```
+//!
+//! Binding the key id and version as AAD means wrapped material cannot be moved to
+//! another key or version in the replicated state: it simply fails to unwrap there.
+//! Secrets from [`Hsm::wrap_secret`] use the same construction with the AAD
+//! `"keyraft-secret-v1:" || purpose`.
 //!
 //! Key material is unwrapped per operation into zeroizing buffers; nothing but wrapped
 //! material, blobs and requested plaintexts ever leaves this type.
@@ -43,11 +76,25 @@ const KEY_LEN: usize = 32;
 type Key = Zeroizing<[u8; KEY_LEN]>;
 
 /// A software HSM whose domain key is sealed in `dir`.
+///
+/// Cheap to share behind an `Arc<dyn Hsm>`: all state sits behind locks, and a poisoned
+/// lock is recovered rather than propagated (the protected values are replaced whole,
+/// never left half-written).
 pub struct SoftHsm {
     dir: PathBuf,
     sealing_secret: Zeroizing<Vec<u8>>,
     domain: RwLock<Option<Key>>,
     join: Mutex<Option<StaticSecret>>,
+}
+
+impl std::fmt::Debug for SoftHsm {
+    /// Prints where the HSM lives and whether it holds a domain key; never key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftHsm")
+            .field("dir", &self.dir)
+            .field("has_domain_key", &self.has_domain_key())
+            .finish_non_exhaustive()
+    }
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -129,7 +176,13 @@ fn secret_aad(purpose: &[u8]) -> Vec<u8> {
 }
 
 impl SoftHsm {
-    /// Opens the HSM in `dir`, unsealing the domain key if one was sealed there.
+    /// Opens the HSM in `dir` (created if missing), unsealing the domain key if one was
+    /// sealed there.
+    ///
+    /// Errors: [`HsmError::InvalidInput`] if `sealing_secret` is shorter than 16 bytes,
+    /// [`HsmError::WrongSealingSecret`] if the sealed key does not open with it,
+    /// [`HsmError::SealedFileCorrupt`] if the sealed file is malformed, and
+    /// [`HsmError::Io`] if the directory or file cannot be read.
     pub fn open(dir: &Path, sealing_secret: &[u8]) -> Result<SoftHsm, HsmError> {
         if sealing_secret.len() < 16 {
             return Err(HsmError::InvalidInput(
@@ -143,11 +196,13 @@ impl SoftHsm {
             domain: RwLock::new(None),
             join: Mutex::new(None),
         };
-        let path = dir.join(SEALED_FILE);
-        if path.exists() {
-            let sealed = fs::read(&path)?;
-            let key = hsm.unseal(&sealed)?;
-            *hsm.domain.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        match fs::read(dir.join(SEALED_FILE)) {
+            Ok(sealed) => {
+                let key = hsm.unseal(&sealed)?;
+                *hsm.domain.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(hsm)
     }
@@ -178,18 +233,29 @@ impl SoftHsm {
         bytes.extend_from_slice(&nonce);
         bytes.extend_from_slice(&ct);
         let tmp = self.dir.join(format!("{SEALED_FILE}.tmp"));
+        // A temporary file left by a crash may carry other permissions; start afresh so
+        // the file is created (with mode 0600) rather than reused.
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
         {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut f = options.open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
         }
         fs::rename(&tmp, self.dir.join(SEALED_FILE))?;
+        // Make the rename itself durable. Directories cannot be opened for syncing on
+        // every platform; on unix they can and must be.
+        #[cfg(unix)]
         fs::File::open(&self.dir)?.sync_all()?;
         Ok(())
     }
@@ -260,7 +326,12 @@ impl SoftHsm {
         out.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Raw key material, for tests that scan data directories for it.
+    /// **INSECURE — TESTS ONLY.** Returns the raw key material inside `key`.
+    ///
+    /// Exists so end-to-end tests can scan data directories and prove that no raw key
+    /// material was ever written there. It defeats the whole purpose of an HSM: it is
+    /// compiled only under `cfg(test)` or with the `insecure-test-accessors` cargo
+    /// feature, and **production builds must never enable that feature**.
     #[cfg(any(test, feature = "insecure-test-accessors"))]
     pub fn insecure_unwrap_for_tests(
         &self,
@@ -268,10 +339,13 @@ impl SoftHsm {
         key_id: &KeyId,
         version: u32,
     ) -> Result<Vec<u8>, HsmError> {
-        Ok(self.unwrap_material(key, key_id, version)?.to_vec())
+        Ok(self.unwrap_any(key, key_id, version)?.to_vec())
     }
 
-    /// The raw domain key, for tests that scan data directories for it.
+    /// **INSECURE — TESTS ONLY.** Returns the raw domain key.
+    ///
+    /// Same purpose and same rules as [`SoftHsm::insecure_unwrap_for_tests`]: only under
+    /// `cfg(test)` or the `insecure-test-accessors` feature, **never in production**.
     #[cfg(any(test, feature = "insecure-test-accessors"))]
     pub fn insecure_domain_key_for_tests(&self) -> Result<Vec<u8>, HsmError> {
         Ok(self.domain_key()?.to_vec())
@@ -564,6 +638,10 @@ impl Hsm for SoftHsm {
         let secret = join.as_ref().ok_or(HsmError::TransferRejected)?;
         let own_public = PublicKey::from(secret).to_bytes();
         let shared = secret.diffie_hellman(&PublicKey::from(transfer.sender_public));
+        if !shared.was_contributory() {
+            // A low-order sender key makes the "shared" secret public knowledge.
+            return Err(HsmError::TransferRejected);
+        }
         let salt = [transfer.sender_public.as_slice(), &own_public].concat();
         let kek = derive(
             shared.as_bytes(),
@@ -577,7 +655,8 @@ impl Hsm for SoftHsm {
         }
         let mut key: Key = Zeroizing::new([0u8; KEY_LEN]);
         key.copy_from_slice(&plain);
-        if Self::fingerprint_of(&key) != expected_fingerprint {
+        let fingerprint = Self::fingerprint_of(&key);
+        if fingerprint.is_empty() || fingerprint != expected_fingerprint {
             return Err(HsmError::TransferRejected);
         }
         let mut slot = self.domain.write().unwrap_or_else(|p| p.into_inner());
@@ -597,41 +676,226 @@ mod tests {
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-    #[test]
-    fn sealed_domain_key_reopens_only_with_its_secret() {
+    fn sealed_hsm() -> (tempfile::TempDir, SoftHsm) {
         let dir = tempfile::tempdir().unwrap();
-        let a = SoftHsm::open(dir.path(), SECRET).unwrap();
-        assert!(!a.has_domain_key());
-        a.generate_domain_key().unwrap();
+        let hsm = SoftHsm::open(dir.path(), SECRET).unwrap();
+        hsm.generate_domain_key().unwrap();
+        (dir, hsm)
+    }
+
+    #[test]
+    fn reopening_with_the_right_secret_gives_the_same_domain_key() {
+        let (dir, a) = sealed_hsm();
         assert!(matches!(
             a.generate_domain_key(),
             Err(HsmError::DomainKeyExists)
         ));
         let fp = a.domain_key_fingerprint().unwrap();
-        let raw = a.insecure_domain_key_for_tests().unwrap();
+        assert_eq!(fp.len(), 64);
+        assert!(fp.bytes().all(|b| b.is_ascii_hexdigit()));
+        let id = KeyId::random();
+        let key = a.generate_key_material(&id, 1).unwrap();
+        let blob = a
+            .encrypt(&key, &id, 1, b"survives", &EncryptionContext::new())
+            .unwrap();
         drop(a);
 
         let b = SoftHsm::open(dir.path(), SECRET).unwrap();
+        assert!(b.has_domain_key());
         assert_eq!(b.domain_key_fingerprint().unwrap(), fp);
+        let parsed = CiphertextBlob::parse(&blob).unwrap();
+        assert_eq!(
+            b.decrypt(&key, &parsed, &EncryptionContext::new())
+                .unwrap()
+                .as_slice(),
+            b"survives"
+        );
+    }
+
+    #[test]
+    fn a_wrong_secret_is_refused() {
+        let (dir, _a) = sealed_hsm();
         assert!(matches!(
             SoftHsm::open(dir.path(), b"another-secret-of-32-bytes-long!"),
             Err(HsmError::WrongSealingSecret)
         ));
+        // Exactly 16 bytes is long enough to be tried (and is wrong here).
         assert!(matches!(
-            SoftHsm::open(dir.path(), b"short"),
-            Err(HsmError::InvalidInput(_))
+            SoftHsm::open(dir.path(), b"sixteen-bytes!!!"),
+            Err(HsmError::WrongSealingSecret)
+        ));
+    }
+
+    #[test]
+    fn a_short_secret_is_invalid_input() {
+        let dir = tempfile::tempdir().unwrap();
+        for short in [&b""[..], b"short", b"fifteen-bytes!!"] {
+            assert!(matches!(
+                SoftHsm::open(dir.path(), short),
+                Err(HsmError::InvalidInput(_))
+            ));
+        }
+        assert!(!dir.path().join(SEALED_FILE).exists());
+    }
+
+    #[test]
+    fn a_corrupt_sealed_file_is_reported_as_such() {
+        let (dir, _a) = sealed_hsm();
+        let path = dir.path().join(SEALED_FILE);
+        let good = fs::read(&path).unwrap();
+
+        let mut truncated = good.clone();
+        truncated.pop();
+        let mut longer = good.clone();
+        longer.push(0);
+        let mut bad_magic = good.clone();
+        bad_magic[0] ^= 1;
+        for corrupt in [
+            Vec::new(),
+            b"KRSEAL1".to_vec(),
+            b"KRSEAL1 truncated".to_vec(),
+            truncated,
+            longer,
+            bad_magic,
+        ] {
+            fs::write(&path, &corrupt).unwrap();
+            assert!(
+                matches!(
+                    SoftHsm::open(dir.path(), SECRET),
+                    Err(HsmError::SealedFileCorrupt)
+                ),
+                "{corrupt:?}"
+            );
+        }
+
+        // A well-formed file whose ciphertext was altered cannot be told apart from a
+        // wrong secret: GCM only says "does not open".
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        fs::write(&path, &flipped).unwrap();
+        assert!(matches!(
+            SoftHsm::open(dir.path(), SECRET),
+            Err(HsmError::WrongSealingSecret)
         ));
 
+        fs::write(&path, &good).unwrap();
+        assert!(SoftHsm::open(dir.path(), SECRET).unwrap().has_domain_key());
+    }
+
+    #[test]
+    fn the_sealed_file_holds_no_raw_key_and_is_private() {
+        let (dir, a) = sealed_hsm();
+        let raw = a.insecure_domain_key_for_tests().unwrap();
+        assert_eq!(raw.len(), KEY_LEN);
         let sealed = fs::read(dir.path().join(SEALED_FILE)).unwrap();
+        assert!(sealed.starts_with(SEAL_MAGIC));
+        assert_eq!(
+            sealed.len(),
+            SEAL_MAGIC.len() + SALT_LEN + NONCE_LEN + KEY_LEN + 16
+        );
         assert!(
             !sealed.windows(raw.len()).any(|w| w == raw.as_slice()),
             "raw domain key on disk"
         );
+        // Only the sealed file is left behind: no temporary file.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(SEALED_FILE)]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join(SEALED_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 
-        fs::write(dir.path().join(SEALED_FILE), b"KRSEAL1 truncated").unwrap();
+    #[test]
+    fn a_stale_temporary_file_does_not_leak_its_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join(format!("{SEALED_FILE}.tmp"));
+        fs::write(&tmp, b"left over by a crash").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let hsm = SoftHsm::open(dir.path(), SECRET).unwrap();
+        hsm.generate_domain_key().unwrap();
+        assert!(!tmp.exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join(SEALED_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(SoftHsm::open(dir.path(), SECRET).unwrap().has_domain_key());
+    }
+
+    #[test]
+    fn imported_domain_key_is_sealed_too() {
+        let (_da, a) = sealed_hsm();
+        let db = tempfile::tempdir().unwrap();
+        let b = SoftHsm::open(db.path(), SECRET).unwrap();
+        let t = a
+            .export_domain_key(&b.join_public_key().unwrap(), b"bind")
+            .unwrap();
+        let fp = a.domain_key_fingerprint().unwrap();
+        b.import_domain_key(&t, b"bind", &fp).unwrap();
+        drop(b);
+        let b = SoftHsm::open(db.path(), SECRET).unwrap();
+        assert_eq!(b.domain_key_fingerprint().unwrap(), fp);
+    }
+
+    #[test]
+    fn a_low_order_sender_key_is_rejected() {
+        let (_da, a) = sealed_hsm();
+        let db = tempfile::tempdir().unwrap();
+        let b = SoftHsm::open(db.path(), SECRET).unwrap();
+        let mut t = a
+            .export_domain_key(&b.join_public_key().unwrap(), b"bind")
+            .unwrap();
+        // The identity point: every "shared secret" with it is all zeros.
+        t.sender_public = [0; 32];
         assert!(matches!(
-            SoftHsm::open(dir.path(), SECRET),
-            Err(HsmError::SealedFileCorrupt)
+            b.import_domain_key(&t, b"bind", &a.domain_key_fingerprint().unwrap()),
+            Err(HsmError::TransferRejected)
         ));
+        // And a member refuses to export to such a key.
+        assert!(a
+            .export_domain_key(&JoinPublicKey([0; 32]), b"bind")
+            .is_err());
+    }
+
+    #[test]
+    fn debug_shows_no_key_material() {
+        let (_dir, a) = sealed_hsm();
+        let raw = a.insecure_domain_key_for_tests().unwrap();
+        let shown = format!("{a:?}");
+        assert!(shown.contains("has_domain_key: true"), "{shown}");
+        assert!(!shown.contains(&format!("{:?}", raw.as_slice())));
+        let w = a.generate_key_material(&KeyId::random(), 1).unwrap();
+        assert_eq!(format!("{w:?}"), format!("WrappedKey({} bytes)", w.0.len()));
+    }
+
+    #[test]
+    fn the_insecure_accessor_returns_the_material() {
+        let (_dir, a) = sealed_hsm();
+        let id = KeyId::random();
+        let w = a.generate_key_material(&id, 3).unwrap();
+        let raw = a.insecure_unwrap_for_tests(&w, &id, 3).unwrap();
+        assert_eq!(raw.len(), KEY_LEN);
+        assert!(!w.0.windows(KEY_LEN).any(|x| x == raw.as_slice()));
+        assert!(a.insecure_unwrap_for_tests(&w, &id, 4).is_err());
+        let mac = a.generate_mac_key(&id, 4, 64).unwrap();
+        assert_eq!(a.insecure_unwrap_for_tests(&mac, &id, 4).unwrap().len(), 64);
     }
 }
