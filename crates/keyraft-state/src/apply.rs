@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use keyraft_types::audit::GENESIS_HASH;
 use keyraft_types::{
-    AccountId, AliasName, AuditEvent, AuditRecord, ErrorCode, EventType, KeyId, KeyManager,
-    KeyMetadata, KeyState, KmsError, NodeId, Origin, RequestParameters, UserIdentity,
+    AccountId, AliasName, AuditEvent, AuditRecord, CryptoOperation, ErrorCode, EventType, KeyId,
+    KeyManager, KeyMetadata, KeyState, KmsError, NodeId, Origin, RequestParameters, UserIdentity,
 };
 
 use crate::command::{
@@ -309,23 +309,8 @@ impl StateMachine {
 
     /// Keys whose automatic rotation is due by `now_ms` (up to `limit`), in due order.
     pub fn due_rotations(&self, now_ms: u64, limit: usize) -> Result<Vec<KeyId>, StateError> {
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(keys::ROTATION_PREFIX) {
-            let (k, _) = item?;
-            let at = keys::ROTATION_PREFIX.len();
-            let Some(time_bytes) = k.get(at..at + 8) else {
-                continue;
-            };
-            let mut t = [0u8; 8];
-            t.copy_from_slice(time_bytes);
-            if u64::from_be_bytes(t) > now_ms || out.len() == limit {
-                break;
-            }
-            if let Ok(id) = KeyId::parse(&String::from_utf8_lossy(&k[at + 8..])) {
-                out.push(id);
-            }
-        }
-        Ok(out)
+        let due = keys::due_entries(&self.tree, keys::ROTATION_PREFIX, now_ms, limit)?;
+        Ok(due.into_iter().map(|e| e.key_id).collect())
     }
 
     /// The parameters of a pending import, by token.
@@ -335,30 +320,12 @@ impl StateMachine {
 
     /// When the earliest imported material expires, if any.
     pub fn next_expiry_due(&self) -> Result<Option<u64>, StateError> {
-        let Some(item) = self.tree.scan_prefix(keys::EXPIRY_PREFIX).next() else {
-            return Ok(None);
-        };
-        let (k, _) = item?;
-        let mut t = [0u8; 8];
-        match k.get(keys::EXPIRY_PREFIX.len()..keys::EXPIRY_PREFIX.len() + 8) {
-            Some(b) => t.copy_from_slice(b),
-            None => return Ok(None),
-        }
-        Ok(Some(u64::from_be_bytes(t)))
+        Ok(keys::first_due(&self.tree, keys::EXPIRY_PREFIX)?)
     }
 
     /// When the earliest scheduled deletion falls due, if any.
     pub fn next_deletion_due(&self) -> Result<Option<u64>, StateError> {
-        let Some(item) = self.tree.scan_prefix(keys::DELETION_PREFIX).next() else {
-            return Ok(None);
-        };
-        let (k, _) = item?;
-        let mut t = [0u8; 8];
-        match k.get(keys::DELETION_PREFIX.len()..keys::DELETION_PREFIX.len() + 8) {
-            Some(b) => t.copy_from_slice(b),
-            None => return Ok(None),
-        }
-        Ok(Some(u64::from_be_bytes(t)))
+        Ok(keys::first_due(&self.tree, keys::DELETION_PREFIX)?)
     }
 
     /// A credential.
@@ -817,10 +784,9 @@ fn create_service_key(
     }
     let mut metadata = key.clone();
     metadata.key_manager = KeyManager::Service;
+    metadata.next_rotation_ms = None;
     let days = metadata.rotation_period_days.unwrap_or(365);
-    let due = time_ms.saturating_add(u64::from(days) * DAY_MS);
-    metadata.rotation_period_days = Some(days);
-    metadata.next_rotation_ms = Some(due);
+    schedule_rotation(txn, &mut metadata, Some(days), time_ms)?;
     let record = KeyRecord {
         metadata,
         versions: BTreeMap::from([(key.current_version, material.to_vec())]),
@@ -830,7 +796,6 @@ fn create_service_key(
     };
     // Service-managed keys and their aliases count against no quota.
     txn.put(keys::key(&key.key_id), &record)?;
-    txn.put(keys::rotation(due, &key.key_id), &())?;
     txn.put(
         keys::alias(&key.account, alias),
         &AliasRecord {
@@ -1160,39 +1125,17 @@ fn tick(
             }
         }
     }
-    let mut due = Vec::new();
-    for item in txn.tree.scan_prefix(keys::DELETION_PREFIX) {
-        let (k, _) = item?;
-        let Some(time_bytes) = k.get(keys::DELETION_PREFIX.len()..keys::DELETION_PREFIX.len() + 8)
-        else {
-            continue;
-        };
-        let mut t = [0u8; 8];
-        t.copy_from_slice(time_bytes);
-        if u64::from_be_bytes(t) > cmd.time_ms || due.len() == TICK_BATCH {
-            break;
-        }
-        if txn.writes.get(k.as_ref()) == Some(&None) {
-            continue; // already handled earlier in this batch
-        }
-        due.push(k.to_vec());
-    }
-    let mut expired = Vec::new();
-    for item in txn.tree.scan_prefix(keys::EXPIRY_PREFIX) {
-        let (k, _) = item?;
-        let at = keys::EXPIRY_PREFIX.len();
-        let Some(time_bytes) = k.get(at..at + 8) else {
-            continue;
-        };
-        let mut t = [0u8; 8];
-        t.copy_from_slice(time_bytes);
-        if u64::from_be_bytes(t) > cmd.time_ms || expired.len() == TICK_BATCH {
-            break;
-        }
-        if let Ok(id) = KeyId::parse(&String::from_utf8_lossy(&k[at + 8..])) {
-            expired.push(id);
-        }
-    }
+    let due: Vec<keys::DueEntry> =
+        keys::due_entries(txn.tree, keys::DELETION_PREFIX, cmd.time_ms, TICK_BATCH)?
+            .into_iter()
+            // An entry removed earlier in this batch is already handled.
+            .filter(|e| txn.writes.get(&e.index_key) != Some(&None))
+            .collect();
+    let expired: Vec<KeyId> =
+        keys::due_entries(txn.tree, keys::EXPIRY_PREFIX, cmd.time_ms, TICK_BATCH)?
+            .into_iter()
+            .map(|e| e.key_id)
+            .collect();
     for key_id in expired {
         if let Ok(Reply::Key(k)) = delete_imported_material(txn, &key_id)? {
             let mut record = service_event(cmd, node_id, "DeleteExpiredKeyMaterial", &k.account);
@@ -1203,13 +1146,9 @@ fn tick(
         }
     }
     let mut deleted = Vec::new();
-    for index_key in due {
-        txn.delete(index_key.clone());
-        let id =
-            String::from_utf8_lossy(&index_key[keys::DELETION_PREFIX.len() + 8..]).into_owned();
-        let Ok(key_id) = KeyId::parse(&id) else {
-            continue;
-        };
+    for entry in due {
+        txn.delete(entry.index_key);
+        let key_id = entry.key_id;
         let Some(record) = txn.get::<KeyRecord>(&keys::key(&key_id))? else {
             continue;
         };
@@ -1307,18 +1246,29 @@ fn set_rotation(
     if let Some(e) = pending_deletion(&record) {
         return Ok(Err(e));
     }
-    let m = &mut record.metadata;
+    schedule_rotation(txn, &mut record.metadata, period_days, time_ms)?;
+    txn.put(keys::key(key_id), &record)?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+}
+
+/// Sets a key's automatic rotation (`period_days`, or off with `None`) counting from
+/// `from_ms`, keeping the rotation index in step with the key's `next_rotation_ms`.
+fn schedule_rotation(
+    txn: &mut Txn<'_>,
+    m: &mut KeyMetadata,
+    period_days: Option<u32>,
+    from_ms: u64,
+) -> Result<(), StateError> {
     if let Some(due) = m.next_rotation_ms.take() {
-        txn.delete(keys::rotation(due, key_id));
+        txn.delete(keys::rotation(due, &m.key_id));
     }
     m.rotation_period_days = period_days;
     if let Some(days) = period_days {
-        let due = time_ms.saturating_add(u64::from(days) * DAY_MS);
+        let due = from_ms.saturating_add(u64::from(days) * DAY_MS);
         m.next_rotation_ms = Some(due);
-        txn.put(keys::rotation(due, key_id), &())?;
+        txn.put(keys::rotation(due, &m.key_id), &())?;
     }
-    txn.put(keys::key(key_id), &record)?;
-    Ok(Ok(Reply::Key(Box::new(record.metadata))))
+    Ok(())
 }
 
 /// Adds a prepared backing version as the key's current one. Old versions stay, so
@@ -1337,22 +1287,11 @@ fn rotate(
     if let Some(e) = refuse_rotation(&record, "rotation") {
         return Ok(Err(e));
     }
-    let m = &mut record.metadata;
-    match m.key_state {
-        KeyState::Enabled => {}
-        KeyState::Disabled => {
-            return Ok(Err(KmsError::new(
-                ErrorCode::Disabled,
-                format!("{} is disabled.", m.arn),
-            )))
-        }
-        other => {
-            return Ok(Err(KmsError::new(
-                ErrorCode::InvalidState,
-                format!("{} is {}", m.arn, other.as_str()),
-            )))
-        }
+    // A key rotates only while it could encrypt (Enabled): the same states refuse.
+    if let Err(e) = record.metadata.check_usable(CryptoOperation::Encrypt) {
+        return Ok(Err(e));
     }
+    let m = &mut record.metadata;
     if prepared.version != m.current_version + 1 {
         return Ok(Err(KmsError::new(
             ErrorCode::Conflict,
@@ -1380,13 +1319,9 @@ fn rotate(
         on_demand,
     });
     // An automatic rotation schedules the next one; an on-demand one leaves it be.
-    if !on_demand {
-        if let (Some(days), Some(due)) = (m.rotation_period_days, m.next_rotation_ms) {
-            txn.delete(keys::rotation(due, key_id));
-            let next = time_ms.saturating_add(u64::from(days) * DAY_MS);
-            m.next_rotation_ms = Some(next);
-            txn.put(keys::rotation(next, key_id), &())?;
-        }
+    if !on_demand && m.next_rotation_ms.is_some() {
+        let period = m.rotation_period_days;
+        schedule_rotation(txn, m, period, time_ms)?;
     }
     txn.put(keys::key(key_id), &record)?;
     Ok(Ok(Reply::Key(Box::new(record.metadata))))

@@ -105,3 +105,55 @@ pub(crate) fn expiry(due_ms: u64, key: &KeyId) -> Vec<u8> {
     ]
     .concat()
 }
+
+/// One entry of a due-time index (`prefix` + due time as 8 big-endian bytes + key id):
+/// the raw index key, the due time and the key.
+pub(crate) struct DueEntry {
+    pub(crate) index_key: Vec<u8>,
+    pub(crate) due_ms: u64,
+    pub(crate) key_id: KeyId,
+}
+
+/// Reads a due-time index (deletions, rotations, expiries) in due order: the entries
+/// due by `now_ms`, at most `limit` of them. Malformed entries are skipped.
+pub(crate) fn due_entries(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<DueEntry>, sled::Error> {
+    let mut out = Vec::new();
+    for item in tree.scan_prefix(prefix) {
+        let (k, _) = item?;
+        let Some(entry) = parse_due(prefix, &k) else {
+            continue;
+        };
+        if entry.due_ms > now_ms || out.len() == limit {
+            break;
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// The earliest due time in a due-time index.
+pub(crate) fn first_due(tree: &sled::Tree, prefix: &[u8]) -> Result<Option<u64>, sled::Error> {
+    for item in tree.scan_prefix(prefix) {
+        let (k, _) = item?;
+        if let Some(entry) = parse_due(prefix, &k) {
+            return Ok(Some(entry.due_ms));
+        }
+    }
+    Ok(None)
+}
+
+fn parse_due(prefix: &[u8], k: &[u8]) -> Option<DueEntry> {
+    let at = prefix.len();
+    let time: [u8; 8] = k.get(at..at + 8)?.try_into().ok()?;
+    let key_id = KeyId::parse(std::str::from_utf8(k.get(at + 8..)?).ok()?).ok()?;
+    Some(DueEntry {
+        index_key: k.to_vec(),
+        due_ms: u64::from_be_bytes(time),
+        key_id,
+    })
+}
