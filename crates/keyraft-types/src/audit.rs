@@ -54,6 +54,10 @@ pub struct RequestParameters {
     pub tag_keys: Option<Vec<String>>,
     /// A key description that was set.
     pub description: Option<String>,
+    /// Sign/Verify: the signing algorithm.
+    pub signing_algorithm: Option<String>,
+    /// Sign/Verify: RAW or DIGEST.
+    pub message_type: Option<String>,
 }
 
 /// Whether an event is a caller's API call or something the service did by itself.
@@ -110,6 +114,31 @@ pub struct AuditRecord {
     /// Checks apply repeats before confirming success (ReEncrypt has two: the source and
     /// the destination key).
     pub key_checks: Vec<KeyCheck>,
+    /// Authorization decisions the serving node made, which apply repeats if a policy
+    /// they read has changed since (ReEncrypt has two).
+    pub authz_checks: Vec<AuthzCheck>,
+}
+
+/// An authorization decision as the serving node made it: apply decides again, on the
+/// state as of that point of the log, if the key's or the principal's epoch has moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthzCheck {
+    /// The caller as the evaluator sees it (the account root ARN for a root user).
+    pub caller_arn: String,
+    /// The principal whose policies apply (the user, or the role of a session).
+    pub holder_arn: String,
+    /// That principal's epoch when the node decided.
+    pub holder_epoch: u64,
+    /// The action, e.g. `kms:Encrypt`.
+    pub action: String,
+    /// The key whose policy applied, with its epoch then; `None` for an action that
+    /// concerns no key.
+    pub key: Option<(KeyId, u64)>,
+    /// The resource, for actions without a key (`*`, or a principal's ARN).
+    pub resource: String,
+    /// The encryption context the conditions saw (ReEncrypt's destination differs from
+    /// its source).
+    pub encryption_context: Option<EncryptionContext>,
 }
 
 /// One link of the audit chain, as stored identically on every node.

@@ -51,6 +51,17 @@ pub enum ErrorCode {
     InvalidImportToken,
     /// VerifyMac: the MAC does not match the message.
     InvalidMac,
+    /// Verify: the signature does not match the message and key.
+    KmsInvalidSignature,
+    /// A key or principal policy is not valid JSON, breaks the policy grammar or is too
+    /// large; the message points at the fault.
+    MalformedPolicyDocument,
+    /// A grant token is malformed, unknown or does not name the key it is used with.
+    InvalidGrantToken,
+    /// A grant id is malformed or names no grant of the key.
+    InvalidGrantId,
+    /// Temporary credentials (from AssumeRole) have expired.
+    ExpiredToken,
     /// The access key id is unknown (or disabled).
     UnrecognizedClient,
     /// The request signature is wrong, stale or replayed.
@@ -72,7 +83,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests of the wire tables.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::NotFound,
         ErrorCode::Disabled,
         ErrorCode::InvalidState,
@@ -92,6 +103,11 @@ impl ErrorCode {
         ErrorCode::ExpiredImportToken,
         ErrorCode::InvalidImportToken,
         ErrorCode::InvalidMac,
+        ErrorCode::KmsInvalidSignature,
+        ErrorCode::MalformedPolicyDocument,
+        ErrorCode::InvalidGrantToken,
+        ErrorCode::InvalidGrantId,
+        ErrorCode::ExpiredToken,
         ErrorCode::UnrecognizedClient,
         ErrorCode::InvalidSignature,
         ErrorCode::Throttling,
@@ -124,6 +140,11 @@ impl ErrorCode {
             ErrorCode::ExpiredImportToken => "ExpiredImportTokenException",
             ErrorCode::InvalidImportToken => "InvalidImportTokenException",
             ErrorCode::InvalidMac => "KMSInvalidMacException",
+            ErrorCode::KmsInvalidSignature => "KMSInvalidSignatureException",
+            ErrorCode::MalformedPolicyDocument => "MalformedPolicyDocumentException",
+            ErrorCode::InvalidGrantToken => "InvalidGrantTokenException",
+            ErrorCode::InvalidGrantId => "InvalidGrantIdException",
+            ErrorCode::ExpiredToken => "ExpiredTokenException",
             ErrorCode::UnrecognizedClient => "UnrecognizedClientException",
             ErrorCode::InvalidSignature => "InvalidSignatureException",
             ErrorCode::Throttling => "ThrottlingException",

@@ -13,11 +13,18 @@ pub mod audit;
 pub mod error;
 pub mod ids;
 pub mod key;
+pub mod policy;
 
-pub use audit::{AuditEvent, AuditRecord, EventType, KeyCheck, RequestParameters, UserIdentity};
+pub use audit::{
+    AuditEvent, AuditRecord, AuthzCheck, EventType, KeyCheck, RequestParameters, UserIdentity,
+};
 pub use error::{ErrorCode, KmsError, KmsResult};
 pub use ids::{AccountId, AliasName, KeyId, KeyRef, NodeId, Region, RESERVED_ALIAS_PREFIXES};
 pub use key::{
-    CryptoOperation, DataKeySpec, EncryptionContext, KeyManager, KeyMetadata, KeySpec, KeyState,
-    KeyUsage, Origin,
+    CryptoOperation, DataKeySpec, EncryptionAlgorithm, EncryptionContext, KeyManager, KeyMetadata,
+    KeySpec, KeyState, KeyUsage, MessageType, Origin, Sha2, SigningAlgorithm,
+};
+pub use policy::{
+    evaluate, AllowedBy, AuthzPrincipal, AuthzRequest, Decision, Grant, GrantConstraints,
+    GrantOperation, GrantRequest, PolicyDocument, PolicyKind,
 };
