@@ -38,6 +38,73 @@ fn is_invalid(r: Result<zeroize::Zeroizing<Vec<u8>>, HsmError>) -> bool {
     matches!(r, Err(HsmError::InvalidCiphertext))
 }
 
+/// Key pairs: signatures verify with the public half only for their digest; RSA
+/// decrypts what the public half encrypted; the wrapped private half is bound to its key
+/// id and version and holds no plaintext PKCS#8.
+pub fn check_key_pairs(hsm: &dyn Hsm) {
+    use crate::asymmetric;
+    use keyraft_types::{EncryptionAlgorithm, KeySpec, SigningAlgorithm};
+    for spec in [KeySpec::EccNistP256, KeySpec::Rsa2048] {
+        let id = KeyId::random();
+        let (key, public) = hsm.generate_key_pair(&id, 1, spec).expect("key pair");
+        if spec != KeySpec::EccNistP256 {
+            // A plaintext PKCS#8 RSA key repeats the modulus, which ends the SPKI but for
+            // the exponent: no 32 bytes of it may appear in the wrapped private half.
+            let modulus_tail = &public[public.len() - 37..public.len() - 5];
+            assert!(
+                !key.0.windows(32).any(|w| w == modulus_tail),
+                "the wrapped private half holds the modulus in plaintext"
+            );
+        }
+        for &alg in spec.signing_algorithms() {
+            let digest = asymmetric::digest(alg.hash(), b"message");
+            let sig = hsm.sign(&key, &id, 1, spec, alg, &digest).expect("sign");
+            assert!(asymmetric::verify(spec, &public, alg, &digest, &sig).expect("verify"));
+            let other = asymmetric::digest(alg.hash(), b"messagf");
+            assert!(!asymmetric::verify(spec, &public, alg, &other, &sig).expect("verify"));
+        }
+        let digest = asymmetric::digest(keyraft_types::Sha2::Sha256, b"m");
+        let alg = spec.signing_algorithms()[0];
+        assert!(matches!(
+            hsm.sign(&key, &KeyId::random(), 1, spec, alg, &digest),
+            Err(HsmError::UnwrapFailed)
+        ));
+        assert!(matches!(
+            hsm.sign(&key, &id, 2, spec, alg, &digest),
+            Err(HsmError::UnwrapFailed)
+        ));
+        assert!(hsm
+            .sign(
+                &key,
+                &id,
+                1,
+                spec,
+                SigningAlgorithm::EcdsaSha256,
+                &digest[..31]
+            )
+            .is_err());
+    }
+    let id = KeyId::random();
+    let (key, public) = hsm
+        .generate_key_pair(&id, 1, KeySpec::Rsa2048)
+        .expect("key pair");
+    let alg = EncryptionAlgorithm::RsaesOaepSha256;
+    let ct = asymmetric::encrypt(&public, alg, b"secret").expect("encrypt");
+    let pt = hsm
+        .decrypt_asymmetric(&key, &id, 1, KeySpec::Rsa2048, alg, &ct)
+        .expect("decrypt");
+    assert_eq!(&pt[..], b"secret");
+    let mut bad = ct.clone();
+    bad[10] ^= 1;
+    assert!(matches!(
+        hsm.decrypt_asymmetric(&key, &id, 1, KeySpec::Rsa2048, alg, &bad),
+        Err(HsmError::InvalidCiphertext)
+    ));
+    assert!(hsm
+        .generate_key_pair(&id, 1, KeySpec::SymmetricDefault)
+        .is_err());
+}
+
 /// Decrypts raw blob bytes as the server does: parse, then decrypt.
 fn open_bytes(
     hsm: &dyn Hsm,
@@ -62,6 +129,7 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Hsm>) {
     check_secrets(hsm.as_ref());
     check_import(hsm.as_ref());
     check_mac(hsm.as_ref());
+    check_key_pairs(hsm.as_ref());
     check_transfer(make);
 }
 

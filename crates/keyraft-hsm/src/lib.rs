@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod asymmetric;
 pub mod blob;
 pub mod conformance;
 pub mod context;
@@ -22,7 +23,9 @@ pub mod soft;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use keyraft_types::{EncryptionContext, ErrorCode, KeyId, KmsError};
+use keyraft_types::{
+    EncryptionAlgorithm, EncryptionContext, ErrorCode, KeyId, KeySpec, KmsError, SigningAlgorithm,
+};
 
 pub use blob::CiphertextBlob;
 pub use soft::SoftHsm;
@@ -248,6 +251,41 @@ pub trait Hsm: Send + Sync + 'static {
         message: &[u8],
         mac: &[u8],
     ) -> Result<bool, HsmError>;
+
+    /// Makes a key pair of `spec` (ECC_NIST_P256 or RSA_*) for `version` of `key_id`:
+    /// the private half (PKCS#8) leaves only wrapped under the domain key like any key
+    /// material, the public half as DER SubjectPublicKeyInfo.
+    fn generate_key_pair(
+        &self,
+        key_id: &KeyId,
+        version: u32,
+        spec: KeySpec,
+    ) -> Result<(WrappedKey, Vec<u8>), HsmError>;
+
+    /// Signs `digest` (already hashed with the algorithm's hash) with the private half
+    /// of a key pair of `spec`; see [`asymmetric`] for the signature formats.
+    #[allow(clippy::too_many_arguments)]
+    fn sign(
+        &self,
+        key: &WrappedKey,
+        key_id: &KeyId,
+        version: u32,
+        spec: KeySpec,
+        algorithm: SigningAlgorithm,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, HsmError>;
+
+    /// Decrypts an RSAES-OAEP ciphertext with the private half of an RSA key pair; a
+    /// ciphertext that does not decrypt is [`HsmError::InvalidCiphertext`].
+    fn decrypt_asymmetric(
+        &self,
+        key: &WrappedKey,
+        key_id: &KeyId,
+        version: u32,
+        spec: KeySpec,
+        algorithm: EncryptionAlgorithm,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError>;
 
     /// Random bytes (1..=1024) from the HSM's generator.
     fn generate_random(&self, len: usize) -> Result<Vec<u8>, HsmError>;

@@ -63,7 +63,7 @@ use sha2::Sha256;
 use x25519_dalek::{EphemeralSecret, PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use keyraft_types::{EncryptionContext, KeyId};
+use keyraft_types::{EncryptionAlgorithm, EncryptionContext, KeyId, KeySpec, SigningAlgorithm};
 
 use crate::blob::{self, CiphertextBlob, NONCE_LEN, SALT_LEN};
 use crate::context::encode_context;
@@ -560,6 +560,45 @@ impl Hsm for SoftHsm {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0;
         Ok(same)
+    }
+
+    fn generate_key_pair(
+        &self,
+        key_id: &KeyId,
+        version: u32,
+        spec: KeySpec,
+    ) -> Result<(WrappedKey, Vec<u8>), HsmError> {
+        let domain = self.domain_key()?;
+        let (private, public) = crate::asymmetric::generate(spec)?;
+        let nonce: [u8; NONCE_LEN] = random();
+        let ct = seal_with(&domain, &nonce, &private, &key_aad(key_id, version))?;
+        Ok((WrappedKey([nonce.as_slice(), &ct].concat()), public))
+    }
+
+    fn sign(
+        &self,
+        key: &WrappedKey,
+        key_id: &KeyId,
+        version: u32,
+        spec: KeySpec,
+        algorithm: SigningAlgorithm,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let private = self.unwrap_any(key, key_id, version)?;
+        crate::asymmetric::sign(spec, &private, algorithm, digest)
+    }
+
+    fn decrypt_asymmetric(
+        &self,
+        key: &WrappedKey,
+        key_id: &KeyId,
+        version: u32,
+        spec: KeySpec,
+        algorithm: EncryptionAlgorithm,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let private = self.unwrap_any(key, key_id, version)?;
+        crate::asymmetric::decrypt(spec, &private, algorithm, ciphertext)
     }
 
     fn generate_random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
