@@ -13,15 +13,16 @@ use keyraft_types::{
 };
 
 use crate::command::{
-    AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command,
-    ImportParameters, JoinAuthorization, KeyRecord, NodeRecord, Op, PreparedRotation, QuotaUsage,
-    Reply, Response, Rotation,
+    AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, AuditCheckpoint, Bootstrap,
+    ClusterConfig, Command, GrantRecord, ImportParameters, JoinAuthorization, KeyRecord,
+    NodeRecord, Op, PreparedRotation, PrincipalKind, PrincipalRecord, QuotaUsage, Reply, Response,
+    Rotation,
 };
 use crate::keys;
 use crate::storage::{Durable, StateError};
 use crate::{
-    DEFAULT_ALIAS_QUOTA, DEFAULT_KEY_QUOTA, MAX_ON_DEMAND_ROTATIONS, MAX_TAGS_PER_KEY,
-    REQUEST_ID_TTL_MS,
+    DEFAULT_ALIAS_QUOTA, DEFAULT_GRANTS_PER_KEY, DEFAULT_KEY_QUOTA, MAX_ON_DEMAND_ROTATIONS,
+    MAX_TAGS_PER_KEY, REQUEST_ID_TTL_MS,
 };
 
 /// The replicated state of one node.
@@ -54,6 +55,10 @@ struct StoredResponse {
     time_ms: u64,
     response: Response,
 }
+
+mod iam;
+
+pub use iam::{MAX_ACCESS_KEYS, MAX_INLINE_POLICIES};
 
 /// Reads through pending writes, so the commands of one batch see each other.
 struct Txn<'a> {
@@ -328,7 +333,54 @@ impl StateMachine {
         Ok(keys::first_due(&self.tree, keys::DELETION_PREFIX)?)
     }
 
-    /// A credential.
+    /// A grant, by id.
+    pub fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StateError> {
+        self.get(&keys::grant(id))
+    }
+
+    /// A key's grants.
+    pub fn grants_of(&self, key: &KeyRecord) -> Result<Vec<GrantRecord>, StateError> {
+        let mut out = Vec::new();
+        for id in &key.grants {
+            out.extend(self.grant(id)?);
+        }
+        Ok(out)
+    }
+
+    /// Every grant of an account's keys whose retiring principal is `arn`.
+    pub fn retirable_grants(&self, arn: &str) -> Result<Vec<GrantRecord>, StateError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(keys::GRANT_PREFIX) {
+            let (k, v) = item?;
+            let g: GrantRecord = decode(&k, &v)?;
+            if g.retiring_principal.as_deref() == Some(arn) {
+                out.push(g);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A principal (user or role), by ARN.
+    pub fn principal(&self, arn: &str) -> Result<Option<PrincipalRecord>, StateError> {
+        self.get(&keys::principal(arn))
+    }
+
+    /// An account's principals of one kind, in ARN order.
+    pub fn principals(
+        &self,
+        account: &AccountId,
+        kind: PrincipalKind,
+    ) -> Result<Vec<PrincipalRecord>, StateError> {
+        let prefix = keys::principal(&format!("arn:keyraft:iam::{account}:{}/", kind.as_str()));
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// An access key (long-term or temporary).
     pub fn access_key(&self, id: &str) -> Result<Option<AccessKeyRecord>, StateError> {
         self.get(&keys::access_key(id))
     }
@@ -374,6 +426,23 @@ impl StateMachine {
         Ok(out)
     }
 
+    /// The checkpoint that replaced pruned events, if any were pruned.
+    pub fn audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>, StateError> {
+        self.get(keys::AUDIT_CHECKPOINT)
+    }
+
+    /// The newest event a full export wrote out.
+    pub fn audit_exported(&self) -> Result<u64, StateError> {
+        Ok(self.get(keys::AUDIT_EXPORTED)?.unwrap_or(0))
+    }
+
+    /// The hash of the event at `sequence`, if it exists.
+    pub fn audit_hash_at(&self, sequence: u64) -> Result<Option<String>, StateError> {
+        Ok(self
+            .get::<AuditEvent>(&keys::audit(sequence))?
+            .map(|e| e.hash))
+    }
+
     /// The newest `limit` audit events, oldest first.
     pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEvent>, StateError> {
         let (head, _) = self.audit_head()?;
@@ -384,8 +453,14 @@ impl StateMachine {
     /// Walks the whole chain and checks every link. Returns the head on success, or the
     /// sequence number of the first event that does not verify.
     pub fn verify_audit_chain(&self) -> Result<Result<(u64, String), u64>, StateError> {
-        let mut prev = GENESIS_HASH.to_string();
-        let mut expected = 1;
+        // One consistent view: no batch (a prune, say) may apply half-way through the walk.
+        let _guard = self.lock();
+        // Pruned events are replaced by a checkpoint (whose signature the node checks
+        // with its HSM); the chain continues from its hash.
+        let (mut prev, mut expected) = match self.audit_checkpoint()? {
+            Some(c) => (c.hash, c.through + 1),
+            None => (GENESIS_HASH.to_string(), 1),
+        };
         for item in self.tree.scan_prefix(keys::AUDIT_PREFIX) {
             let (k, v) = item?;
             let event: AuditEvent = decode(&k, &v)?;
@@ -412,196 +487,245 @@ fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateErro
             return Ok(stored.response);
         }
     }
-    let response = match &cmd.op {
-        Op::Bootstrap(b) => bootstrap(txn, b, cmd.time_ms)?,
-        Op::CreateKey {
-            key,
-            material,
-            audit,
-        } => {
-            let r = create_key(txn, key, material)?;
-            audited(txn, audit, r)?
-        }
-        Op::CreateServiceKey {
-            key,
-            material,
-            alias,
-            audit,
-        } => {
-            let r = create_service_key(txn, key, material, alias, cmd.time_ms)?;
-            audited(txn, audit, r)?
-        }
-        Op::SetKeyEnabled {
-            key_id,
-            enabled,
-            audit,
-        } => {
-            let r = set_key_enabled(txn, key_id, *enabled)?;
-            audited(txn, audit, r)?
-        }
-        Op::AuditBatch { records } => {
-            let mut verdicts = Vec::with_capacity(records.len());
-            for record in records {
-                let verdict = check_record(txn, record)?;
-                append_audit(txn, record.clone(), verdict.clone())?;
-                verdicts.push(verdict);
+    // A mutation decided under a policy that has changed since is decided again here;
+    // refused, it changes nothing but the audit chain.
+    let refused = match cmd.op.audit_record() {
+        Some(record) => authz_verdict(txn, record)?.map(|e| (record, e)),
+        None => None,
+    };
+    let response = if let Some((record, e)) = refused {
+        append_audit(txn, record.clone(), Some(e.clone()))?;
+        Err(e)
+    } else {
+        match &cmd.op {
+            Op::Bootstrap(b) => bootstrap(txn, b, cmd.time_ms)?,
+            Op::CreateKey {
+                key,
+                material,
+                public_key,
+                audit,
+            } => {
+                let r = create_key(txn, key, material, public_key.as_deref())?;
+                audited(txn, audit, r)?
             }
-            Ok(Reply::Audit(verdicts))
-        }
-        Op::CreateAlias {
-            account,
-            name,
-            key_id,
-            audit,
-        } => {
-            let r = create_alias(txn, account, name, key_id, cmd.time_ms)?;
-            audited(txn, audit, r)?
-        }
-        Op::UpdateAlias {
-            account,
-            name,
-            key_id,
-            audit,
-        } => {
-            let r = update_alias(txn, account, name, key_id, cmd.time_ms)?;
-            audited(txn, audit, r)?
-        }
-        Op::DeleteAlias {
-            account,
-            name,
-            audit,
-        } => {
-            let r = delete_alias(txn, account, name)?;
-            audited(txn, audit, r)?
-        }
-        Op::UpdateKeyDescription {
-            key_id,
-            description,
-            audit,
-        } => {
-            let r = change_key(txn, key_id, |k| {
-                k.metadata.description = description.clone();
-                Ok(())
-            })?;
-            audited(txn, audit, r)?
-        }
-        Op::TagResource {
-            key_id,
-            tags,
-            audit,
-        } => {
-            let r = change_key(txn, key_id, |k| {
-                let mut merged = k.tags.clone();
-                merged.extend(tags.iter().map(|(a, b)| (a.clone(), b.clone())));
-                if merged.len() > MAX_TAGS_PER_KEY {
-                    return Err(KmsError::new(
-                        ErrorCode::Tag,
-                        format!("a key has at most {MAX_TAGS_PER_KEY} tags"),
-                    ));
+            Op::CreateServiceKey {
+                key,
+                material,
+                alias,
+                audit,
+            } => {
+                let r = create_service_key(txn, key, material, alias, cmd.time_ms)?;
+                audited(txn, audit, r)?
+            }
+            Op::SetKeyEnabled {
+                key_id,
+                enabled,
+                audit,
+            } => {
+                let r = set_key_enabled(txn, key_id, *enabled)?;
+                audited(txn, audit, r)?
+            }
+            Op::AuditBatch { records } => {
+                let mut verdicts = Vec::with_capacity(records.len());
+                for record in records {
+                    let verdict = check_record(txn, record)?;
+                    append_audit(txn, record.clone(), verdict.clone())?;
+                    verdicts.push(verdict);
                 }
-                k.tags = merged;
-                Ok(())
-            })?;
-            audited(txn, audit, r)?
-        }
-        Op::UntagResource {
-            key_id,
-            tag_keys,
-            audit,
-        } => {
-            let r = change_key(txn, key_id, |k| {
-                for t in tag_keys {
-                    k.tags.remove(t);
-                }
-                Ok(())
-            })?;
-            audited(txn, audit, r)?
-        }
-        Op::ScheduleKeyDeletion {
-            key_id,
-            pending_window_days,
-            audit,
-        } => {
-            let r = schedule_deletion(txn, key_id, *pending_window_days, cmd.time_ms)?;
-            audited(txn, audit, r)?
-        }
-        Op::CancelKeyDeletion { key_id, audit } => {
-            let r = cancel_deletion(txn, key_id)?;
-            audited(txn, audit, r)?
-        }
-        Op::Tick { node_id, rotations } => tick(txn, cmd, *node_id, rotations)?,
-        Op::StoreImportParameters {
-            key_id,
-            token,
-            public_key_der,
-            wrapped_private_key,
-            expires_ms,
-            audit,
-        } => {
-            let params = ImportParameters {
-                key_id: key_id.clone(),
-                public_key_der: public_key_der.clone(),
-                wrapped_private_key: wrapped_private_key.clone(),
-                expires_ms: *expires_ms,
-            };
-            let r = store_import_parameters(txn, token, params)?;
-            audited(txn, audit, r)?
-        }
-        Op::ImportKeyMaterial {
-            key_id,
-            token,
-            material,
-            fingerprint,
-            valid_to_ms,
-            audit,
-        } => {
-            let r = import_material(
-                txn,
+                Ok(Reply::Audit(verdicts))
+            }
+            Op::CreateAlias {
+                account,
+                name,
+                key_id,
+                audit,
+            } => {
+                let r = create_alias(txn, account, name, key_id, cmd.time_ms)?;
+                audited(txn, audit, r)?
+            }
+            Op::UpdateAlias {
+                account,
+                name,
+                key_id,
+                audit,
+            } => {
+                let r = update_alias(txn, account, name, key_id, cmd.time_ms)?;
+                audited(txn, audit, r)?
+            }
+            Op::DeleteAlias {
+                account,
+                name,
+                audit,
+            } => {
+                let r = delete_alias(txn, account, name)?;
+                audited(txn, audit, r)?
+            }
+            Op::UpdateKeyDescription {
+                key_id,
+                description,
+                audit,
+            } => {
+                let r = change_key(txn, key_id, |k| {
+                    k.metadata.description = description.clone();
+                    Ok(())
+                })?;
+                audited(txn, audit, r)?
+            }
+            Op::TagResource {
+                key_id,
+                tags,
+                audit,
+            } => {
+                let r = change_key(txn, key_id, |k| {
+                    let mut merged = k.tags.clone();
+                    merged.extend(tags.iter().map(|(a, b)| (a.clone(), b.clone())));
+                    if merged.len() > MAX_TAGS_PER_KEY {
+                        return Err(KmsError::new(
+                            ErrorCode::Tag,
+                            format!("a key has at most {MAX_TAGS_PER_KEY} tags"),
+                        ));
+                    }
+                    k.tags = merged;
+                    Ok(())
+                })?;
+                audited(txn, audit, r)?
+            }
+            Op::UntagResource {
+                key_id,
+                tag_keys,
+                audit,
+            } => {
+                let r = change_key(txn, key_id, |k| {
+                    for t in tag_keys {
+                        k.tags.remove(t);
+                    }
+                    Ok(())
+                })?;
+                audited(txn, audit, r)?
+            }
+            Op::ScheduleKeyDeletion {
+                key_id,
+                pending_window_days,
+                audit,
+            } => {
+                let r = schedule_deletion(txn, key_id, *pending_window_days, cmd.time_ms)?;
+                audited(txn, audit, r)?
+            }
+            Op::CancelKeyDeletion { key_id, audit } => {
+                let r = cancel_deletion(txn, key_id)?;
+                audited(txn, audit, r)?
+            }
+            Op::Tick { node_id, rotations } => tick(txn, cmd, *node_id, rotations)?,
+            Op::StoreImportParameters {
+                key_id,
+                token,
+                public_key_der,
+                wrapped_private_key,
+                expires_ms,
+                audit,
+            } => {
+                let params = ImportParameters {
+                    key_id: key_id.clone(),
+                    public_key_der: public_key_der.clone(),
+                    wrapped_private_key: wrapped_private_key.clone(),
+                    expires_ms: *expires_ms,
+                };
+                let r = store_import_parameters(txn, token, params)?;
+                audited(txn, audit, r)?
+            }
+            Op::ImportKeyMaterial {
                 key_id,
                 token,
                 material,
                 fingerprint,
-                *valid_to_ms,
-                cmd.time_ms,
-            )?;
-            audited(txn, audit, r)?
-        }
-        Op::DeleteImportedKeyMaterial { key_id, audit } => {
-            let r = delete_imported_material(txn, key_id)?;
-            audited(txn, audit, r)?
-        }
-        Op::SetKeyRotation {
-            key_id,
-            period_days,
-            audit,
-        } => {
-            let r = set_rotation(txn, key_id, *period_days, cmd.time_ms)?;
-            audited(txn, audit, r)?
-        }
-        Op::RotateKey { rotation, audit } => {
-            let r = rotate(txn, rotation, cmd.time_ms, true)?;
-            audited(txn, audit, r)?
-        }
-        Op::SetQuota {
-            account,
-            keys: key_limit,
-            aliases,
-            audit,
-        } => {
-            let r = set_quota(txn, account, *key_limit, *aliases)?;
-            audited(txn, audit, r)?
-        }
-        Op::AuthorizeJoin {
-            node,
-            public_key,
-            audit,
-        } => {
-            let r = authorize_join(txn, node, public_key)?;
-            audited(txn, audit, r)?
-        }
-        Op::RetireNode { node_id, audit } => {
-            let r = retire_node(txn, *node_id)?;
-            audited(txn, audit, r)?
+                valid_to_ms,
+                audit,
+            } => {
+                let r = import_material(
+                    txn,
+                    key_id,
+                    token,
+                    material,
+                    fingerprint,
+                    *valid_to_ms,
+                    cmd.time_ms,
+                )?;
+                audited(txn, audit, r)?
+            }
+            Op::DeleteImportedKeyMaterial { key_id, audit } => {
+                let r = delete_imported_material(txn, key_id)?;
+                audited(txn, audit, r)?
+            }
+            Op::SetKeyRotation {
+                key_id,
+                period_days,
+                audit,
+            } => {
+                let r = set_rotation(txn, key_id, *period_days, cmd.time_ms)?;
+                audited(txn, audit, r)?
+            }
+            Op::RotateKey { rotation, audit } => {
+                let r = rotate(txn, rotation, cmd.time_ms, true)?;
+                audited(txn, audit, r)?
+            }
+            Op::Iam { change, audit } => {
+                let r = iam::apply(txn, change)?;
+                audited(txn, audit, r)?
+            }
+            Op::PutKeyPolicy {
+                key_id,
+                policy,
+                audit,
+            } => {
+                let r = put_key_policy(txn, key_id, policy)?;
+                audited(txn, audit, r)?
+            }
+            Op::SetQuota {
+                account,
+                keys: key_limit,
+                aliases,
+                grants_per_key,
+                audit,
+            } => {
+                let r = set_quota(txn, account, *key_limit, *aliases, *grants_per_key)?;
+                audited(txn, audit, r)?
+            }
+            Op::AuditExported { through, audit } => {
+                let r = audit_exported(txn, *through)?;
+                audited(txn, audit, r)?
+            }
+            Op::PruneAudit {
+                checkpoint,
+                retention_ms,
+                audit,
+            } => {
+                let r = prune_audit(txn, checkpoint, *retention_ms, cmd.time_ms)?;
+                audited(txn, audit, r)?
+            }
+            Op::CreateGrant { grant, audit } => {
+                let r = create_grant(txn, grant)?;
+                audited(txn, audit, r)?
+            }
+            Op::RemoveGrant {
+                key_id,
+                grant_id,
+                audit,
+            } => {
+                let r = remove_grant(txn, key_id, grant_id)?;
+                audited(txn, audit, r)?
+            }
+            Op::AuthorizeJoin {
+                node,
+                public_key,
+                audit,
+            } => {
+                let r = authorize_join(txn, node, public_key)?;
+                audited(txn, audit, r)?
+            }
+            Op::RetireNode { node_id, audit } => {
+                let r = retire_node(txn, *node_id)?;
+                audited(txn, audit, r)?
+            }
         }
     };
     if idempotent {
@@ -669,10 +793,64 @@ fn append_audit(
     Ok(())
 }
 
-/// The final verdict on an audit record: the node's own error, or the key checks.
+/// Apply's verdict on the authorization decisions a record carries: each still stands
+/// unless a policy it read has changed and the decision, made again, refuses.
+fn authz_verdict(txn: &Txn<'_>, record: &AuditRecord) -> Result<Option<KmsError>, StateError> {
+    // The credential must still stand when the request commits: a node that had not yet
+    // applied the deletion or deactivation of an access key (or of its principal) may
+    // have accepted it, and only this verdict is released.
+    let key_id = &record.user_identity.access_key_id;
+    if !key_id.is_empty() && !record.authz_checks.is_empty() {
+        let refused = || {
+            Some(KmsError::new(
+                ErrorCode::UnrecognizedClient,
+                "The security token included in the request is invalid.",
+            ))
+        };
+        let Some(key) = txn.get::<AccessKeyRecord>(&keys::access_key(key_id))? else {
+            return Ok(refused());
+        };
+        if !key.enabled {
+            return Ok(refused());
+        }
+        if key.expires_ms.is_some_and(|t| record.event_time_ms >= t) {
+            return Ok(Some(KmsError::new(
+                ErrorCode::ExpiredToken,
+                "The security token included in the request is expired.",
+            )));
+        }
+    }
+    for check in &record.authz_checks {
+        let holder = txn.get::<PrincipalRecord>(&keys::principal(&check.holder_arn))?;
+        let key = match &check.key {
+            Some((id, _)) => txn.get::<KeyRecord>(&keys::key(id))?,
+            None => None,
+        };
+        let mut grants = Vec::new();
+        for id in key.iter().flat_map(|k| &k.grants) {
+            grants.extend(txn.get::<GrantRecord>(&keys::grant(id))?);
+        }
+        if let Err(e) = crate::authz::recheck(
+            check,
+            holder.as_ref(),
+            key.as_ref(),
+            &grants,
+            record.event_time_ms,
+        ) {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
+}
+
+/// The final verdict on an audit record: the node's own error, the authorization
+/// decisions, or the key checks.
 fn check_record(txn: &Txn<'_>, record: &AuditRecord) -> Result<Option<KmsError>, StateError> {
     if let Some((code, message)) = &record.error {
         return Ok(Some(KmsError::new(*code, message.clone())));
+    }
+    if let Some(e) = authz_verdict(txn, record)? {
+        return Ok(Some(e));
     }
     for check in &record.key_checks {
         let Some(key) = txn.get::<KeyRecord>(&keys::key(&check.key_id))? else {
@@ -710,6 +888,28 @@ fn bootstrap(txn: &mut Txn<'_>, b: &Bootstrap, time_ms: u64) -> Result<Response,
     };
     txn.put(keys::CLUSTER.to_vec(), &config)?;
     txn.put(keys::access_key(&b.admin.access_key_id), &b.admin)?;
+    // The first credential belongs to the account's root user.
+    let name = b
+        .admin
+        .principal_arn
+        .rsplit('/')
+        .next()
+        .unwrap_or("admin")
+        .to_string();
+    let root = PrincipalRecord {
+        arn: b.admin.principal_arn.clone(),
+        account: b.account.clone(),
+        kind: PrincipalKind::User,
+        name,
+        created_ms: time_ms,
+        enabled: true,
+        root: true,
+        policies: BTreeMap::new(),
+        trust_policy: None,
+        access_keys: vec![b.admin.access_key_id.clone()],
+        epoch: 1,
+    };
+    txn.put(keys::principal(&root.arn), &root)?;
     for member in &b.members {
         if txn
             .get::<NodeRecord>(&keys::node(member.node_id))?
@@ -725,10 +925,22 @@ fn create_key(
     txn: &mut Txn<'_>,
     key: &KeyMetadata,
     material: &[u8],
+    public_key: Option<&[u8]>,
 ) -> Result<Response, StateError> {
     let Some(config) = txn.get::<ClusterConfig>(keys::CLUSTER)? else {
         return Ok(Err(not_bootstrapped()));
     };
+    if key.key_spec.is_asymmetric() != public_key.is_some() {
+        return Ok(Err(KmsError::validation(format!(
+            "{} keys {}",
+            key.key_spec.as_str(),
+            if public_key.is_some() {
+                "take no public key"
+            } else {
+                "need a public key"
+            }
+        ))));
+    }
     if txn.get::<KeyRecord>(&keys::key(&key.key_id))?.is_some() {
         return Ok(Err(KmsError::new(
             ErrorCode::AlreadyExists,
@@ -753,6 +965,9 @@ fn create_key(
         tags: BTreeMap::new(),
         rotations: Vec::new(),
         imported_fingerprint: None,
+        public_key: public_key.map(<[u8]>::to_vec),
+        policy: None,
+        grants: Vec::new(),
     };
     if key.origin == Origin::External {
         // Its material comes later, through ImportKeyMaterial.
@@ -793,6 +1008,9 @@ fn create_service_key(
         tags: BTreeMap::new(),
         rotations: Vec::new(),
         imported_fingerprint: None,
+        public_key: None,
+        policy: None,
+        grants: Vec::new(),
     };
     // Service-managed keys and their aliases count against no quota.
     txn.put(keys::key(&key.key_id), &record)?;
@@ -1025,7 +1243,141 @@ fn quota_usage(txn: &Txn<'_>, account: &AccountId) -> Result<QuotaUsage, StateEr
         keys_used: txn.get(&keys::key_count(account))?.unwrap_or(0),
         aliases_limit: own.aliases.unwrap_or(DEFAULT_ALIAS_QUOTA),
         aliases_used: txn.get(&keys::alias_count(account))?.unwrap_or(0),
+        grants_per_key_limit: own.grants_per_key.unwrap_or(DEFAULT_GRANTS_PER_KEY),
     })
+}
+
+fn audit_exported(txn: &mut Txn<'_>, through: u64) -> Result<Response, StateError> {
+    let (head, _): (u64, String) = txn
+        .get(keys::AUDIT_HEAD)?
+        .unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
+    let before: u64 = txn.get(keys::AUDIT_EXPORTED)?.unwrap_or(0);
+    if through > head {
+        return Ok(Err(KmsError::validation(format!(
+            "event {through} does not exist yet (the head is {head})"
+        ))));
+    }
+    txn.put(keys::AUDIT_EXPORTED.to_vec(), &before.max(through))?;
+    Ok(Ok(Reply::Unit))
+}
+
+/// Most events one PruneAudit removes, so that one apply stays small.
+pub const MAX_PRUNE: u64 = 10_000;
+
+fn prune_audit(
+    txn: &mut Txn<'_>,
+    cp: &AuditCheckpoint,
+    retention_ms: u64,
+    now_ms: u64,
+) -> Result<Response, StateError> {
+    let exported: u64 = txn.get(keys::AUDIT_EXPORTED)?.unwrap_or(0);
+    let first = txn
+        .get::<AuditCheckpoint>(keys::AUDIT_CHECKPOINT)?
+        .map_or(1, |c| c.through + 1);
+    let refuse = |why: String| Ok(Err(KmsError::new(ErrorCode::Conflict, why)));
+    if cp.through < first || cp.through - first >= MAX_PRUNE {
+        return refuse(format!(
+            "events {first}..={} cannot be pruned in one step (at most {MAX_PRUNE})",
+            cp.through
+        ));
+    }
+    if cp.through > exported {
+        return refuse(format!(
+            "event {} has not been exported yet (exported through {exported})",
+            cp.through
+        ));
+    }
+    let Some(last) = txn.get::<AuditEvent>(&keys::audit(cp.through))? else {
+        return refuse(format!("event {} does not exist", cp.through));
+    };
+    if last.hash != cp.hash {
+        return refuse("the checkpoint does not name the event's hash".into());
+    }
+    if last.record.event_time_ms.saturating_add(retention_ms) > now_ms {
+        return refuse(format!(
+            "event {} is younger than the retention period",
+            cp.through
+        ));
+    }
+    for seq in first..=cp.through {
+        txn.delete(keys::audit(seq));
+    }
+    txn.put(keys::AUDIT_CHECKPOINT.to_vec(), cp)?;
+    Ok(Ok(Reply::Unit))
+}
+
+fn create_grant(txn: &mut Txn<'_>, g: &GrantRecord) -> Result<Response, StateError> {
+    let Some(mut record) = txn.get::<KeyRecord>(&keys::key(&g.key_id))? else {
+        return Ok(Err(KmsError::key_not_found(g.key_id.as_str())));
+    };
+    if let Some(e) = pending_deletion(&record) {
+        return Ok(Err(e));
+    }
+    if !g.name.is_empty() {
+        for id in &record.grants {
+            if let Some(other) = txn.get::<GrantRecord>(&keys::grant(id))? {
+                if other.name == g.name
+                    && other.grant == g.grant
+                    && other.retiring_principal == g.retiring_principal
+                {
+                    return Ok(Ok(Reply::Grant {
+                        grant_id: other.grant_id,
+                        token: other.token,
+                    }));
+                }
+            }
+        }
+    }
+    let limit = quota_usage(txn, &record.metadata.account)?.grants_per_key_limit;
+    if record.grants.len() as u64 >= limit {
+        return Ok(Err(KmsError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "{} already has {} grants, its quota",
+                record.metadata.arn,
+                record.grants.len()
+            ),
+        )));
+    }
+    record.grants.push(g.grant_id.clone());
+    txn.put(keys::key(&g.key_id), &record)?;
+    txn.put(keys::grant(&g.grant_id), g)?;
+    Ok(Ok(Reply::Grant {
+        grant_id: g.grant_id.clone(),
+        token: g.token.clone(),
+    }))
+}
+
+fn remove_grant(txn: &mut Txn<'_>, key_id: &KeyId, grant_id: &str) -> Result<Response, StateError> {
+    let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    };
+    let before = record.grants.len();
+    record.grants.retain(|id| id != grant_id);
+    if record.grants.len() == before {
+        return Ok(Err(KmsError::new(
+            ErrorCode::InvalidGrantId,
+            format!("Grant {grant_id} is not a grant of {}", record.metadata.arn),
+        )));
+    }
+    // Whatever the grant allowed and has not committed yet is decided again.
+    record.metadata.epoch += 1;
+    txn.put(keys::key(key_id), &record)?;
+    txn.delete(keys::grant(grant_id));
+    Ok(Ok(Reply::Unit))
+}
+
+fn put_key_policy(txn: &mut Txn<'_>, key_id: &KeyId, policy: &str) -> Result<Response, StateError> {
+    let Some(mut record) = txn.get::<KeyRecord>(&keys::key(key_id))? else {
+        return Ok(Err(KmsError::key_not_found(key_id.as_str())));
+    };
+    if let Some(e) = refuse_service_key(&record, "changing its policy") {
+        return Ok(Err(e));
+    }
+    record.policy = Some(policy.to_string());
+    record.metadata.epoch += 1;
+    txn.put(keys::key(key_id), &record)?;
+    Ok(Ok(Reply::Key(Box::new(record.metadata))))
 }
 
 fn set_quota(
@@ -1033,8 +1385,12 @@ fn set_quota(
     account: &AccountId,
     key_limit: Option<u64>,
     alias_limit: Option<u64>,
+    grant_limit: Option<u64>,
 ) -> Result<Response, StateError> {
     let mut own: AccountQuota = txn.get(&keys::quota(account))?.unwrap_or_default();
+    if grant_limit.is_some() {
+        own.grants_per_key = grant_limit;
+    }
     if key_limit.is_some() {
         own.keys = key_limit;
     }
@@ -1225,6 +1581,7 @@ fn service_event(cmd: &Command, node_id: NodeId, name: &str, account: &AccountId
         resources: Vec::new(),
         error: None,
         key_checks: Vec::new(),
+        authz_checks: Vec::new(),
     }
 }
 

@@ -30,8 +30,11 @@ pub enum Op {
     CreateKey {
         /// The new key's metadata (state Enabled, epoch 1, version 1).
         key: Box<KeyMetadata>,
-        /// Version 1's key material, wrapped under the domain key.
+        /// Version 1's key material (a key pair's private half), wrapped under the
+        /// domain key.
         material: Vec<u8>,
+        /// A key pair's public half (DER SubjectPublicKeyInfo).
+        public_key: Option<Vec<u8>>,
         /// The request's audit record.
         audit: Box<AuditRecord>,
     },
@@ -147,6 +150,23 @@ pub enum Op {
         /// The request's audit record.
         audit: Box<AuditRecord>,
     },
+    /// Changes a principal, its policies or its access keys.
+    Iam {
+        /// The change.
+        change: IamChange,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Replaces a key's policy (named `default`); bumps the key's epoch so that every
+    /// decision made under the old policy is re-checked in apply.
+    PutKeyPolicy {
+        /// The key.
+        key_id: KeyId,
+        /// The document, already validated by the proposer.
+        policy: String,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
     /// Sets an account's quotas (`None` leaves a limit unchanged).
     SetQuota {
         /// The account.
@@ -155,6 +175,45 @@ pub enum Op {
         keys: Option<u64>,
         /// Aliases per account in this region.
         aliases: Option<u64>,
+        /// Grants per key.
+        grants_per_key: Option<u64>,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Records that a full export has written every event up to `through` (never moves
+    /// back).
+    AuditExported {
+        /// The newest exported event.
+        through: u64,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Deletes the oldest events up to `checkpoint.through`, which must have been
+    /// exported and be older than `retention_ms`, and leaves the signed checkpoint in
+    /// their place so the rest of the chain still verifies.
+    PruneAudit {
+        /// The checkpoint, signed by the proposer's HSM.
+        checkpoint: AuditCheckpoint,
+        /// Only events at least this old (by the command's time) may go.
+        retention_ms: u64,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Adds a grant to a key (or, if the same grant exists under the same name, answers
+    /// with it, as AWS does).
+    CreateGrant {
+        /// The grant as the proposer made it (id and token drawn there).
+        grant: Box<GrantRecord>,
+        /// The request's audit record.
+        audit: Box<AuditRecord>,
+    },
+    /// Removes a grant (RetireGrant or RevokeGrant); bumps the key's epoch so that a
+    /// request allowed only by the grant and not yet committed is refused.
+    RemoveGrant {
+        /// The key.
+        key_id: KeyId,
+        /// The grant.
+        grant_id: String,
         /// The request's audit record.
         audit: Box<AuditRecord>,
     },
@@ -246,6 +305,12 @@ impl Op {
             | Op::ScheduleKeyDeletion { audit, .. }
             | Op::CancelKeyDeletion { audit, .. }
             | Op::SetQuota { audit, .. }
+            | Op::Iam { audit, .. }
+            | Op::CreateGrant { audit, .. }
+            | Op::AuditExported { audit, .. }
+            | Op::PruneAudit { audit, .. }
+            | Op::RemoveGrant { audit, .. }
+            | Op::PutKeyPolicy { audit, .. }
             | Op::SetKeyRotation { audit, .. }
             | Op::StoreImportParameters { audit, .. }
             | Op::ImportKeyMaterial { audit, .. }
@@ -288,6 +353,135 @@ pub struct AccessKeyRecord {
     pub wrapped_secret: Vec<u8>,
     /// Whether the key may be used.
     pub enabled: bool,
+    /// When it was made (ms, the proposer's clock).
+    pub created_ms: u64,
+    /// Temporary credentials (AssumeRole): when they stop working (ms since the Unix
+    /// epoch). `None` for a user's long-term key.
+    pub expires_ms: Option<u64>,
+    /// Temporary credentials: the role whose policies apply (`principal_arn` is then the
+    /// assumed-role session ARN).
+    pub role_arn: Option<String>,
+}
+
+/// A user or a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrincipalKind {
+    /// A user: holds up to two long-term access keys.
+    User,
+    /// A role: no keys of its own; assumed for temporary credentials.
+    Role,
+}
+
+impl PrincipalKind {
+    /// `user` or `role`, as in the ARN.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Role => "role",
+        }
+    }
+}
+
+/// A principal of an account, with its identity-based (inline) policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrincipalRecord {
+    /// `arn:keyraft:iam::<account>:user/<name>` or `.../role/<name>`.
+    pub arn: String,
+    /// The account.
+    pub account: AccountId,
+    /// User or role.
+    pub kind: PrincipalKind,
+    /// The name (unique per account and kind).
+    pub name: String,
+    /// When it was made (ms, the proposer's clock).
+    pub created_ms: u64,
+    /// Whether it may authenticate (a disabled user's keys and a disabled role's sessions
+    /// are refused).
+    pub enabled: bool,
+    /// The account's root user: allowed everything its account's key policies delegate
+    /// to the account, and never deletable.
+    pub root: bool,
+    /// Inline policies: name -> document text (validated when put).
+    pub policies: BTreeMap<String, String>,
+    /// A role's trust policy: who may assume it (document text).
+    pub trust_policy: Option<String>,
+    /// Its access key ids (users).
+    pub access_keys: Vec<String>,
+    /// Bumped by every change that can affect an authorization decision.
+    pub epoch: u64,
+}
+
+impl IamChange {
+    /// A short name for logs (no secrets).
+    pub fn name(&self) -> String {
+        match self {
+            IamChange::CreatePrincipal(p) => format!("CreatePrincipal {}", p.arn),
+            IamChange::DeletePrincipal { arn } => format!("DeletePrincipal {arn}"),
+            IamChange::SetPrincipalEnabled { arn, enabled } => {
+                format!("SetPrincipalEnabled {arn} {enabled}")
+            }
+            IamChange::PutPolicy { arn, name, .. } => format!("PutPolicy {arn} {name}"),
+            IamChange::DeletePolicy { arn, name } => format!("DeletePolicy {arn} {name}"),
+            IamChange::CreateAccessKey(k) => format!("CreateAccessKey {}", k.access_key_id),
+            IamChange::DeleteAccessKey { access_key_id } => {
+                format!("DeleteAccessKey {access_key_id}")
+            }
+            IamChange::SetAccessKeyEnabled {
+                access_key_id,
+                enabled,
+            } => format!("SetAccessKeyEnabled {access_key_id} {enabled}"),
+        }
+    }
+}
+
+/// The identity changes of `Op::Iam`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IamChange {
+    /// Creates a user or role (the record as the proposer made it).
+    CreatePrincipal(Box<PrincipalRecord>),
+    /// Deletes a principal with its access keys and policies (never a root user).
+    DeletePrincipal {
+        /// The principal.
+        arn: String,
+    },
+    /// Enables or disables a principal.
+    SetPrincipalEnabled {
+        /// The principal.
+        arn: String,
+        /// Enable or disable.
+        enabled: bool,
+    },
+    /// Puts (creates or replaces) an inline policy.
+    PutPolicy {
+        /// The principal.
+        arn: String,
+        /// The policy's name.
+        name: String,
+        /// The document, already validated by the proposer.
+        document: String,
+    },
+    /// Deletes an inline policy.
+    DeletePolicy {
+        /// The principal.
+        arn: String,
+        /// The policy's name.
+        name: String,
+    },
+    /// Adds an access key: a user's long-term key (at most two), or temporary
+    /// credentials of an assumed role.
+    CreateAccessKey(Box<AccessKeyRecord>),
+    /// Deletes an access key.
+    DeleteAccessKey {
+        /// The access key id.
+        access_key_id: String,
+    },
+    /// Enables or disables an access key.
+    SetAccessKeyEnabled {
+        /// The access key id.
+        access_key_id: String,
+        /// Enable or disable.
+        enabled: bool,
+    },
 }
 
 /// A node as the cluster registers it.
@@ -355,6 +549,8 @@ pub struct AccountQuota {
     pub keys: Option<u64>,
     /// Aliases per account.
     pub aliases: Option<u64>,
+    /// Grants per key.
+    pub grants_per_key: Option<u64>,
 }
 
 /// An account's limits in force and what it uses.
@@ -368,6 +564,8 @@ pub struct QuotaUsage {
     pub aliases_limit: u64,
     /// Aliases in use.
     pub aliases_used: u64,
+    /// Grant limit per key.
+    pub grants_per_key_limit: u64,
 }
 
 /// An alias: a friendly name of a key, per account.
@@ -414,6 +612,56 @@ pub struct KeyRecord {
     /// For imported material: its fingerprint (kept after the material is deleted, so a
     /// re-import must bring the same material).
     pub imported_fingerprint: Option<String>,
+    /// A key pair's public half (DER SubjectPublicKeyInfo); key pairs never rotate, so
+    /// there is one.
+    pub public_key: Option<Vec<u8>>,
+    /// The key policy (`default`); `None` is the default key policy of the key's
+    /// account, which delegates to the account's principal policies.
+    pub policy: Option<String>,
+    /// Ids of the key's grants (the grants themselves are stored beside the key).
+    pub grants: Vec<String>,
+}
+
+/// What stands in for pruned audit events: the last pruned event's sequence and hash,
+/// signed so that nobody without the region's HSM can make one up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    /// The newest pruned event.
+    pub through: u64,
+    /// Its hash: the `prevHash` of the first event kept.
+    pub hash: String,
+    /// When it was pruned (ms, the proposer's clock).
+    pub pruned_ms: u64,
+    /// The HSM's seal over `through` and `hash` (see `AuditCheckpoint::signed_bytes`).
+    pub signature: Vec<u8>,
+}
+
+impl AuditCheckpoint {
+    /// The bytes the signature covers.
+    pub fn signed_bytes(through: u64, hash: &str) -> Vec<u8> {
+        format!("keyraft-audit-checkpoint-v1:{through}:{hash}").into_bytes()
+    }
+}
+
+/// A grant on a key: the grantee may do the grant's operations, within its constraints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    /// The grant id (64 hex characters, drawn by the proposer).
+    pub grant_id: String,
+    /// The key.
+    pub key_id: KeyId,
+    /// An optional name; creating a grant with the same name and content returns it.
+    pub name: String,
+    /// Grantee, operations and constraints.
+    pub grant: keyraft_types::Grant,
+    /// Who may retire it, besides the account and (with RetireGrant) the grantee.
+    pub retiring_principal: Option<String>,
+    /// The account that created it.
+    pub issuing_account: AccountId,
+    /// When (ms, the proposer's clock).
+    pub creation_ms: u64,
+    /// The grant token, returned by CreateGrant and accepted by RetireGrant.
+    pub token: String,
 }
 
 /// What apply answers for one command.
@@ -431,6 +679,18 @@ pub enum Reply {
     Deleted(Vec<KeyId>),
     /// An account's quotas after a change.
     Quota(QuotaUsage),
+    /// The principal after the change.
+    Principal(Box<PrincipalRecord>),
+    /// A grant's id and token.
+    Grant {
+        /// The grant id.
+        grant_id: String,
+        /// The grant token.
+        token: String,
+    },
+    /// The access key a CreateAccessKey made (a retry with the same request id gets the
+    /// first one's id, so the serving node can return that key, not a new one).
+    AccessKey(String),
 }
 
 /// The response to a command: deterministic errors are values.
@@ -494,6 +754,14 @@ impl std::fmt::Display for Command {
                 format!("RotateKey({} v{})", rotation.key_id, rotation.version)
             }
             Op::SetQuota { account, .. } => format!("SetQuota({account})"),
+            Op::Iam { change, .. } => format!("Iam({})", change.name()),
+            Op::PutKeyPolicy { key_id, .. } => format!("PutKeyPolicy({key_id})"),
+            Op::CreateGrant { grant, .. } => format!("CreateGrant({})", grant.key_id),
+            Op::AuditExported { through, .. } => format!("AuditExported({through})"),
+            Op::PruneAudit { checkpoint, .. } => format!("PruneAudit({})", checkpoint.through),
+            Op::RemoveGrant {
+                key_id, grant_id, ..
+            } => format!("RemoveGrant({key_id}, {grant_id})"),
             Op::AuthorizeJoin { node, .. } => format!("AuthorizeJoin({})", node.node_id),
             Op::RetireNode { node_id, .. } => format!("RetireNode({node_id})"),
         };

@@ -8,6 +8,10 @@ pub(crate) const MEMBERSHIP: &[u8] = b"meta/membership";
 pub(crate) const META_PREFIX: &[u8] = b"meta/";
 pub(crate) const CLUSTER: &[u8] = b"cluster";
 pub(crate) const AUDIT_HEAD: &[u8] = b"audit_head";
+/// The newest event a full export has written out (`u64`).
+pub(crate) const AUDIT_EXPORTED: &[u8] = b"audit_exported";
+/// The checkpoint that replaces pruned events ([`crate::AuditCheckpoint`]).
+pub(crate) const AUDIT_CHECKPOINT: &[u8] = b"audit_checkpoint";
 pub(crate) const KEY_PREFIX: &[u8] = b"key/";
 pub(crate) const AUDIT_PREFIX: &[u8] = b"audit/";
 pub(crate) const REQUEST_TIME_PREFIX: &[u8] = b"reqt/";
@@ -23,6 +27,20 @@ pub(crate) fn key_count(account: &AccountId) -> Vec<u8> {
 
 pub(crate) fn access_key(id: &str) -> Vec<u8> {
     format!("akey/{id}").into_bytes()
+}
+
+pub(crate) const PRINCIPAL_PREFIX: &[u8] = b"principal/";
+
+/// A principal, by ARN (so an account's principals sort together).
+pub(crate) fn principal(arn: &str) -> Vec<u8> {
+    [PRINCIPAL_PREFIX, arn.as_bytes()].concat()
+}
+
+pub(crate) const GRANT_PREFIX: &[u8] = b"grant/";
+
+/// A grant, by id.
+pub(crate) fn grant(id: &str) -> Vec<u8> {
+    [GRANT_PREFIX, id.as_bytes()].concat()
 }
 
 pub(crate) fn node(id: NodeId) -> Vec<u8> {

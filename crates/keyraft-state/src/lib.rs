@@ -30,15 +30,19 @@
 #![deny(missing_docs)]
 
 mod apply;
+pub mod authz;
 pub mod command;
 mod keys;
 pub mod storage;
 
-pub use apply::{AppliedMeta, StateMachine, StateSnapshot};
+pub use apply::{
+    AppliedMeta, StateMachine, StateSnapshot, MAX_ACCESS_KEYS, MAX_INLINE_POLICIES, MAX_PRUNE,
+};
 pub use command::{
-    AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, Bootstrap, ClusterConfig, Command,
-    ImportParameters, JoinAuthorization, KeyRecord, NodeRecord, Op, PreparedRotation, QuotaUsage,
-    Reply, Response, Rotation,
+    AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, AuditCheckpoint, Bootstrap,
+    ClusterConfig, Command, GrantRecord, IamChange, ImportParameters, JoinAuthorization, KeyRecord,
+    NodeRecord, Op, PreparedRotation, PrincipalKind, PrincipalRecord, QuotaUsage, Reply, Response,
+    Rotation,
 };
 pub use storage::{Durable, StateError};
 
@@ -54,6 +58,11 @@ pub const DEFAULT_KEY_QUOTA: u64 = 1000;
 
 /// The alias quota per account when none is set.
 pub const DEFAULT_ALIAS_QUOTA: u64 = 1000;
+
+/// Grants per key when no quota is set. (AWS allows 50,000; Keyraft keeps a key's grant
+/// ids in its record, read on every request that falls through to grants, so the default
+/// is lower and an administrator may raise it.)
+pub const DEFAULT_GRANTS_PER_KEY: u64 = 1000;
 
 /// Most on-demand rotations of one key (as AWS).
 pub const MAX_ON_DEMAND_ROTATIONS: usize = 25;

@@ -23,7 +23,8 @@ use keyraft_types::{
 };
 
 use crate::command::{
-    AccessKeyRecord, ApplyEntry, Bootstrap, Command, NodeRecord, Op, PreparedRotation, Reply,
+    AccessKeyRecord, ApplyEntry, Bootstrap, Command, IamChange, NodeRecord, Op, PreparedRotation,
+    PrincipalKind, PrincipalRecord, Reply,
 };
 use crate::{keys, Durable, StateMachine};
 
@@ -55,6 +56,7 @@ fn record(name: &str) -> AuditRecord {
         resources: vec![],
         error: None,
         key_checks: Vec::new(),
+        authz_checks: Vec::new(),
     }
 }
 
@@ -107,8 +109,8 @@ impl Runner {
                 k.epoch
             ),
             Ok(Reply::Quota(q)) => format!(
-                "quota: keys {}/{} aliases {}/{}",
-                q.keys_used, q.keys_limit, q.aliases_used, q.aliases_limit
+                "quota: keys {}/{} aliases {}/{} grants/key {}",
+                q.keys_used, q.keys_limit, q.aliases_used, q.aliases_limit, q.grants_per_key_limit
             ),
             Ok(Reply::Deleted(v)) => format!(
                 "deleted: [{}]",
@@ -123,8 +125,37 @@ impl Runner {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            Ok(Reply::Principal(p)) => format!("ok: {}", describe_principal(p)),
+            Ok(Reply::AccessKey(id)) => format!("ok: {id}"),
+            Ok(Reply::Grant { grant_id, .. }) => format!("ok: grant {grant_id}"),
             Err(e) => format!("error: {}: {}", e.code, e.message),
         }
+    }
+
+    /// The authorization decision a node made, from `as=user/NAME holder-epoch=N
+    /// key-epoch=N [ctx=k:v]` (none without `as=`).
+    fn authz_check(
+        &self,
+        args: &BTreeMap<String, String>,
+        key: &str,
+        action: &str,
+    ) -> Option<keyraft_types::AuthzCheck> {
+        let who = args.get("as")?;
+        let arn = format!("arn:keyraft:iam::{ACCOUNT}:{who}");
+        let num = |k: &str| args.get(k).map_or(1, |v| v.parse().unwrap());
+        let ctx = args.get("ctx").map(|kv| {
+            let (k, v) = kv.split_once(':').unwrap();
+            BTreeMap::from([(k.to_string(), v.to_string())])
+        });
+        Some(keyraft_types::AuthzCheck {
+            caller_arn: arn.clone(),
+            holder_arn: arn,
+            holder_epoch: num("holder-epoch"),
+            action: format!("kms:{action}"),
+            key: Some((key_id(key), num("key-epoch"))),
+            resource: "*".into(),
+            encryption_context: ctx,
+        })
     }
 
     fn run(&mut self, line: &str) -> String {
@@ -158,6 +189,9 @@ impl Runner {
                         account: AccountId::parse(ACCOUNT).unwrap(),
                         wrapped_secret: vec![1, 2, 3],
                         enabled: true,
+                        created_ms: t,
+                        expires_ms: None,
+                        role_arn: None,
                     },
                     members: vec![NodeRecord {
                         node_id: 1,
@@ -170,6 +204,14 @@ impl Runner {
             ),
             "create" => {
                 let id = key_id(&positional[0]);
+                let spec = KeySpec::parse(&arg("spec", "")).unwrap();
+                // `public=yes|no` overrides whether a public key comes with the command.
+                let public_key = match arg("public", "").as_str() {
+                    "yes" => true,
+                    "no" => false,
+                    _ => spec.is_asymmetric(),
+                }
+                .then(|| vec![0x30; 91]);
                 let account = AccountId::parse(&arg("account", ACCOUNT)).unwrap();
                 let key = KeyMetadata {
                     arn: region.key_arn(&account, &id),
@@ -177,8 +219,8 @@ impl Runner {
                     account,
                     description: String::new(),
                     key_state: KeyState::Enabled,
-                    key_spec: KeySpec::SymmetricDefault,
-                    key_usage: KeyUsage::EncryptDecrypt,
+                    key_spec: spec,
+                    key_usage: spec.usages()[0],
                     origin: if arg("origin", "") == "EXTERNAL" {
                         Origin::External
                     } else {
@@ -199,6 +241,7 @@ impl Runner {
                     Op::CreateKey {
                         key: Box::new(key),
                         material: vec![0xAB; 60],
+                        public_key,
                         audit: Box::new(record("CreateKey")),
                     },
                 )
@@ -267,19 +310,26 @@ impl Runner {
                     audit: Box::new(record("DeleteImportedKeyMaterial")),
                 },
             ),
-            "enable" | "disable" => self.apply(
-                &request,
-                t,
-                Op::SetKeyEnabled {
-                    key_id: key_id(&positional[0]),
-                    enabled: cmd == "enable",
-                    audit: Box::new(record(if cmd == "enable" {
-                        "EnableKey"
-                    } else {
-                        "DisableKey"
-                    })),
-                },
-            ),
+            "enable" | "disable" => {
+                let action = if cmd == "enable" {
+                    "EnableKey"
+                } else {
+                    "DisableKey"
+                };
+                let mut r = record(action);
+                if let Some(check) = self.authz_check(&args, &positional[0], action) {
+                    r.authz_checks.push(check);
+                }
+                self.apply(
+                    &request,
+                    t,
+                    Op::SetKeyEnabled {
+                        key_id: key_id(&positional[0]),
+                        enabled: cmd == "enable",
+                        audit: Box::new(r),
+                    },
+                )
+            }
             "crypto" => {
                 let mut r = record("Encrypt");
                 r.key_checks.push(KeyCheck {
@@ -290,6 +340,10 @@ impl Runner {
                         _ => CryptoOperation::Encrypt,
                     },
                 });
+                if let Some(check) = self.authz_check(&args, &positional[0], &arg("op", "Encrypt"))
+                {
+                    r.authz_checks.push(check);
+                }
                 self.apply(&request, t, Op::AuditBatch { records: vec![r] })
             }
             "refused" => {
@@ -298,10 +352,137 @@ impl Runner {
                 r.error = Some((code, "refused by the node".into()));
                 self.apply(&request, t, Op::AuditBatch { records: vec![r] })
             }
+            "user" | "role" => {
+                let kind = if cmd == "user" {
+                    PrincipalKind::User
+                } else {
+                    PrincipalKind::Role
+                };
+                let account = AccountId::parse(&arg("account", ACCOUNT)).unwrap();
+                let name = positional[0].to_string();
+                let p = PrincipalRecord {
+                    arn: format!("arn:keyraft:iam::{account}:{}/{name}", kind.as_str()),
+                    account,
+                    kind,
+                    name,
+                    created_ms: t,
+                    enabled: true,
+                    root: false,
+                    policies: BTreeMap::new(),
+                    trust_policy: None,
+                    access_keys: Vec::new(),
+                    epoch: 0,
+                };
+                let change = IamChange::CreatePrincipal(Box::new(p));
+                self.apply(
+                    &request,
+                    t,
+                    Op::Iam {
+                        change,
+                        audit: Box::new(record("CreatePrincipal")),
+                    },
+                )
+            }
+            "iam" => {
+                let arn =
+                    |who: &String| format!("arn:keyraft:iam::{}:{who}", arg("account", ACCOUNT));
+                let change = match positional[0].as_str() {
+                    "delete" => IamChange::DeletePrincipal {
+                        arn: arn(&positional[1]),
+                    },
+                    "enable" | "disable" => IamChange::SetPrincipalEnabled {
+                        arn: arn(&positional[1]),
+                        enabled: positional[0] == "enable",
+                    },
+                    "put-policy" => IamChange::PutPolicy {
+                        arn: arn(&positional[1]),
+                        name: positional[2].to_string(),
+                        document: policy_text(&arg("doc", "allow-kms")),
+                    },
+                    "delete-policy" => IamChange::DeletePolicy {
+                        arn: arn(&positional[1]),
+                        name: positional[2].to_string(),
+                    },
+                    "create-key" | "session" => {
+                        let session = positional[0] == "session";
+                        IamChange::CreateAccessKey(Box::new(AccessKeyRecord {
+                            access_key_id: positional[2].to_string(),
+                            principal_arn: if session {
+                                format!("arn:keyraft:sts::{ACCOUNT}:assumed-role/x/s")
+                            } else {
+                                arn(&positional[1])
+                            },
+                            account: AccountId::parse(ACCOUNT).unwrap(),
+                            wrapped_secret: vec![9],
+                            enabled: true,
+                            created_ms: t,
+                            expires_ms: session.then_some(t + 3_600_000),
+                            role_arn: session.then(|| arn(&positional[1])),
+                        }))
+                    }
+                    "delete-key" => IamChange::DeleteAccessKey {
+                        access_key_id: positional[1].to_string(),
+                    },
+                    "disable-key" => IamChange::SetAccessKeyEnabled {
+                        access_key_id: positional[1].to_string(),
+                        enabled: false,
+                    },
+                    other => panic!("unknown iam change {other}"),
+                };
+                self.apply(
+                    &request,
+                    t,
+                    Op::Iam {
+                        change,
+                        audit: Box::new(record("Iam")),
+                    },
+                )
+            }
+            "principal" => {
+                let arn = format!(
+                    "arn:keyraft:iam::{}:{}",
+                    arg("account", ACCOUNT),
+                    positional[0]
+                );
+                match self.sm.principal(&arn).unwrap() {
+                    Some(p) => describe_principal(&p),
+                    None => "not found".into(),
+                }
+            }
+            "access-key" => match self.sm.access_key(&positional[0]).unwrap() {
+                Some(k) => format!(
+                    "{} of {} enabled={} expires={:?} role={:?}",
+                    k.access_key_id, k.principal_arn, k.enabled, k.expires_ms, k.role_arn
+                ),
+                None => "not found".into(),
+            },
+            "key-policy" => {
+                let policy = policy_text(&arg("doc", "default"));
+                self.apply(
+                    &request,
+                    t,
+                    Op::PutKeyPolicy {
+                        key_id: key_id(&positional[0]),
+                        policy,
+                        audit: Box::new(record("PutKeyPolicy")),
+                    },
+                )
+            }
             "describe" => match self.sm.key(&key_id(&positional[0])).unwrap() {
                 Some(k) => format!(
-                    "{} {} epoch={} versions={:?} description={:?} tags={:?}{}{}",
+                    "{}{} {} epoch={} versions={:?} description={:?} tags={:?}{}{}",
                     key_name(&k.metadata.key_id),
+                    match (k.metadata.key_spec, &k.public_key) {
+                        (KeySpec::SymmetricDefault, _) => String::new(),
+                        (spec, Some(p)) => format!(
+                            " {}/{} public={}B",
+                            spec.as_str(),
+                            k.metadata.key_usage.as_str(),
+                            p.len()
+                        ),
+                        (spec, None) =>
+                            format!(" {}/{}", spec.as_str(), k.metadata.key_usage.as_str()),
+                    },
                     k.metadata.key_state.as_str(),
                     k.metadata.epoch,
                     k.versions.keys().collect::<Vec<_>>(),
@@ -498,6 +679,7 @@ impl Runner {
                             account,
                             keys: args.get("keys").map(|v| v.parse().unwrap()),
                             aliases: args.get("aliases").map(|v| v.parse().unwrap()),
+                            grants_per_key: args.get("grants").map(|v| v.parse().unwrap()),
                             audit: Box::new(record("SetQuota")),
                         },
                     )
@@ -509,6 +691,51 @@ impl Runner {
                     )
                 }
             }
+            "grant" => {
+                // grant k1 g1 to=user/bob ops=Encrypt,Decrypt [name=N] [equals=k:v]
+                let ops: Vec<keyraft_types::GrantOperation> = arg("ops", "Encrypt")
+                    .split(',')
+                    .map(|o| keyraft_types::GrantOperation::parse(o).unwrap())
+                    .collect();
+                let constraints = args.get("equals").map(|kv| {
+                    let (k, v) = kv.split_once(':').unwrap();
+                    keyraft_types::GrantConstraints {
+                        encryption_context_equals: Some(BTreeMap::from([(
+                            k.to_string(),
+                            v.to_string(),
+                        )])),
+                        encryption_context_subset: None,
+                    }
+                });
+                let grantee = format!("arn:keyraft:iam::{ACCOUNT}:{}", arg("to", "user/bob"));
+                let g = crate::GrantRecord {
+                    grant_id: positional[1].to_string(),
+                    key_id: key_id(&positional[0]),
+                    name: arg("name", ""),
+                    grant: keyraft_types::Grant::new(&grantee, &ops, constraints).unwrap(),
+                    retiring_principal: None,
+                    issuing_account: AccountId::parse(ACCOUNT).unwrap(),
+                    creation_ms: t,
+                    token: format!("token-{}", positional[1]),
+                };
+                self.apply(
+                    &request,
+                    t,
+                    Op::CreateGrant {
+                        grant: Box::new(g),
+                        audit: Box::new(record("CreateGrant")),
+                    },
+                )
+            }
+            "remove-grant" => self.apply(
+                &request,
+                t,
+                Op::RemoveGrant {
+                    key_id: key_id(&positional[0]),
+                    grant_id: positional[1].to_string(),
+                    audit: Box::new(record("RevokeGrant")),
+                },
+            ),
             "due" => format!("{:?}", self.sm.next_deletion_due().unwrap()),
             "reencrypt" => {
                 let mut r = record("ReEncrypt");
@@ -586,6 +813,54 @@ impl Runner {
                     .insert(k, bincode::serialize(&e).unwrap())
                     .unwrap();
                 "tampered".into()
+            }
+            "delete-event" => {
+                self.sm
+                    .tree
+                    .remove(keys::audit(arg("seq", "1").parse().unwrap()))
+                    .unwrap();
+                "deleted".into()
+            }
+            "swap-events" => {
+                // Two events exchange places (each keeps its own sequence field).
+                let (a, b): (u64, u64) = (
+                    arg("a", "1").parse().unwrap(),
+                    arg("b", "2").parse().unwrap(),
+                );
+                let ka = self.sm.tree.get(keys::audit(a)).unwrap().unwrap();
+                let kb = self.sm.tree.get(keys::audit(b)).unwrap().unwrap();
+                self.sm.tree.insert(keys::audit(a), kb).unwrap();
+                self.sm.tree.insert(keys::audit(b), ka).unwrap();
+                "swapped".into()
+            }
+            "exported" => self.apply(
+                &request,
+                t,
+                Op::AuditExported {
+                    through: arg("through", "0").parse().unwrap(),
+                    audit: Box::new(record("AuditExported")),
+                },
+            ),
+            "prune" => {
+                let through: u64 = arg("through", "1").parse().unwrap();
+                let hash = match args.get("hash") {
+                    Some(h) => h.clone(),
+                    None => self.sm.audit_hash_at(through).unwrap().unwrap_or_default(),
+                };
+                self.apply(
+                    &request,
+                    t,
+                    Op::PruneAudit {
+                        checkpoint: crate::AuditCheckpoint {
+                            through,
+                            hash,
+                            pruned_ms: t,
+                            signature: vec![7],
+                        },
+                        retention_ms: arg("retention", "0").parse().unwrap(),
+                        audit: Box::new(record("PruneAudit")),
+                    },
+                )
             }
             other => panic!("unknown command {other}"),
         }
@@ -698,6 +973,83 @@ fn nodes_and_joins() {
     run_file("nodes.test");
 }
 
+/// Policy documents the scenarios name (`doc=NAME`), each valid for its kind.
+fn policy_text(name: &str) -> String {
+    let root = format!("arn:keyraft:iam::{ACCOUNT}:root");
+    let alice = format!("arn:keyraft:iam::{ACCOUNT}:user/alice");
+    let doc =
+        |statements: &str| format!(r#"{{"Version":"2012-10-17","Statement":[{statements}]}}"#);
+    match name {
+        "allow-kms" => doc(r#"{"Effect":"Allow","Action":"kms:*","Resource":"*"}"#),
+        "deny-encrypt" => doc(r#"{"Effect":"Deny","Action":"kms:Encrypt","Resource":"*"}"#),
+        "encrypt-for-orders" => doc(
+            r#"{"Effect":"Allow","Action":"kms:Encrypt","Resource":"*","Condition":{"StringEquals":{"kms:EncryptionContext:app":"orders"}}}"#,
+        ),
+        "default" => doc(&format!(
+            r#"{{"Effect":"Allow","Principal":{{"AWS":"{root}"}},"Action":"kms:*","Resource":"*"}}"#
+        )),
+        "deny-alice" => doc(&format!(
+            r#"{{"Effect":"Allow","Principal":{{"AWS":"{root}"}},"Action":"kms:*","Resource":"*"}},{{"Effect":"Deny","Principal":{{"AWS":"{alice}"}},"Action":"kms:*","Resource":"*"}}"#
+        )),
+        "no-delegation" => doc(&format!(
+            r#"{{"Effect":"Allow","Principal":{{"AWS":"{ACCOUNT}"}},"Action":"kms:DescribeKey","Resource":"*"}}"#
+        )),
+        other => panic!("no policy named {other}"),
+    }
+}
+
+fn describe_principal(p: &PrincipalRecord) -> String {
+    format!(
+        "{} {}{}{} keys={:?} policies={:?} epoch={}",
+        p.arn,
+        if p.enabled { "enabled" } else { "disabled" },
+        if p.root { " root" } else { "" },
+        if p.trust_policy.is_some() {
+            " trust"
+        } else {
+            ""
+        },
+        p.access_keys,
+        p.policies.keys().collect::<Vec<_>>(),
+        p.epoch
+    )
+}
+
+#[test]
+fn authorization_is_decided_again_in_apply_when_a_policy_changed() {
+    run_file("authz_recheck.test");
+}
+
+#[test]
+fn audit_retention_and_tampering() {
+    run_file("audit_retention.test");
+}
+
+#[test]
+fn a_reordered_audit_event_is_detected() {
+    run_file("audit_reorder.test");
+}
+
+#[test]
+fn a_deleted_audit_event_is_detected() {
+    run_file("audit_delete.test");
+}
+
+#[test]
+fn grants_allow_use_within_constraints_and_quota() {
+    run_file("grants.test");
+}
+
+#[test]
+fn principals_and_access_keys() {
+    run_file("iam.test");
+}
+
+#[test]
+fn key_pairs() {
+    run_file("key_pairs.test");
+}
+
 #[test]
 fn state_survives_reopen_and_snapshot_round_trip() {
     let mut a = Runner::new();
@@ -749,6 +1101,7 @@ fn batch_is_one_atomic_apply() {
                 valid_to_ms: None,
             }),
             material: vec![1; 60],
+            public_key: None,
             audit: Box::new(record("CreateKey")),
         }
     };
