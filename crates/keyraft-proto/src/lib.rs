@@ -36,6 +36,34 @@ use keyraft_types::KeyMetadata;
 /// The only encryption algorithm of symmetric keys.
 pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 
+/// The encryption algorithms a key of this spec and usage offers (AWS names).
+pub fn encryption_algorithms(
+    spec: keyraft_types::KeySpec,
+    usage: keyraft_types::KeyUsage,
+) -> Vec<String> {
+    if usage != keyraft_types::KeyUsage::EncryptDecrypt {
+        return Vec::new();
+    }
+    spec.encryption_algorithms()
+        .iter()
+        .map(|a| a.as_str().to_string())
+        .collect()
+}
+
+/// The signing algorithms a key of this spec and usage offers (AWS names).
+pub fn signing_algorithms(
+    spec: keyraft_types::KeySpec,
+    usage: keyraft_types::KeyUsage,
+) -> Vec<String> {
+    if usage != keyraft_types::KeyUsage::SignVerify {
+        return Vec::new();
+    }
+    spec.signing_algorithms()
+        .iter()
+        .map(|a| a.as_str().to_string())
+        .collect()
+}
+
 impl From<&KeyMetadata> for v1::KeyMetadata {
     fn from(m: &KeyMetadata) -> Self {
         v1::KeyMetadata {
@@ -50,16 +78,17 @@ impl From<&KeyMetadata> for v1::KeyMetadata {
             key_manager: m.key_manager.as_str().to_string(),
             creation_date: m.creation_date_ms,
             enabled: m.key_state == keyraft_types::KeyState::Enabled,
-            encryption_algorithms: match m.key_usage {
-                keyraft_types::KeyUsage::EncryptDecrypt => vec![SYMMETRIC_DEFAULT.to_string()],
-                keyraft_types::KeyUsage::GenerateVerifyMac => Vec::new(),
-            },
+            encryption_algorithms: encryption_algorithms(m.key_spec, m.key_usage),
+            signing_algorithms: signing_algorithms(m.key_spec, m.key_usage),
             mac_algorithms: m
                 .key_spec
                 .mac_algorithm()
                 .map(str::to_string)
                 .into_iter()
                 .collect(),
+            rotation_period_in_days: m.rotation_period_days.unwrap_or(0),
+            next_rotation_date: m.next_rotation_ms.unwrap_or(0),
+            current_key_version: m.current_version,
             deletion_date: m.deletion_date_ms.unwrap_or(0),
             valid_to: m.valid_to_ms.unwrap_or(0),
         }

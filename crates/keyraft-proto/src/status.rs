@@ -41,12 +41,18 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::IncorrectKeyMaterial
         | ErrorCode::ExpiredImportToken
         | ErrorCode::InvalidImportToken
-        | ErrorCode::InvalidMac => Code::InvalidArgument,
+        | ErrorCode::InvalidMac
+        | ErrorCode::KmsInvalidSignature
+        | ErrorCode::MalformedPolicyDocument
+        | ErrorCode::InvalidGrantToken
+        | ErrorCode::InvalidGrantId => Code::InvalidArgument,
         ErrorCode::LimitExceeded | ErrorCode::Throttling => Code::ResourceExhausted,
         ErrorCode::AccessDenied => Code::PermissionDenied,
         ErrorCode::AlreadyExists => Code::AlreadyExists,
         ErrorCode::UnsupportedOperation => Code::Unimplemented,
-        ErrorCode::UnrecognizedClient | ErrorCode::InvalidSignature => Code::Unauthenticated,
+        ErrorCode::UnrecognizedClient | ErrorCode::InvalidSignature | ErrorCode::ExpiredToken => {
+            Code::Unauthenticated
+        }
         ErrorCode::Conflict => Code::Aborted,
         ErrorCode::NotLeader | ErrorCode::KeyUnavailable => Code::Unavailable,
         ErrorCode::DependencyTimeout => Code::DeadlineExceeded,

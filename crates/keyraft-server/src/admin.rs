@@ -19,7 +19,7 @@ use keyraft_types::{
     KmsError, NodeId, Origin,
 };
 
-use crate::audit_json::event_json;
+use crate::audit_json::{event_json, AuditFilter};
 use crate::core::{handler, node_methods, Call, NodeCore};
 use crate::join::service_record;
 use crate::kms::internal;
@@ -90,8 +90,12 @@ fn quota_response(account: &AccountId, q: &QuotaUsage) -> QuotaResponse {
         keys_used: q.keys_used,
         aliases_limit: q.aliases_limit,
         aliases_used: q.aliases_used,
+        grants_per_key_limit: q.grants_per_key_limit,
     }
 }
+
+/// The purpose an audit checkpoint is sealed under.
+const CHECKPOINT_PURPOSE: &[u8] = b"keyraft-audit-checkpoint";
 
 impl NodeCore {
     /// Refuses anyone but the region's administrator (the credential made at bootstrap).
@@ -354,6 +358,7 @@ impl AdminService for AdminApi {
                 method!("AddNode"),
                 false,
                 handler!(|core, call, req| {
+                    core.require_region_admin(call)?;
                     call.record.request_parameters.node_id = Some(req.node_id);
                     core.add_node(req).await?;
                     Ok(AddNodeResponse {
@@ -375,6 +380,7 @@ impl AdminService for AdminApi {
                 method!("RemoveNode"),
                 false,
                 handler!(|core, call, req| {
+                    core.require_region_admin(call)?;
                     call.record.request_parameters.node_id = Some(req.node_id);
                     core.remove_node(req.node_id).await?;
                     Ok(RemoveNodeResponse {
@@ -396,6 +402,7 @@ impl AdminService for AdminApi {
                 method!("TransferLeader"),
                 false,
                 handler!(|core, call, req| {
+                    core.require_region_admin(call)?;
                     let to = req.node_id;
                     call.record.request_parameters.node_id = Some(to);
                     core.require_leader()?;
@@ -444,7 +451,9 @@ impl AdminService for AdminApi {
                 "AuditTail",
                 method!("AuditTail"),
                 true,
-                handler!(|core, _call, req| {
+                handler!(|core, call, req| {
+                    // The trail spans every account of the region.
+                    core.require_region_admin(call)?;
                     let limit = match req.limit {
                         0 => 20,
                         n @ 1..=1000 => n as usize,
@@ -510,6 +519,7 @@ impl AdminService for AdminApi {
                 method!("GetQuota"),
                 true,
                 handler!(|core, call, req| {
+                    core.require_region_admin(call)?;
                     let account = quota_account(&core, call, &req.account)?;
                     core.read_barrier().await?;
                     let q = core.state.quota(&account).map_err(internal)?;
@@ -532,18 +542,22 @@ impl AdminService for AdminApi {
                 handler!(|core, call, req| {
                     let account = quota_account(&core, call, &req.account)?;
                     core.require_region_admin(call)?;
-                    if req.keys == 0 && req.aliases == 0 {
-                        return Err(KmsError::validation("give keys and/or aliases"));
+                    if req.keys == 0 && req.aliases == 0 && req.grants_per_key == 0 {
+                        return Err(KmsError::validation(
+                            "give keys, aliases and/or grants per key",
+                        ));
                     }
-                    let (keys, aliases) = (
+                    let (keys, aliases, grants_per_key) = (
                         (req.keys != 0).then_some(req.keys),
                         (req.aliases != 0).then_some(req.aliases),
+                        (req.grants_per_key != 0).then_some(req.grants_per_key),
                     );
                     let reply = core
                         .mutate(call, req.request_id, |audit| Op::SetQuota {
                             account: account.clone(),
                             keys,
                             aliases,
+                            grants_per_key,
                             audit,
                         })
                         .await?;
@@ -622,6 +636,248 @@ impl AdminService for AdminApi {
                     Ok(CreateServiceKeyResponse {
                         key_metadata: Some((&key).into()),
                         alias_name: alias.to_string(),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn audit_query(
+        &self,
+        request: Request<AuditQueryRequest>,
+    ) -> Result<Response<AuditQueryResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "AuditQuery",
+                method!("AuditQuery"),
+                true,
+                handler!(|core, call, req| {
+                    // The region's administrator reads the whole trail; anyone else
+                    // needs cloudtrail:LookupEvents and sees its own account only.
+                    let account = if core.require_region_admin(call).is_ok() {
+                        None
+                    } else {
+                        core.authorize_action(call, "cloudtrail:LookupEvents", "*")
+                            .await?;
+                        Some(call.principal.account.to_string())
+                    };
+                    let limit = match req.limit {
+                        0 => 100,
+                        n @ 1..=1000 => n as usize,
+                        n => {
+                            return Err(KmsError::validation(format!(
+                                "limit must be 1 to 1000, not {n}"
+                            )))
+                        }
+                    };
+                    let outcome = match req.outcome.as_str() {
+                        "" => None,
+                        "success" => Some(true),
+                        "failure" => Some(false),
+                        other => {
+                            return Err(KmsError::validation(format!(
+                                "outcome must be success or failure, not '{}'",
+                                other.chars().take(32).collect::<String>()
+                            )))
+                        }
+                    };
+                    let filter = AuditFilter {
+                        start_ms: req.start_time,
+                        end_ms: req.end_time,
+                        key_id: req.key_id,
+                        principal_arn: req.principal_arn,
+                        event_name: req.event_name,
+                        outcome,
+                        event_id: req.event_id,
+                        account,
+                    };
+                    core.read_barrier().await?;
+                    let (head, _) = core.state.audit_head().map_err(internal)?;
+                    let region = core.region.to_string();
+                    // Scan in chunks until the page is full or the head is reached;
+                    // each answer scans a bounded number of events so a sparse filter
+                    // cannot hold a node for long (the next page continues).
+                    const SCAN_BUDGET: u64 = 20_000;
+                    let mut next = req.from_sequence.max(1);
+                    let stop = head.min(next.saturating_add(SCAN_BUDGET - 1));
+                    let mut events = Vec::new();
+                    'scan: while next <= stop {
+                        let chunk = core.state.audit_events(next, 500).map_err(internal)?;
+                        if chunk.is_empty() {
+                            next = stop + 1;
+                            break;
+                        }
+                        for e in &chunk {
+                            if e.sequence > stop {
+                                next = stop + 1;
+                                break 'scan;
+                            }
+                            next = e.sequence + 1;
+                            if filter.matches(e) {
+                                events.push(event_json(e, &region).to_string());
+                                if events.len() == limit {
+                                    break 'scan;
+                                }
+                            }
+                        }
+                    }
+                    Ok(AuditQueryResponse {
+                        events_json: events,
+                        next_sequence: if next > head { 0 } else { next },
+                        head_sequence: head,
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn audit_verify(
+        &self,
+        request: Request<AuditVerifyRequest>,
+    ) -> Result<Response<AuditVerifyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "AuditVerify",
+                method!("AuditVerify"),
+                true,
+                handler!(|core, call, req| {
+                    core.require_region_admin(call)?;
+                    let mut verdict = core.state.verify_audit_chain().map_err(internal)?;
+                    let checkpoint = core.state.audit_checkpoint().map_err(internal)?;
+                    if let Some(cp) = &checkpoint {
+                        // Only this region's HSMs can have sealed the checkpoint.
+                        let expected =
+                            keyraft_state::AuditCheckpoint::signed_bytes(cp.through, &cp.hash);
+                        let genuine = core
+                            .hsm
+                            .unwrap_secret(&cp.signature, CHECKPOINT_PURPOSE)
+                            .is_ok_and(|b| b.as_slice() == expected.as_slice());
+                        if !genuine {
+                            verdict = Err(cp.through);
+                        }
+                    }
+                    let (head_sequence, head_hash) = core.state.audit_head().map_err(internal)?;
+                    let hash_at_sequence = if req.at_sequence == 0 {
+                        String::new()
+                    } else {
+                        core.state
+                            .audit_hash_at(req.at_sequence)
+                            .map_err(internal)?
+                            .unwrap_or_default()
+                    };
+                    Ok(AuditVerifyResponse {
+                        ok: verdict.is_ok(),
+                        first_bad_sequence: verdict.err().unwrap_or(0),
+                        head_sequence,
+                        head_hash,
+                        hash_at_sequence,
+                        node_id: core.id,
+                        checkpoint_through: checkpoint.map_or(0, |c| c.through),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn audit_mark_exported(
+        &self,
+        request: Request<AuditMarkExportedRequest>,
+    ) -> Result<Response<AuditMarkExportedResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "AuditMarkExported",
+                method!("AuditMarkExported"),
+                false,
+                handler!(|core, call, req| {
+                    core.require_region_admin(call)?;
+                    let through = req.through;
+                    core.mutate(call, req.request_id, |audit| Op::AuditExported {
+                        through,
+                        audit,
+                    })
+                    .await?;
+                    Ok(AuditMarkExportedResponse {})
+                }),
+            )
+            .await
+    }
+
+    async fn audit_prune(
+        &self,
+        request: Request<AuditPruneRequest>,
+    ) -> Result<Response<AuditPruneResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "AuditPrune",
+                method!("AuditPrune"),
+                false,
+                handler!(|core, call, req| {
+                    core.require_region_admin(call)?;
+                    if req.retention_days == 0 {
+                        return Err(KmsError::validation("retention_days must be at least 1"));
+                    }
+                    let retention_ms = u64::from(req.retention_days) * 24 * 60 * 60 * 1000;
+                    core.read_barrier().await?;
+                    let first = core
+                        .state
+                        .audit_checkpoint()
+                        .map_err(internal)?
+                        .map_or(1, |c| c.through + 1);
+                    let exported = core.state.audit_exported().map_err(internal)?;
+                    let cutoff = core.clock.now_ms().saturating_sub(retention_ms);
+                    // The newest event that is exported, old enough, and within one step.
+                    let last = exported.min(first + keyraft_state::MAX_PRUNE - 1);
+                    let mut through = 0;
+                    for e in core
+                        .state
+                        .audit_events(first, (last + 1).saturating_sub(first) as usize)
+                        .map_err(internal)?
+                    {
+                        if e.sequence > last || e.record.event_time_ms > cutoff {
+                            break;
+                        }
+                        through = e.sequence;
+                    }
+                    let done = || {
+                        core.state
+                            .audit_checkpoint()
+                            .map(|c| c.map_or(0, |c| c.through))
+                            .map_err(internal)
+                    };
+                    if through == 0 {
+                        return Ok(AuditPruneResponse {
+                            pruned_through: done()?,
+                            pruned: 0,
+                        });
+                    }
+                    let hash = core
+                        .state
+                        .audit_hash_at(through)
+                        .map_err(internal)?
+                        .ok_or_else(KmsError::internal)?;
+                    let signature = core.hsm.wrap_secret(
+                        &keyraft_state::AuditCheckpoint::signed_bytes(through, &hash),
+                        CHECKPOINT_PURPOSE,
+                    )?;
+                    let checkpoint = keyraft_state::AuditCheckpoint {
+                        through,
+                        hash,
+                        pruned_ms: core.clock.now_ms(),
+                        signature,
+                    };
+                    core.mutate(call, req.request_id, |audit| Op::PruneAudit {
+                        checkpoint,
+                        retention_ms,
+                        audit,
+                    })
+                    .await?;
+                    Ok(AuditPruneResponse {
+                        pruned_through: through,
+                        pruned: through + 1 - first,
                     })
                 }),
             )

@@ -45,6 +45,12 @@ pub(crate) fn event_json(e: &AuditEvent, region: &str) -> Value {
     if let Some(d) = &p.description {
         params.insert("description".into(), json!(d));
     }
+    if let Some(a) = &p.signing_algorithm {
+        params.insert("signingAlgorithm".into(), json!(a));
+    }
+    if let Some(m) = &p.message_type {
+        params.insert("messageType".into(), json!(m));
+    }
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.event_time_ms);
     json!({
         "eventVersion": "1.08",
@@ -77,4 +83,43 @@ pub(crate) fn event_json(e: &AuditEvent, region: &str) -> Value {
         "prevHash": e.prev_hash,
         "hash": e.hash,
     })
+}
+
+/// What an audit query asks for; an event matches when every given filter does.
+pub(crate) struct AuditFilter {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub key_id: String,
+    pub principal_arn: String,
+    pub event_name: String,
+    pub outcome: Option<bool>,
+    pub event_id: String,
+    /// `Some(account)`: only events of that account (a caller who is not the region's
+    /// administrator sees its own account's trail only).
+    pub account: Option<String>,
+}
+
+impl AuditFilter {
+    pub(crate) fn matches(&self, e: &AuditEvent) -> bool {
+        let r = &e.record;
+        let t = r.event_time_ms;
+        (self.start_ms == 0 || t >= self.start_ms)
+            && (self.end_ms == 0 || t <= self.end_ms)
+            && (self.event_name.is_empty() || r.event_name == self.event_name)
+            && (self.event_id.is_empty() || r.event_id == self.event_id)
+            && (self.principal_arn.is_empty()
+                || r.user_identity.principal_arn == self.principal_arn)
+            && self.outcome.is_none_or(|ok| e.error_code.is_none() == ok)
+            && (self.key_id.is_empty()
+                || r.request_parameters.key_id.as_deref() == Some(self.key_id.as_str())
+                || r.resources
+                    .iter()
+                    .any(|arn| arn == &self.key_id || arn.ends_with(&format!("/{}", self.key_id))))
+            && self.account.as_ref().is_none_or(|a| {
+                r.user_identity.account_id == *a
+                    || r.resources
+                        .iter()
+                        .any(|arn| arn.split(':').nth(4) == Some(a))
+            })
+    }
 }

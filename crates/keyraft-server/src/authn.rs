@@ -20,10 +20,15 @@ use keyraft_types::{AccountId, AuditRecord, ErrorCode, KmsError};
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub(crate) struct Principal {
-    /// The principal's ARN.
+    /// The principal's ARN (a user, or an assumed-role session).
     pub arn: String,
     /// The principal's account.
     pub account: AccountId,
+    /// The principal whose policies apply (the user, or the role of a session), as
+    /// this replica had it when the request was authenticated.
+    pub holder: keyraft_state::PrincipalRecord,
+    /// The ARN the policy evaluator sees (the account root ARN for a root user).
+    pub caller_arn: String,
 }
 
 pub(crate) struct Authenticator {
@@ -54,6 +59,7 @@ impl Authenticator {
         request: &Request<T>,
         method: &str,
         record: &mut AuditRecord,
+        service_now_ms: u64,
     ) -> Result<Principal, KmsError> {
         record.user_identity.identity_type = "Anonymous".to_string();
         let headers = auth::read(request.metadata())?;
@@ -88,17 +94,53 @@ impl Authenticator {
                 "The request signature we calculated does not match the signature you provided.",
             ));
         }
+        // Temporary credentials expire by the service clock (which development mode can
+        // move), like every other time-driven rule.
+        if key.expires_ms.is_some_and(|t| service_now_ms >= t) {
+            return Err(KmsError::new(
+                ErrorCode::ExpiredToken,
+                "The security token included in the request is expired.",
+            ));
+        }
+        let holder_arn = key.role_arn.clone().unwrap_or(key.principal_arn.clone());
+        let holder = self
+            .state
+            .principal(&holder_arn)
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading principal");
+                KmsError::internal()
+            })?
+            .filter(|p| p.enabled)
+            .ok_or_else(unrecognized)?;
+        // Last, so that a request refused above may be retried after a read barrier.
         self.check_nonce(&headers.access_key_id, &headers.nonce, now)?;
         record.user_identity = keyraft_types::UserIdentity {
-            identity_type: "IAMUser".to_string(),
+            identity_type: if holder.root {
+                "Root"
+            } else if key.role_arn.is_some() {
+                "AssumedRole"
+            } else {
+                "IAMUser"
+            }
+            .to_string(),
             principal_arn: key.principal_arn.clone(),
             account_id: key.account.to_string(),
             access_key_id: key.access_key_id.clone(),
         };
         Ok(Principal {
+            caller_arn: keyraft_state::authz::caller_arn(&key.principal_arn, &holder),
             arn: key.principal_arn,
             account: key.account,
+            holder,
         })
+    }
+
+    /// Forgets a deleted access key's cached secret.
+    pub(crate) fn forget(&self, access_key_id: &str) {
+        self.secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(access_key_id);
     }
 
     fn secret(&self, id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {

@@ -127,6 +127,26 @@ pub struct AuditConfig {
     pub max_batch: usize,
     /// Most audit entries in flight at once.
     pub max_in_flight: usize,
+    /// `sync` (the default): a read-only cryptographic request (Encrypt, Decrypt,
+    /// GenerateDataKey, Sign, ...) answers only after its audit event has committed and
+    /// apply confirmed the decision — fail closed, and a permission revoked before commit
+    /// is never used. `async`: such a request answers as soon as this node decided, and
+    /// its event commits behind it. Faster, but a request may be answered that the audit
+    /// log later records as refused (a key disabled in between), and an answer can
+    /// escape without an event if the node crashes or loses quorum first. Mutations are
+    /// always synchronous. Explicitly weaker; off by default.
+    pub crypto_mode: AuditMode,
+}
+
+/// How cryptographic requests wait for their audit events (see [`AuditConfig::crypto_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditMode {
+    /// Answer after the event committed and apply confirmed.
+    #[default]
+    Sync,
+    /// Answer first; commit the event behind the answer.
+    Async,
 }
 
 impl Default for Config {
@@ -169,6 +189,7 @@ impl Default for AuditConfig {
         AuditConfig {
             max_batch: 512,
             max_in_flight: 8,
+            crypto_mode: AuditMode::Sync,
         }
     }
 }
@@ -215,6 +236,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("raft.keep_logs_after_snapshot", FieldKind::Int),
     ("audit.max_batch", FieldKind::Int),
     ("audit.max_in_flight", FieldKind::Int),
+    ("audit.crypto_mode", FieldKind::Str),
 ];
 
 /// The environment variable of a field path.

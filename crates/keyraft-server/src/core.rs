@@ -18,7 +18,8 @@ use keyraft_raft::network::{now_ms, ClusterAuth, Network, MAX_MESSAGE};
 use keyraft_raft::{NodeAddr, Raft};
 use keyraft_state::{Command, Op, Reply, Response as StateResponse, StateMachine};
 use keyraft_types::{
-    AuditRecord, ErrorCode, EventType, KmsError, NodeId, Region, RequestParameters, UserIdentity,
+    AuditRecord, EncryptionContext, ErrorCode, EventType, KmsError, NodeId, Region,
+    RequestParameters, UserIdentity,
 };
 
 use crate::authn::{Authenticator, Principal};
@@ -112,6 +113,10 @@ pub(crate) struct Call {
     pub record: AuditRecord,
     /// Set when the handler put the record into a mutation command itself.
     pub audited: bool,
+    /// The action the next key authorization checks, if not `kms:<event name>`
+    /// (ReEncrypt checks `kms:ReEncryptFrom` and `kms:ReEncryptTo`), with the encryption
+    /// context its conditions see.
+    pub action: Option<(&'static str, Option<EncryptionContext>)>,
 }
 
 impl NodeCore {
@@ -490,8 +495,18 @@ impl NodeCore {
             resources: Vec::new(),
             error: None,
             key_checks: Vec::new(),
+            authz_checks: Vec::new(),
         };
-        let principal = match self.authn.authenticate(&request, method, &mut record) {
+        let now = self.clock.now_ms();
+        let mut authenticated = self.authn.authenticate(&request, method, &mut record, now);
+        if matches!(&authenticated, Err(e) if e.code == ErrorCode::UnrecognizedClient) {
+            // A credential (or principal) made moments ago may not be applied on this
+            // replica yet: refuse only on a view at least as new as the request.
+            if self.read_barrier().await.is_ok() {
+                authenticated = self.authn.authenticate(&request, method, &mut record, now);
+            }
+        }
+        let principal = match authenticated {
             Ok(p) => p,
             Err(err) => {
                 record.error = Some((err.code, err.message.clone()));
@@ -507,6 +522,7 @@ impl NodeCore {
             principal,
             record,
             audited: false,
+            action: None,
         };
         let (mut call, result) = handler(self.clone(), call, request.into_inner()).await;
         if call.audited {
@@ -515,6 +531,21 @@ impl NodeCore {
         if let Err(e) = &result {
             call.record.error = Some((e.code, e.message.clone()));
             call.record.key_checks.clear();
+            call.record.authz_checks.clear();
+        }
+        if result.is_ok()
+            && !call.record.key_checks.is_empty()
+            && self.config.audit.crypto_mode == crate::config::AuditMode::Async
+        {
+            // Explicitly weaker mode (see AuditConfig::crypto_mode): the event commits
+            // behind the answer.
+            let core = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = core.audit(call.record).await {
+                    tracing::warn!(error = %e, "an asynchronous audit event did not commit");
+                }
+            });
+            return result.map(Response::new).map_err(|e| self.status(&e));
         }
         match self.audit(call.record).await {
             Ok(None) => result.map(Response::new).map_err(|e| self.status(&e)),

@@ -62,6 +62,7 @@ pub(crate) fn service_record(
         resources: Vec::new(),
         error: None,
         key_checks: Vec::new(),
+        authz_checks: Vec::new(),
     }
 }
 
@@ -290,9 +291,10 @@ async fn bootstrap_steps(core: &Arc<NodeCore>, boot: &BootstrapConfig) -> Result
             .hsm
             .wrap_secret(secret.as_bytes(), &secret_purpose(&access_key_id))?;
         let account = AccountId::parse(&boot.account)?;
+        let now = core.clock.now_ms();
         let cmd = Command {
             request_id: "bootstrap".to_string(),
-            time_ms: core.clock.now_ms(),
+            time_ms: now,
             op: Op::Bootstrap(Box::new(Bootstrap {
                 region: core.region.clone(),
                 account: account.clone(),
@@ -303,6 +305,9 @@ async fn bootstrap_steps(core: &Arc<NodeCore>, boot: &BootstrapConfig) -> Result
                     account,
                     wrapped_secret,
                     enabled: true,
+                    created_ms: now,
+                    expires_ms: None,
+                    role_arn: None,
                 },
                 members: records.clone(),
                 key_quota: boot.key_quota,

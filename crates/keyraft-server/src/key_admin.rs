@@ -9,11 +9,15 @@ use keyraft_hsm::CiphertextBlob;
 use keyraft_proto::v1::*;
 use keyraft_state::{Op, PreparedRotation, Reply};
 use keyraft_types::{
-    AliasName, CryptoOperation, EncryptionContext, ErrorCode, KeyCheck, KeyRef, KmsError,
+    AliasName, CryptoOperation, EncryptionAlgorithm, EncryptionContext, ErrorCode, KeyCheck,
+    KeyRef, KmsError,
 };
 
 use crate::core::{Call, NodeCore};
-use crate::kms::{expect_key, internal, material, MAX_DESCRIPTION};
+use crate::kms::{
+    check_encryption_algorithm, expect_key, internal, material, public_key,
+    refuse_context_for_key_pair, MAX_DESCRIPTION,
+};
 
 /// Longest tag key and value, and most tags per request (AWS's limits).
 const MAX_TAG_KEY: usize = 128;
@@ -166,6 +170,7 @@ pub(crate) async fn list_aliases(
     };
     core.read_barrier().await?;
     let key = if req.key_id.is_empty() {
+        core.authorize_action(call, "kms:ListAliases", "*").await?;
         None
     } else {
         call.record.request_parameters.key_id = Some(req.key_id.clone());
@@ -297,33 +302,93 @@ pub(crate) async fn re_encrypt(
     let dest_ctx: EncryptionContext = req.destination_encryption_context;
     crate::kms::check_context(&source_ctx)?;
     crate::kms::check_context(&dest_ctx)?;
-    let blob = CiphertextBlob::parse(&req.ciphertext_blob)?;
-    if !req.source_key_id.is_empty()
-        && core.resolve_key(call, &req.source_key_id).await? != blob.key_id
-    {
-        return Err(KmsError::new(
-            ErrorCode::IncorrectKey,
-            "The source key ID in the request does not identify the key the ciphertext was made under.",
-        ));
-    }
-    let source = core
-        .usable_key(call, blob.key_id.as_str(), CryptoOperation::Decrypt)
-        .await?;
+    let source_alg = EncryptionAlgorithm::parse(&req.source_encryption_algorithm)?;
+    let dest_alg = EncryptionAlgorithm::parse(&req.destination_encryption_algorithm)?;
+    let symmetric_source = source_alg == EncryptionAlgorithm::SymmetricDefault;
+    // A symmetric ciphertext names its key; an RSAES-OAEP one does not, so the caller must.
+    let (source, blob) = if symmetric_source {
+        let blob = CiphertextBlob::parse(&req.ciphertext_blob)?;
+        if !req.source_key_id.is_empty()
+            && core.resolve_key(call, &req.source_key_id).await? != blob.key_id
+        {
+            return Err(KmsError::new(
+                ErrorCode::IncorrectKey,
+                "The source key ID in the request does not identify the key the ciphertext was made under.",
+            ));
+        }
+        call.action = Some(("kms:ReEncryptFrom", Some(source_ctx.clone())));
+        let key = core
+            .usable_key(call, blob.key_id.as_str(), CryptoOperation::Decrypt)
+            .await?;
+        (key, Some(blob))
+    } else {
+        if req.source_key_id.is_empty() {
+            return Err(KmsError::validation(format!(
+                "SourceKeyId is required to re-encrypt from {}",
+                source_alg.as_str()
+            )));
+        }
+        refuse_context_for_key_pair(&source_ctx)?;
+        call.action = Some(("kms:ReEncryptFrom", None));
+        let key = core
+            .usable_key(call, &req.source_key_id, CryptoOperation::Decrypt)
+            .await?;
+        (key, None)
+    };
+    call.action = Some(("kms:ReEncryptTo", Some(dest_ctx.clone())));
     let dest = core
         .usable_key(call, &req.destination_key_id, CryptoOperation::Encrypt)
         .await?;
     call.record.resources.push(source.metadata.arn.clone());
     call.record.resources.push(dest.metadata.arn.clone());
+    check_encryption_algorithm(&source.metadata, source_alg)?;
+    check_encryption_algorithm(&dest.metadata, dest_alg)?;
     let version = dest.metadata.current_version;
-    let moved = core.hsm.reencrypt(
-        &material(&source, blob.version)?,
-        &blob,
-        &source_ctx,
-        &material(&dest, version)?,
-        &dest.metadata.key_id,
-        version,
-        &dest_ctx,
-    )?;
+    let moved = match &blob {
+        // Symmetric to symmetric: the plaintext never leaves the HSM.
+        Some(blob) if !dest.metadata.key_spec.is_asymmetric() => core.hsm.reencrypt(
+            &material(&source, blob.version)?,
+            blob,
+            &source_ctx,
+            &material(&dest, version)?,
+            &dest.metadata.key_id,
+            version,
+            &dest_ctx,
+        )?,
+        // With a key pair on either side the plaintext passes through this node's
+        // memory (zeroized after), as it would in Decrypt.
+        _ => {
+            let plaintext = match &blob {
+                Some(blob) => {
+                    core.hsm
+                        .decrypt(&material(&source, blob.version)?, blob, &source_ctx)?
+                }
+                None => {
+                    let v = source.metadata.current_version;
+                    core.hsm.decrypt_asymmetric(
+                        &material(&source, v)?,
+                        &source.metadata.key_id,
+                        v,
+                        source.metadata.key_spec,
+                        source_alg,
+                        &req.ciphertext_blob,
+                    )?
+                }
+            };
+            if dest.metadata.key_spec.is_asymmetric() {
+                refuse_context_for_key_pair(&dest_ctx)?;
+                keyraft_hsm::asymmetric::encrypt(public_key(&dest)?, dest_alg, &plaintext)?
+            } else {
+                core.hsm.encrypt(
+                    &material(&dest, version)?,
+                    &dest.metadata.key_id,
+                    version,
+                    &plaintext,
+                    &dest_ctx,
+                )?
+            }
+        }
+    };
     call.record.key_checks = vec![
         KeyCheck {
             key_id: source.metadata.key_id.clone(),
@@ -340,6 +405,8 @@ pub(crate) async fn re_encrypt(
         ciphertext_blob: moved,
         source_key_id: source.metadata.arn,
         key_id: dest.metadata.arn,
+        source_encryption_algorithm: source_alg.as_str().to_string(),
+        destination_encryption_algorithm: dest_alg.as_str().to_string(),
     })
 }
 
@@ -631,4 +698,98 @@ pub(crate) async fn import_material(
         .await,
     )?;
     Ok(ImportKeyMaterialResponse {})
+}
+
+/// The one key policy name AWS defines.
+const KEY_POLICY_NAME: &str = "default";
+
+fn check_policy_name(name: &str) -> Result<(), KmsError> {
+    if name.is_empty() || name == KEY_POLICY_NAME {
+        Ok(())
+    } else {
+        Err(KmsError::new(
+            ErrorCode::NotFound,
+            format!("No such policy: {name}; a key has one policy, named default"),
+        ))
+    }
+}
+
+pub(crate) async fn put_key_policy(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: PutKeyPolicyRequest,
+) -> Result<PutKeyPolicyResponse, KmsError> {
+    check_policy_name(&req.policy_name)?;
+    let document =
+        keyraft_types::PolicyDocument::parse(&req.policy, keyraft_types::PolicyKind::Key)?;
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    let key = core.owned_key(call, &req.key_id).await?;
+    // AWS's lockout safety check: a policy under which the caller could not change the
+    // policy again would leave the key unmanageable.
+    let mut after = key.clone();
+    after.policy = Some(document.text().to_string());
+    let question = keyraft_state::authz::Question {
+        caller_arn: &call.principal.caller_arn,
+        holder: Some(&call.principal.holder),
+        key: Some(&after),
+        action: "kms:PutKeyPolicy",
+        resource: "*",
+        encryption_context: None,
+        time_ms: call.record.event_time_ms,
+        grants: &[],
+        new_grant: None,
+    };
+    if keyraft_state::authz::decide(&question).is_err() {
+        return Err(KmsError::new(
+            ErrorCode::MalformedPolicyDocument,
+            "The new key policy will not allow you to update the key policy in the future.",
+        ));
+    }
+    call.record.resources.push(key.metadata.arn.clone());
+    let key_id = key.metadata.key_id;
+    let policy = document.text().to_string();
+    expect_key(
+        core.mutate(call, req.request_id, |audit| Op::PutKeyPolicy {
+            key_id,
+            policy,
+            audit,
+        })
+        .await,
+    )?;
+    Ok(PutKeyPolicyResponse {})
+}
+
+pub(crate) async fn get_key_policy(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: GetKeyPolicyRequest,
+) -> Result<GetKeyPolicyResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    check_policy_name(&req.policy_name)?;
+    core.read_barrier().await?;
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    let policy = match key.policy {
+        Some(text) => text,
+        None => keyraft_types::PolicyDocument::default_key_policy(&key.metadata.account)
+            .text()
+            .to_string(),
+    };
+    Ok(GetKeyPolicyResponse {
+        policy_name: KEY_POLICY_NAME.to_string(),
+        policy,
+    })
+}
+
+pub(crate) async fn list_key_policies(
+    core: Arc<NodeCore>,
+    call: &mut Call,
+    req: ListKeyPoliciesRequest,
+) -> Result<ListKeyPoliciesResponse, KmsError> {
+    call.record.request_parameters.key_id = Some(req.key_id.clone());
+    let key = core.owned_key(call, &req.key_id).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    Ok(ListKeyPoliciesResponse {
+        policy_names: vec![KEY_POLICY_NAME.to_string()],
+    })
 }

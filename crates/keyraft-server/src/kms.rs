@@ -10,8 +10,9 @@ use keyraft_proto::v1::*;
 use keyraft_proto::SYMMETRIC_DEFAULT;
 use keyraft_state::{Command, KeyRecord, Op, Reply};
 use keyraft_types::{
-    AuditRecord, CryptoOperation, DataKeySpec, EncryptionContext, ErrorCode, KeyCheck, KeyId,
-    KeyManager, KeyMetadata, KeyRef, KeySpec, KeyState, KeyUsage, KmsError, Origin,
+    AuditRecord, CryptoOperation, DataKeySpec, EncryptionAlgorithm, EncryptionContext, ErrorCode,
+    KeyCheck, KeyId, KeyManager, KeyMetadata, KeyRef, KeySpec, KeyState, KeyUsage, KmsError,
+    MessageType, Origin, SigningAlgorithm,
 };
 
 use crate::core::{handler, Call, NodeCore};
@@ -70,35 +71,33 @@ impl NodeCore {
             .ok_or_else(not_found)
     }
 
-    /// Loads a key the caller's account owns; a key this replica does not know yet is
-    /// looked up again after a read barrier. Policies arrive with their own issue; until
-    /// then an account sees only its own keys.
+    /// Loads a key and authorizes the call's action on it (key policy, principal
+    /// policies; see `authz`). A key this replica does not know yet is looked up again
+    /// after a read barrier. A key the caller may not use is `AccessDeniedException`
+    /// whether or not it exists in another account.
     pub(crate) async fn owned_key(
         &self,
-        call: &Call,
+        call: &mut Call,
         key_ref: &str,
     ) -> Result<KeyRecord, KmsError> {
+        let key = self.load_key(call, key_ref).await?;
+        self.authorize_key(call, &key).await?;
+        Ok(key)
+    }
+
+    /// Loads a key without authorizing anything (the caller authorizes).
+    pub(crate) async fn load_key(&self, call: &Call, key_ref: &str) -> Result<KeyRecord, KmsError> {
         let id = self.resolve_key(call, key_ref).await?;
-        let key = match self.state.key(&id).map_err(internal)? {
-            Some(k) => k,
+        match self.state.key(&id).map_err(internal)? {
+            Some(k) => Ok(k),
             None => {
                 self.read_barrier().await?;
                 self.state
                     .key(&id)
                     .map_err(internal)?
-                    .ok_or_else(|| KmsError::key_not_found(key_ref))?
+                    .ok_or_else(|| KmsError::key_not_found(key_ref))
             }
-        };
-        if key.metadata.account != call.principal.account {
-            return Err(KmsError::new(
-                ErrorCode::AccessDenied,
-                format!(
-                    "User: {} is not authorized to use key {}",
-                    call.principal.arn, key.metadata.arn
-                ),
-            ));
         }
-        Ok(key)
     }
 
     /// The common shape of a key mutation: record the key the caller named, load it
@@ -145,17 +144,27 @@ impl NodeCore {
     /// after this replica last looked — is caught by the epoch re-check in apply.)
     pub(crate) async fn usable_key(
         &self,
-        call: &Call,
+        call: &mut Call,
         key_ref: &str,
         op: CryptoOperation,
     ) -> Result<KeyRecord, KmsError> {
+        let action = call.action.clone();
         let key = self.owned_key(call, key_ref).await?;
         if key.metadata.check_usable(op).is_ok() {
             return Ok(key);
         }
         self.read_barrier().await?;
-        let key = self.owned_key(call, key_ref).await?;
+        let id = key.metadata.key_id.clone();
+        let key = self
+            .state
+            .key(&id)
+            .map_err(internal)?
+            .ok_or_else(|| KmsError::key_not_found(key_ref))?;
         key.metadata.check_usable(op)?;
+        // Decided again on the newer key; the first decision's record is replaced.
+        call.record.authz_checks.pop();
+        call.action = action;
+        self.authorize_key(call, &key).await?;
         Ok(key)
     }
 }
@@ -212,6 +221,194 @@ async fn mac_key(
     Ok((key, bits))
 }
 
+/// Version 1's material of a new key, made by this node's HSM (none yet for an
+/// EXTERNAL key), and a key pair's public half. RSA key generation takes long enough
+/// (tens to hundreds of milliseconds) that it runs off the async workers.
+async fn new_key_material(
+    core: &Arc<NodeCore>,
+    key_id: &KeyId,
+    spec: KeySpec,
+    origin: Origin,
+) -> Result<(keyraft_hsm::WrappedKey, Option<Vec<u8>>), KmsError> {
+    if origin == Origin::External {
+        return Ok((keyraft_hsm::WrappedKey(Vec::new()), None));
+    }
+    if spec.is_asymmetric() {
+        let hsm = core.hsm.clone();
+        let id = key_id.clone();
+        let (material, public) =
+            tokio::task::spawn_blocking(move || hsm.generate_key_pair(&id, 1, spec))
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "key pair generation task failed");
+                    KmsError::internal()
+                })??;
+        return Ok((material, Some(public)));
+    }
+    let material = match spec.material_len() {
+        Some(_) if spec == KeySpec::SymmetricDefault => {
+            core.hsm.generate_key_material(key_id, 1)?
+        }
+        Some(len) => core.hsm.generate_mac_key(key_id, 1, len)?,
+        None => return Err(KmsError::internal()),
+    };
+    Ok((material, None))
+}
+
+/// The key pair a Sign/Verify names, checked for usage and algorithm, and the digest to
+/// sign: RAW messages are hashed here with the algorithm's hash, DIGEST messages must
+/// already be a digest of that length. Records the key check for apply.
+async fn signing_key(
+    core: &NodeCore,
+    call: &mut Call,
+    key_ref: &str,
+    algorithm: &str,
+    message_type: &str,
+    message: &[u8],
+    op: CryptoOperation,
+) -> Result<(KeyRecord, SigningAlgorithm, Vec<u8>), KmsError> {
+    let p = &mut call.record.request_parameters;
+    p.key_id = Some(key_ref.to_string());
+    p.signing_algorithm = Some(algorithm.to_string());
+    p.message_type = Some(
+        if message_type.is_empty() {
+            "RAW"
+        } else {
+            message_type
+        }
+        .to_string(),
+    );
+    let algorithm = SigningAlgorithm::parse(algorithm)?;
+    let message_type = MessageType::parse(message_type)?;
+    let digest = match message_type {
+        MessageType::Raw if message.is_empty() || message.len() > MAX_PLAINTEXT => {
+            return Err(KmsError::validation(format!(
+                "a RAW message must be 1 to {MAX_PLAINTEXT} bytes, not {}",
+                message.len()
+            )))
+        }
+        MessageType::Raw => keyraft_hsm::asymmetric::digest(algorithm.hash(), message),
+        MessageType::Digest if message.len() != algorithm.hash().digest_len() => {
+            return Err(KmsError::validation(format!(
+                "a DIGEST message for {} must be {} bytes, not {}",
+                algorithm.as_str(),
+                algorithm.hash().digest_len(),
+                message.len()
+            )))
+        }
+        MessageType::Digest => message.to_vec(),
+    };
+    let key = core.usable_key(call, key_ref, op).await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    if !key
+        .metadata
+        .key_spec
+        .signing_algorithms()
+        .contains(&algorithm)
+    {
+        return Err(KmsError::new(
+            ErrorCode::InvalidKeyUsage,
+            format!(
+                "{} is not a signing algorithm of {} keys; use one of {}",
+                algorithm.as_str(),
+                key.metadata.key_spec.as_str(),
+                key.metadata
+                    .key_spec
+                    .signing_algorithms()
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    call.record.key_checks.push(KeyCheck {
+        key_id: key.metadata.key_id.clone(),
+        epoch: key.metadata.epoch,
+        operation: op,
+    });
+    Ok((key, algorithm, digest))
+}
+
+/// A key pair's public half, as stored with its record.
+pub(crate) fn public_key(key: &KeyRecord) -> Result<&[u8], KmsError> {
+    key.public_key.as_deref().ok_or_else(|| {
+        tracing::error!(key = %key.metadata.key_id, "a key pair without its public key");
+        KmsError::internal()
+    })
+}
+
+/// Decrypt of an RSAES-OAEP ciphertext: the ciphertext names no key, so the caller must
+/// (as AWS requires).
+async fn decrypt_with_key_pair(
+    core: &NodeCore,
+    call: &mut Call,
+    req: DecryptRequest,
+    algorithm: EncryptionAlgorithm,
+) -> Result<DecryptResponse, KmsError> {
+    if req.key_id.is_empty() {
+        return Err(KmsError::validation(format!(
+            "KeyId is required to decrypt with {}",
+            algorithm.as_str()
+        )));
+    }
+    refuse_context_for_key_pair(&req.encryption_context)?;
+    let key = core
+        .usable_key(call, &req.key_id, CryptoOperation::Decrypt)
+        .await?;
+    call.record.resources.push(key.metadata.arn.clone());
+    check_encryption_algorithm(&key.metadata, algorithm)?;
+    let version = key.metadata.current_version;
+    let plaintext = core.hsm.decrypt_asymmetric(
+        &material(&key, version)?,
+        &key.metadata.key_id,
+        version,
+        key.metadata.key_spec,
+        algorithm,
+        &req.ciphertext_blob,
+    )?;
+    call.record.key_checks.push(KeyCheck {
+        key_id: key.metadata.key_id.clone(),
+        epoch: key.metadata.epoch,
+        operation: CryptoOperation::Decrypt,
+    });
+    Ok(DecryptResponse {
+        key_id: key.metadata.arn,
+        plaintext: plaintext.to_vec(),
+        encryption_algorithm: algorithm.as_str().to_string(),
+    })
+}
+
+/// Refuses an encryption algorithm the key does not offer.
+pub(crate) fn check_encryption_algorithm(
+    key: &KeyMetadata,
+    algorithm: EncryptionAlgorithm,
+) -> Result<(), KmsError> {
+    if key.key_spec.encryption_algorithms().contains(&algorithm) {
+        Ok(())
+    } else {
+        Err(KmsError::new(
+            ErrorCode::InvalidKeyUsage,
+            format!(
+                "EncryptionAlgorithm {} is not valid for a {} key",
+                algorithm.as_str(),
+                key.key_spec.as_str()
+            ),
+        ))
+    }
+}
+
+/// Asymmetric encryption binds no context: AWS refuses one rather than ignore it.
+pub(crate) fn refuse_context_for_key_pair(ctx: &EncryptionContext) -> Result<(), KmsError> {
+    if ctx.is_empty() {
+        Ok(())
+    } else {
+        Err(KmsError::validation(
+            "EncryptionContext is not supported with asymmetric (RSAES_OAEP) encryption",
+        ))
+    }
+}
+
 pub(crate) fn check_context(ctx: &EncryptionContext) -> Result<(), KmsError> {
     let size: usize = ctx.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_CONTEXT_BYTES {
@@ -225,17 +422,6 @@ pub(crate) fn check_context(ctx: &EncryptionContext) -> Result<(), KmsError> {
         ));
     }
     Ok(())
-}
-
-fn check_algorithm(alg: &str) -> Result<(), KmsError> {
-    if alg.is_empty() || alg == SYMMETRIC_DEFAULT {
-        Ok(())
-    } else {
-        Err(KmsError::new(
-            ErrorCode::InvalidKeyUsage,
-            format!("EncryptionAlgorithm {alg} is not valid for a SYMMETRIC_DEFAULT key"),
-        ))
-    }
 }
 
 fn data_key_len(spec: &str, number_of_bytes: u32) -> Result<usize, KmsError> {
@@ -364,15 +550,21 @@ impl KeyService for KeyApi {
                             "description must be at most {MAX_DESCRIPTION} characters"
                         )));
                     }
+                    core.authorize_action(call, "kms:CreateKey", "*").await?;
                     let key_spec = KeySpec::parse(&req.key_spec)?;
                     let key_usage = KeyUsage::parse(&req.key_usage)?;
                     let origin = Origin::parse(&req.origin)?;
-                    if key_usage != key_spec.usage() {
+                    if !key_spec.usages().contains(&key_usage) {
                         return Err(KmsError::validation(format!(
                             "KeyUsage {} is not valid for KeySpec {}; use {}",
                             key_usage.as_str(),
                             key_spec.as_str(),
-                            key_spec.usage().as_str()
+                            key_spec
+                                .usages()
+                                .iter()
+                                .map(|u| u.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" or ")
                         )));
                     }
                     if origin == Origin::External && key_spec != KeySpec::SymmetricDefault {
@@ -382,16 +574,8 @@ impl KeyService for KeyApi {
                         ));
                     }
                     let key_id = KeyId::random();
-                    // An EXTERNAL key gets its material by import, not from the HSM.
-                    let material = match (origin, key_spec) {
-                        (Origin::External, _) => keyraft_hsm::WrappedKey(Vec::new()),
-                        (Origin::Kms, KeySpec::SymmetricDefault) => {
-                            core.hsm.generate_key_material(&key_id, 1)?
-                        }
-                        (Origin::Kms, hmac) => {
-                            core.hsm.generate_mac_key(&key_id, 1, hmac.material_len())?
-                        }
-                    };
+                    let (material, public_key) =
+                        new_key_material(&core, &key_id, key_spec, origin).await?;
                     let account = call.principal.account.clone();
                     let arn = core.region.key_arn(&account, &key_id);
                     call.record.resources.push(arn.clone());
@@ -417,6 +601,7 @@ impl KeyService for KeyApi {
                         core.mutate(call, req.request_id, |audit| Op::CreateKey {
                             key: Box::new(key),
                             material: material.0,
+                            public_key,
                             audit,
                         })
                         .await,
@@ -475,6 +660,7 @@ impl KeyService for KeyApi {
                     })?)
                 };
                 core.read_barrier().await?;
+                core.authorize_action(call, "kms:ListKeys", "*").await?;
                 let (keys, truncated) = core
                     .state
                     .list_keys(&call.principal.account, after.as_ref(), limit)
@@ -549,8 +735,8 @@ impl KeyService for KeyApi {
                     let p = &mut call.record.request_parameters;
                     p.key_id = Some(req.key_id.clone());
                     p.encryption_context = Some(req.encryption_context.clone());
-                    p.encryption_algorithm = Some(SYMMETRIC_DEFAULT.to_string());
-                    check_algorithm(&req.encryption_algorithm)?;
+                    let algorithm = EncryptionAlgorithm::parse(&req.encryption_algorithm)?;
+                    p.encryption_algorithm = Some(algorithm.as_str().to_string());
                     check_context(&req.encryption_context)?;
                     if req.plaintext.is_empty() || req.plaintext.len() > MAX_PLAINTEXT {
                         return Err(KmsError::validation(format!(
@@ -562,14 +748,24 @@ impl KeyService for KeyApi {
                         .usable_key(call, &req.key_id, CryptoOperation::Encrypt)
                         .await?;
                     call.record.resources.push(key.metadata.arn.clone());
-                    let version = key.metadata.current_version;
-                    let blob = core.hsm.encrypt(
-                        &material(&key, version)?,
-                        &key.metadata.key_id,
-                        version,
-                        &req.plaintext,
-                        &req.encryption_context,
-                    )?;
+                    check_encryption_algorithm(&key.metadata, algorithm)?;
+                    let blob = if key.metadata.key_spec.is_asymmetric() {
+                        refuse_context_for_key_pair(&req.encryption_context)?;
+                        keyraft_hsm::asymmetric::encrypt(
+                            public_key(&key)?,
+                            algorithm,
+                            &req.plaintext,
+                        )?
+                    } else {
+                        let version = key.metadata.current_version;
+                        core.hsm.encrypt(
+                            &material(&key, version)?,
+                            &key.metadata.key_id,
+                            version,
+                            &req.plaintext,
+                            &req.encryption_context,
+                        )?
+                    };
                     call.record.key_checks.push(KeyCheck {
                         key_id: key.metadata.key_id.clone(),
                         epoch: key.metadata.epoch,
@@ -578,7 +774,7 @@ impl KeyService for KeyApi {
                     Ok(EncryptResponse {
                         key_id: key.metadata.arn,
                         ciphertext_blob: blob,
-                        encryption_algorithm: SYMMETRIC_DEFAULT.to_string(),
+                        encryption_algorithm: algorithm.as_str().to_string(),
                     })
                 }),
             )
@@ -594,8 +790,11 @@ impl KeyService for KeyApi {
                 let p = &mut call.record.request_parameters;
                 p.key_id = (!req.key_id.is_empty()).then(|| req.key_id.clone());
                 p.encryption_context = Some(req.encryption_context.clone());
-                p.encryption_algorithm = Some(SYMMETRIC_DEFAULT.to_string());
-                check_algorithm(&req.encryption_algorithm)?;
+                let algorithm = EncryptionAlgorithm::parse(&req.encryption_algorithm)?;
+                p.encryption_algorithm = Some(algorithm.as_str().to_string());
+                if algorithm != EncryptionAlgorithm::SymmetricDefault {
+                    return decrypt_with_key_pair(&core, call, req, algorithm).await;
+                }
                 let blob = CiphertextBlob::parse(&req.ciphertext_blob)?;
                 if !req.key_id.is_empty() {
                     let named = core.resolve_key(call, &req.key_id).await?;
@@ -609,6 +808,7 @@ impl KeyService for KeyApi {
                 let key = core.usable_key(call, blob.key_id.as_str(), CryptoOperation::Decrypt).await?;
                 call.record.request_parameters.key_id = Some(key.metadata.arn.clone());
                 call.record.resources.push(key.metadata.arn.clone());
+                check_encryption_algorithm(&key.metadata, algorithm)?;
                 let plaintext = core.hsm.decrypt(
                     &material(&key, blob.version)?,
                     &blob,
@@ -711,6 +911,7 @@ impl KeyService for KeyApi {
         self.core
             .run(request, "GenerateRandom", method!("GenerateRandom"), true, handler!(|core, call, req| {
                 call.record.request_parameters.number_of_bytes = Some(req.number_of_bytes);
+                core.authorize_action(call, "kms:GenerateRandom", "*").await?;
                 if !(1..=1024).contains(&req.number_of_bytes) {
                     return Err(KmsError::validation(format!(
                         "Value '{}' at 'numberOfBytes' failed to satisfy constraint: Member must have value between 1 and 1024",
@@ -1139,6 +1340,256 @@ impl KeyService for KeyApi {
                         mac_algorithm: req.mac_algorithm,
                     })
                 }),
+            )
+            .await
+    }
+
+    async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "Sign",
+                method!("Sign"),
+                false,
+                handler!(|core, call, req| {
+                    let (key, algorithm, digest) = signing_key(
+                        &core,
+                        call,
+                        &req.key_id,
+                        &req.signing_algorithm,
+                        &req.message_type,
+                        &req.message,
+                        CryptoOperation::Sign,
+                    )
+                    .await?;
+                    let version = key.metadata.current_version;
+                    let signature = core.hsm.sign(
+                        &material(&key, version)?,
+                        &key.metadata.key_id,
+                        version,
+                        key.metadata.key_spec,
+                        algorithm,
+                        &digest,
+                    )?;
+                    Ok(SignResponse {
+                        key_id: key.metadata.arn,
+                        signature,
+                        signing_algorithm: algorithm.as_str().to_string(),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn verify(
+        &self,
+        request: Request<VerifyRequest>,
+    ) -> Result<Response<VerifyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "Verify",
+                method!("Verify"),
+                false,
+                handler!(|core, call, req| {
+                    let (key, algorithm, digest) = signing_key(
+                        &core,
+                        call,
+                        &req.key_id,
+                        &req.signing_algorithm,
+                        &req.message_type,
+                        &req.message,
+                        CryptoOperation::Verify,
+                    )
+                    .await?;
+                    let valid = keyraft_hsm::asymmetric::verify(
+                        key.metadata.key_spec,
+                        public_key(&key)?,
+                        algorithm,
+                        &digest,
+                        &req.signature,
+                    )?;
+                    if !valid {
+                        return Err(KmsError::new(
+                            ErrorCode::KmsInvalidSignature,
+                            "The signature does not match the message, the key and the signing algorithm.",
+                        ));
+                    }
+                    Ok(VerifyResponse {
+                        key_id: key.metadata.arn,
+                        signature_valid: true,
+                        signing_algorithm: algorithm.as_str().to_string(),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn get_public_key(
+        &self,
+        request: Request<GetPublicKeyRequest>,
+    ) -> Result<Response<GetPublicKeyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "GetPublicKey",
+                method!("GetPublicKey"),
+                false,
+                handler!(|core, call, req| {
+                    call.record.request_parameters.key_id = Some(req.key_id.clone());
+                    let key = core
+                        .usable_key(call, &req.key_id, CryptoOperation::GetPublicKey)
+                        .await?;
+                    call.record.resources.push(key.metadata.arn.clone());
+                    call.record.key_checks.push(KeyCheck {
+                        key_id: key.metadata.key_id.clone(),
+                        epoch: key.metadata.epoch,
+                        operation: CryptoOperation::GetPublicKey,
+                    });
+                    let m = &key.metadata;
+                    Ok(GetPublicKeyResponse {
+                        key_id: m.arn.clone(),
+                        public_key: public_key(&key)?.to_vec(),
+                        key_spec: m.key_spec.as_str().to_string(),
+                        key_usage: m.key_usage.as_str().to_string(),
+                        encryption_algorithms: keyraft_proto::encryption_algorithms(
+                            m.key_spec,
+                            m.key_usage,
+                        ),
+                        signing_algorithms: keyraft_proto::signing_algorithms(
+                            m.key_spec,
+                            m.key_usage,
+                        ),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn put_key_policy(
+        &self,
+        request: Request<PutKeyPolicyRequest>,
+    ) -> Result<Response<PutKeyPolicyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "PutKeyPolicy",
+                method!("PutKeyPolicy"),
+                false,
+                handler!(|core, call, req| {
+                    crate::key_admin::put_key_policy(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn get_key_policy(
+        &self,
+        request: Request<GetKeyPolicyRequest>,
+    ) -> Result<Response<GetKeyPolicyResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "GetKeyPolicy",
+                method!("GetKeyPolicy"),
+                true,
+                handler!(|core, call, req| {
+                    crate::key_admin::get_key_policy(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn list_key_policies(
+        &self,
+        request: Request<ListKeyPoliciesRequest>,
+    ) -> Result<Response<ListKeyPoliciesResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ListKeyPolicies",
+                method!("ListKeyPolicies"),
+                true,
+                handler!(|core, call, req| {
+                    crate::key_admin::list_key_policies(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn create_grant(
+        &self,
+        request: Request<CreateGrantRequest>,
+    ) -> Result<Response<CreateGrantResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "CreateGrant",
+                method!("CreateGrant"),
+                false,
+                handler!(|core, call, req| { crate::grants::create_grant(core, call, req).await }),
+            )
+            .await
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<ListGrantsRequest>,
+    ) -> Result<Response<ListGrantsResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ListGrants",
+                method!("ListGrants"),
+                true,
+                handler!(|core, call, req| { crate::grants::list_grants(core, call, req).await }),
+            )
+            .await
+    }
+
+    async fn list_retirable_grants(
+        &self,
+        request: Request<ListRetirableGrantsRequest>,
+    ) -> Result<Response<ListGrantsResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ListRetirableGrants",
+                method!("ListRetirableGrants"),
+                true,
+                handler!(|core, call, req| {
+                    crate::grants::list_retirable_grants(core, call, req).await
+                }),
+            )
+            .await
+    }
+
+    async fn retire_grant(
+        &self,
+        request: Request<RetireGrantRequest>,
+    ) -> Result<Response<RetireGrantResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "RetireGrant",
+                method!("RetireGrant"),
+                false,
+                handler!(|core, call, req| { crate::grants::retire_grant(core, call, req).await }),
+            )
+            .await
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<RevokeGrantRequest>,
+    ) -> Result<Response<RevokeGrantResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "RevokeGrant",
+                method!("RevokeGrant"),
+                false,
+                handler!(|core, call, req| { crate::grants::revoke_grant(core, call, req).await }),
             )
             .await
     }

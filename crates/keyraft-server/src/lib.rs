@@ -31,8 +31,11 @@
 mod admin;
 mod audit_json;
 mod authn;
+mod authz;
 pub mod config;
 pub mod core;
+mod grants;
+mod iam;
 mod internal;
 mod join;
 mod key_admin;

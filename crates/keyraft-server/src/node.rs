@@ -14,6 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use keyraft_hsm::{Hsm, SoftHsm};
 use keyraft_proto::v1::admin_service_server::AdminServiceServer;
+use keyraft_proto::v1::iam_service_server::IamServiceServer;
 use keyraft_proto::v1::internal::node_service_server::NodeServiceServer;
 use keyraft_proto::v1::key_service_server::KeyServiceServer;
 use keyraft_raft::log_store::LogStore;
@@ -163,6 +164,7 @@ impl Node {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(KeyServiceServer::new(KeyApi::new(core.clone())))
             .add_service(AdminServiceServer::new(AdminApi::new(core.clone())))
+            .add_service(IamServiceServer::new(crate::iam::IamApi::new(core.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), stop(shutdown_rx));
         let servers = vec![tokio::spawn(raft_server), tokio::spawn(api_server)];
         tracing::info!(node = core.id, api = %core.config.api_endpoint(), raft = %core.config.raft_endpoint(), "node started");
