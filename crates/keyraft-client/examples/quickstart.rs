@@ -6,12 +6,16 @@
 //! set -a; . ./keyraft-dev/cluster.env; set +a    # endpoints and credentials
 //! cargo run -p keyraft-client --example quickstart
 //! ```
+//!
+//! Instead of the environment, a profile in `~/.keyraft/credentials` works too
+//! (`KEYRAFT_PROFILE=dev`, see `keyraft_client::profile`); the client needs only one
+//! endpoint and discovers the other members itself.
 
 use keyraft_client::{Client, ClientConfig, EncryptionContext, ErrorCode};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::new(ClientConfig::from_env()?)?;
+    let client = Client::connect(ClientConfig::from_env()?)?;
 
     // A key; the id never changes, the ARN names region and account.
     let key = client.create_key("quickstart").await?;
@@ -52,11 +56,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(err.code(), Some(ErrorCode::Disabled));
     client.enable_key(&key.key_id).await?;
 
-    let status = client.cluster_status().await?;
-    println!(
-        "leader: node {} of {} members",
-        status.leader,
-        status.members.len()
-    );
+    // The client found every member from its seeds; mutations went to the leader.
+    let view = client.refresh().await?;
+    println!("leader: {:?}", view.leader);
+    for node in &view.nodes {
+        println!(
+            "  node {:?} at {}: {} calls from this client, healthy={}",
+            node.id, node.endpoint, node.attempts, node.healthy
+        );
+    }
     Ok(())
 }

@@ -1,180 +1,114 @@
-//! # The Keyraft client
+//! # The Keyraft client SDK
 //!
-//! The seam every application, the CLI and the (coming) full SDK use to talk to a
-//! cluster: give it any endpoints and credentials, and it
+//! What an application uses to talk to a Keyraft cluster. Give it one or more seed
+//! endpoints, a region and an access key ([`ClientConfig`]: explicit, from the
+//! environment, or from a named profile in `~/.keyraft/credentials`), and it
 //!
-//! - signs every request (HMAC-SHA256 with the secret access key, a fresh timestamp and
-//!   nonce per attempt),
-//! - sends mutations towards the leader and follows `NotLeaderException` hints (a
-//!   follower also forwards mutations itself, so a stale view costs one hop, not an
-//!   error),
-//! - spreads other calls over the endpoints round-robin, skipping one that failed,
-//! - retries what is safe to retry — transport failures, `NotLeader`,
-//!   `DependencyTimeout`, throttling — with exponential backoff and jitter until the
-//!   call's deadline. A mutation carries one request id for all its attempts, and the
-//!   cluster answers a repeated id with the first result, so a retry never acts twice.
+//! - **discovers the cluster** from the seeds — members, their endpoints, the leader —
+//!   and keeps that view fresh in a background task: on leader hints, on connection
+//!   failures and every ten seconds ([`Client::view`] shows it);
+//! - **routes**: mutations straight to the leader; cryptography and reads spread over
+//!   the healthy nodes, least outstanding requests first ([`Balance`]); a node that
+//!   fails is benched for a doubling backoff and probed before it gets calls again;
+//! - keeps **one long-lived HTTP/2 channel per node** with keepalive pings, so a node
+//!   that stops answering is noticed within about two seconds, even mid-call;
+//! - **signs** every attempt (HMAC-SHA256 with the secret access key, a fresh timestamp
+//!   and nonce);
+//! - **retries what is safe** within the call's deadline: transport failures and the
+//!   retryable codes, with jittered exponential backoff and a per-client retry budget
+//!   ([`RetryPolicy`]). Every mutation carries one request id for all its attempts, and
+//!   the cluster's state machine answers a repeated id with the first result, so a
+//!   retry after a failover never acts twice;
+//! - returns **typed errors** ([`Error`], [`ErrorKind`], [`ErrorCode`]) that say whether
+//!   they are retryable and whether a failed mutation may still have happened.
+//!
+//! [`envelope`] encrypts data of any size under a Keyraft key; [`RegionalClients`]
+//! holds one client per region.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), keyraft_client::Error> {
 //! use keyraft_client::{Client, ClientConfig};
-//! let client = Client::new(ClientConfig::from_env()?)?;
+//! let client = Client::connect(ClientConfig::from_env()?)?;
 //! let key = client.create_key("orders").await?;
 //! let ct = client.encrypt(&key.key_id, b"hello", &Default::default()).await?;
 //! let pt = client.decrypt(&ct.ciphertext_blob, &Default::default(), None).await?;
 //! assert_eq!(pt.plaintext, b"hello");
 //! # Ok(()) }
 //! ```
+//!
+//! [`Client::connect`] is that client. [`Client::new`] keeps what a client given
+//! endpoints always did — it talks to exactly those — for tools that address one node;
+//! it has the same health tracking, keepalive and retries, but no discovery.
+//!
+//! A `Client` is cheap to clone (clones share connections, view and budget) and may be
+//! built outside an async runtime; its background task starts with the first call and
+//! stops when the last clone is dropped.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use rand::Rng;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+use tonic::transport::Channel;
 
 use keyraft_proto::v1::admin_service_client::AdminServiceClient;
 use keyraft_proto::v1::key_service_client::KeyServiceClient;
 use keyraft_proto::v1::*;
-use keyraft_proto::{auth, error_from_status, leader_hint};
 pub use keyraft_types::{ErrorCode, KmsError};
 
+mod config;
+mod discovery;
+pub mod envelope;
+mod error;
+mod options;
+pub mod profile;
+mod regions;
+mod retry;
+mod routing;
+mod transport;
+
+pub use config::{ClientConfig, ConfigBuilder};
+pub use error::{Error, ErrorKind};
+pub use options::{Balance, ClientOptions, RetryPolicy};
+pub use regions::RegionalClients;
+pub use routing::{ClusterView, NodeView};
+
+use routing::Route;
+use transport::Inner;
+
 /// Re-exported wire types (requests and responses of the API).
+///
+/// ```
+/// use keyraft_client::types::CreateKeyRequest;
+/// let req = CreateKeyRequest { description: "orders".into(), ..Default::default() };
+/// assert!(req.request_id.is_empty()); // create_key_with fills it in
+/// ```
 pub use keyraft_proto::v1 as types;
 
-/// An encryption context.
+/// An encryption context: string pairs bound to a ciphertext as additional
+/// authenticated data, which decryption must present again.
+///
+/// ```
+/// let ctx: keyraft_client::EncryptionContext = [("tenant".to_string(), "acme".to_string())].into();
+/// assert_eq!(ctx["tenant"], "acme");
+/// ```
 pub type EncryptionContext = BTreeMap<String, String>;
 
-/// What can go wrong in a call.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The service answered with an error code.
-    #[error("{0}")]
-    Service(KmsError),
-    /// No endpoint could be reached, or the last attempt failed in transport, before the
-    /// deadline. For a mutation the outcome is unknown; retry with the same request id.
-    #[error("transport: {0}")]
-    Transport(String),
-    /// The client is misconfigured.
-    #[error("configuration: {0}")]
-    Config(String),
-}
-
-impl Error {
-    /// The service's error code, if the service answered.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            Error::Service(e) => Some(e.code),
-            _ => None,
-        }
-    }
-
-    /// Whether trying again later may succeed without changing anything.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::Service(e) => e.code.is_retryable(),
-            Error::Transport(_) => true,
-            Error::Config(_) => false,
-        }
-    }
-}
-
-/// How to reach and authenticate to a cluster.
+/// A client of one cluster (one region). Cheap to clone; clones share everything.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), keyraft_client::Error> {
+/// let client = keyraft_client::Client::connect(keyraft_client::ClientConfig::from_env()?)?;
+/// let worker = client.clone();
+/// tokio::spawn(async move { worker.generate_random(32).await });
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
-pub struct ClientConfig {
-    /// Client API URLs of one or more nodes, e.g. `http://127.0.0.1:7101`.
-    pub endpoints: Vec<String>,
-    /// The region the cluster serves.
-    pub region: String,
-    /// Access key id.
-    pub access_key_id: String,
-    /// Secret access key.
-    pub secret_access_key: String,
-    /// How long one logical call may take, retries included.
-    pub timeout: Duration,
-    /// User agent sent with every request.
-    pub user_agent: String,
-}
-
-impl std::fmt::Debug for ClientConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientConfig")
-            .field("endpoints", &self.endpoints)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
-
-impl ClientConfig {
-    /// Reads `KEYRAFT_ENDPOINTS` (comma-separated), `KEYRAFT_REGION`,
-    /// `KEYRAFT_ACCESS_KEY_ID` and `KEYRAFT_SECRET_ACCESS_KEY`.
-    pub fn from_env() -> Result<ClientConfig, Error> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    /// Like [`ClientConfig::from_env`] with a custom lookup.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<ClientConfig, Error> {
-        let need = |k: &str| {
-            get(k)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::Config(format!("{k} is not set")))
-        };
-        Ok(ClientConfig {
-            endpoints: need("KEYRAFT_ENDPOINTS")?
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            region: get("KEYRAFT_REGION").unwrap_or_default(),
-            access_key_id: need("KEYRAFT_ACCESS_KEY_ID")?,
-            secret_access_key: need("KEYRAFT_SECRET_ACCESS_KEY")?,
-            timeout: Duration::from_secs(30),
-            user_agent: format!("keyraft-client/{}", env!("CARGO_PKG_VERSION")),
-        })
-    }
-}
-
-/// Where a call should go.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
-    /// The leader if known (mutations, membership).
-    Leader,
-    /// Any node, round-robin.
-    Any,
-}
-
-/// A client of one cluster.
 pub struct Client {
-    config: ClientConfig,
-    nodes: Mutex<Vec<(String, Channel)>>,
-    leader: Mutex<Option<String>>,
-    next: AtomicUsize,
-}
-
-fn channel(url: &str) -> Result<Channel, Error> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::Config(format!("bad endpoint {url}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    inner: Arc<Inner>,
+    timeout: Duration,
 }
 
 macro_rules! key_method {
@@ -189,140 +123,149 @@ macro_rules! admin_method {
 }
 
 impl Client {
-    /// A client for `config`; connections are made lazily, on first use.
+    /// The SDK's client for `config`, with [`ClientOptions::default`]: it discovers the
+    /// cluster from the configured (seed) endpoints — one is enough — sends mutations
+    /// straight to the leader and spreads everything else over the healthy members,
+    /// least outstanding requests first. Nothing is connected yet; that happens on the
+    /// first call, so this works outside an async runtime too.
+    ///
+    /// ```
+    /// use keyraft_client::{Client, ClientConfig};
+    /// let config = ClientConfig::builder()
+    ///     .endpoints(["http://127.0.0.1:7101"])
+    ///     .credentials("AK", "secret")
+    ///     .build_with(|_| None)?;
+    /// let client = Client::connect(config)?; // no runtime needed
+    /// assert!(client.options().discovery);
+    /// # Ok::<(), keyraft_client::Error>(())
+    /// ```
+    pub fn connect(config: ClientConfig) -> Result<Client, Error> {
+        Self::with_options(config, ClientOptions::default())
+    }
+
+    /// A client that talks to exactly the configured endpoints
+    /// ([`ClientOptions::pinned`]): no discovery and no background task, but the same
+    /// signing, health tracking, keepalive, leader-hint following and retries as
+    /// [`Client::connect`]. Give it one endpoint to address one node (as `keyraft
+    /// cluster advance-clock`, per-node audit checks and benchmarks of one node do);
+    /// give it every node and it spreads over them. Applications that want the cluster
+    /// found for them use [`Client::connect`].
+    ///
+    /// ```
+    /// use keyraft_client::{Client, ClientConfig};
+    /// let config = ClientConfig::builder()
+    ///     .endpoints(["http://127.0.0.1:7101"])
+    ///     .credentials("AK", "secret")
+    ///     .build_with(|_| None)?;
+    /// let node = Client::new(config)?;
+    /// assert!(!node.options().discovery);
+    /// # Ok::<(), keyraft_client::Error>(())
+    /// ```
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
-        if config.endpoints.is_empty() {
-            return Err(Error::Config("at least one endpoint is needed".into()));
-        }
-        let nodes = config
-            .endpoints
-            .iter()
-            .map(|e| Ok((e.clone(), channel(e)?)))
-            .collect::<Result<Vec<_>, Error>>()?;
+        Self::with_options(config, ClientOptions::pinned())
+    }
+
+    /// A client with explicit [`ClientOptions`].
+    ///
+    /// ```
+    /// use keyraft_client::{Client, ClientConfig, ClientOptions};
+    /// let config = ClientConfig::builder()
+    ///     .endpoints(["http://127.0.0.1:7101"])
+    ///     .credentials("AK", "secret")
+    ///     .build_with(|_| None)?;
+    /// let mut options = ClientOptions::default();
+    /// options.refresh_interval = std::time::Duration::from_secs(2);
+    /// let client = Client::with_options(config, options)?;
+    /// assert!(client.options().discovery);
+    /// # Ok::<(), keyraft_client::Error>(())
+    /// ```
+    pub fn with_options(config: ClientConfig, options: ClientOptions) -> Result<Client, Error> {
+        let timeout = config.timeout;
         Ok(Client {
-            config,
-            nodes: Mutex::new(nodes),
-            leader: Mutex::new(None),
-            next: AtomicUsize::new(0),
+            inner: Arc::new(Inner::new(config, options)?),
+            timeout,
         })
     }
 
     /// The configuration.
+    ///
+    /// ```no_run
+    /// # fn demo(client: &keyraft_client::Client) {
+    /// println!("seeds: {:?}", client.config().endpoints);
+    /// # }
+    /// ```
     pub fn config(&self) -> &ClientConfig {
-        &self.config
+        &self.inner.config
     }
 
-    fn pick(&self, route: Route) -> (String, Channel) {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        if route == Route::Leader {
-            let leader = self
-                .leader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if let Some(l) = leader {
-                if let Some(n) = nodes.iter().find(|(e, _)| *e == l) {
-                    return n.clone();
-                }
-            }
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % nodes.len();
-        nodes[i].clone()
+    /// The options.
+    ///
+    /// ```no_run
+    /// # fn demo(client: &keyraft_client::Client) {
+    /// println!("balancing by {:?}", client.options().balance);
+    /// # }
+    /// ```
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
     }
 
-    fn learn_leader(&self, endpoint: Option<String>) {
-        if let Some(ep) = &endpoint {
-            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-            if !nodes.iter().any(|(e, _)| e == ep) {
-                if let Ok(c) = channel(ep) {
-                    nodes.push((ep.clone(), c));
-                }
-            }
+    /// A handle on the same client (connections, view, budget) whose calls have another
+    /// deadline, retries included.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// use std::time::Duration;
+    /// let quick = client.with_timeout(Duration::from_millis(300));
+    /// let bytes = quick.generate_random(16).await?;
+    /// # let _ = bytes;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            timeout,
         }
-        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = endpoint;
     }
 
-    /// Runs one logical call with signing, routing and retries.
-    async fn call<Req, Resp, F, Fut>(
-        &self,
-        route: Route,
-        method: &'static str,
-        req: Req,
-        send: F,
-    ) -> Result<Resp, Error>
-    where
-        Req: prost::Message + Clone,
-        F: Fn(Channel, Request<Req>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
-    {
-        let deadline = Instant::now() + self.config.timeout;
-        let digest = auth::message_digest(&req);
-        let mut backoff = Duration::from_millis(25);
-        let mut last_transport = String::from("no attempt made");
-        loop {
-            let (endpoint, channel) = self.pick(route);
-            let mut request = Request::new(req.clone());
-            let nonce = hex::encode(rand::thread_rng().gen::<[u8; 16]>());
-            auth::attach(
-                request.metadata_mut(),
-                &self.config.access_key_id,
-                self.config.secret_access_key.as_bytes(),
-                method,
-                now_ms(),
-                &nonce,
-                &digest,
-            )
-            .map_err(Error::Service)?;
-            if let Ok(ua) = self.config.user_agent.parse() {
-                request.metadata_mut().insert("user-agent", ua);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            request.set_timeout(left.min(Duration::from_secs(15)));
-            let outcome = match tokio::time::timeout(left, send(channel, request)).await {
-                Ok(r) => r,
-                Err(_) => Err(Status::deadline_exceeded("client deadline")),
-            };
-            let status = match outcome {
-                Ok(resp) => return Ok(resp.into_inner()),
-                Err(status) => status,
-            };
-            match error_from_status(&status) {
-                Some(err) if err.code == ErrorCode::NotLeader => {
-                    let hint = leader_hint(&status);
-                    tracing::debug!(?hint, "following NotLeader hint");
-                    if hint.endpoint.is_some()
-                        && hint.endpoint.as_deref() != Some(endpoint.as_str())
-                    {
-                        self.learn_leader(hint.endpoint);
-                        continue;
-                    }
-                    self.learn_leader(None);
-                    if Instant::now() + backoff > deadline {
-                        return Err(Error::Service(err));
-                    }
-                }
-                Some(err) if !err.code.is_retryable() => return Err(Error::Service(err)),
-                Some(err) => {
-                    if Instant::now() + backoff > deadline {
-                        return Err(Error::Service(err));
-                    }
-                }
-                None => {
-                    // Not an answer from a Keyraft handler: the node is down or unreachable.
-                    last_transport = format!("{endpoint}: {}", status.message());
-                    if route == Route::Leader {
-                        self.learn_leader(None);
-                    }
-                    if Instant::now() + backoff > deadline {
-                        return Err(Error::Transport(last_transport));
-                    }
-                }
-            }
-            let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
-            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
-            let _ = &last_transport;
+    /// What the client knows about the cluster right now: members, leader, which nodes
+    /// are healthy, calls in flight.
+    ///
+    /// ```no_run
+    /// # fn demo(client: &keyraft_client::Client) {
+    /// let view = client.view();
+    /// for node in &view.nodes {
+    ///     println!("{} leader={} healthy={}", node.endpoint, node.leader, node.healthy);
+    /// }
+    /// # }
+    /// ```
+    pub fn view(&self) -> ClusterView {
+        let now = Instant::now();
+        let view = self.inner.view();
+        ClusterView {
+            leader: view.leader.clone(),
+            leader_id: view.leader_id,
+            term: view.term,
+            region: view.region.clone(),
+            refreshed: view.refreshed_at.map(|t| now.saturating_duration_since(t)),
+            retry_tokens: self.inner.budget.balance(),
+            nodes: view.snapshot(now),
         }
+    }
+
+    /// Refreshes the view from the cluster now (one `ClusterStatus`, to the leader
+    /// first), and returns it. The background task does this on its own; this is for
+    /// programs that want a fresh view at a given moment.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let view = client.refresh().await?;
+    /// println!("{} members, leader {:?}", view.nodes.len(), view.leader);
+    /// # Ok(()) }
+    /// ```
+    pub async fn refresh(&self) -> Result<ClusterView, Error> {
+        self.inner.ensure_refresher();
+        self.inner.refresh_once().await?;
+        Ok(self.view())
     }
 
     fn key(c: Channel) -> KeyServiceClient<Channel> {
@@ -333,11 +276,19 @@ impl Client {
         AdminServiceClient::new(c)
     }
 
+    /// A fresh request id: one per logical call, reused by all its attempts.
     fn request_id() -> String {
         uuid::Uuid::new_v4().to_string()
     }
 
     /// Creates a symmetric key.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let key = client.create_key("orders").await?;
+    /// println!("{} ({})", key.key_id, key.arn);
+    /// # Ok(()) }
+    /// ```
     pub async fn create_key(&self, description: &str) -> Result<KeyMetadata, Error> {
         self.create_key_with(CreateKeyRequest {
             description: description.to_string(),
@@ -349,6 +300,25 @@ impl Client {
 
     /// Creates a key from a full request. An empty `request_id` gets a fresh one, used
     /// for every retry of this call.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// use keyraft_client::types::CreateKeyRequest;
+    /// // An id of your own makes retrying after an unknown outcome safe across calls too.
+    /// let req = CreateKeyRequest {
+    ///     description: "release signing".into(),
+    ///     key_spec: "ECC_NIST_P256".into(),
+    ///     key_usage: "SIGN_VERIFY".into(),
+    ///     request_id: "release-signing-key-v1".into(),
+    ///     ..Default::default()
+    /// };
+    /// let key = match client.create_key_with(req.clone()).await {
+    ///     Err(e) if e.is_outcome_unknown() => client.create_key_with(req).await?,
+    ///     other => other?,
+    /// };
+    /// # let _ = key;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_key_with(&self, mut req: CreateKeyRequest) -> Result<KeyMetadata, Error> {
         if req.request_id.is_empty() {
             req.request_id = Self::request_id();
@@ -366,6 +336,13 @@ impl Client {
     }
 
     /// Describes a key (id, ARN).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let m = client.describe_key("alias/orders").await?;
+    /// println!("{} is {}", m.arn, m.key_state);
+    /// # Ok(()) }
+    /// ```
     pub async fn describe_key(&self, key_id: &str) -> Result<KeyMetadata, Error> {
         let req = DescribeKeyRequest {
             key_id: key_id.to_string(),
@@ -383,6 +360,22 @@ impl Client {
     }
 
     /// One page of keys (`limit` 0 = 100).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let mut marker = String::new();
+    /// loop {
+    ///     let page = client.list_keys(100, &marker).await?;
+    ///     for k in &page.keys {
+    ///         println!("{}", k.key_arn);
+    ///     }
+    ///     if !page.truncated {
+    ///         break;
+    ///     }
+    ///     marker = page.next_marker;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list_keys(&self, limit: u32, marker: &str) -> Result<ListKeysResponse, Error> {
         let req = ListKeysRequest {
             limit,
@@ -398,6 +391,12 @@ impl Client {
     }
 
     /// Enables a key.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// client.enable_key("alias/orders").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn enable_key(&self, key_id: &str) -> Result<(), Error> {
         let req = EnableKeyRequest {
             key_id: key_id.to_string(),
@@ -414,6 +413,12 @@ impl Client {
     }
 
     /// Disables a key.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// client.disable_key("alias/orders").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn disable_key(&self, key_id: &str) -> Result<(), Error> {
         let req = DisableKeyRequest {
             key_id: key_id.to_string(),
@@ -429,18 +434,49 @@ impl Client {
         .map(|_| ())
     }
 
-    /// Encrypts up to 4096 bytes under a key.
+    /// Encrypts up to 4096 bytes under a symmetric key.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let ctx = keyraft_client::EncryptionContext::from([("tenant".into(), "acme".into())]);
+    /// let ct = client.encrypt("alias/orders", b"card 4111", &ctx).await?;
+    /// println!("{} bytes under {}", ct.ciphertext_blob.len(), ct.key_id);
+    /// # Ok(()) }
+    /// ```
     pub async fn encrypt(
         &self,
         key_id: &str,
         plaintext: &[u8],
         context: &EncryptionContext,
     ) -> Result<EncryptResponse, Error> {
+        self.encrypt_with_algorithm(key_id, plaintext, context, "")
+            .await
+    }
+
+    /// Encrypts with a named algorithm: `SYMMETRIC_DEFAULT` (or empty) for symmetric
+    /// keys, `RSAES_OAEP_SHA_1` / `RSAES_OAEP_SHA_256` for RSA ENCRYPT_DECRYPT keys (no
+    /// context; at most 190 bytes with RSA_2048 and SHA-256).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let ct = client
+    ///     .encrypt_with_algorithm("alias/rsa", b"short secret", &Default::default(), "RSAES_OAEP_SHA_256")
+    ///     .await?;
+    /// # let _ = ct;
+    /// # Ok(()) }
+    /// ```
+    pub async fn encrypt_with_algorithm(
+        &self,
+        key_id: &str,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+        algorithm: &str,
+    ) -> Result<EncryptResponse, Error> {
         let req = EncryptRequest {
             key_id: key_id.to_string(),
             plaintext: plaintext.to_vec(),
             encryption_context: context.clone(),
-            encryption_algorithm: String::new(),
+            encryption_algorithm: algorithm.to_string(),
         };
         self.call(Route::Any, key_method!("Encrypt"), req, |c, r| async move {
             Self::key(c).encrypt(r).await
@@ -449,17 +485,48 @@ impl Client {
     }
 
     /// Decrypts a ciphertext blob; `key_id`, if given, must be the key it was made under.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// # let blob: Vec<u8> = Vec::new();
+    /// let ctx = keyraft_client::EncryptionContext::from([("tenant".into(), "acme".into())]);
+    /// let pt = client.decrypt(&blob, &ctx, None).await?;
+    /// println!("{} bytes from {}", pt.plaintext.len(), pt.key_id);
+    /// # Ok(()) }
+    /// ```
     pub async fn decrypt(
         &self,
         blob: &[u8],
         context: &EncryptionContext,
         key_id: Option<&str>,
     ) -> Result<DecryptResponse, Error> {
+        self.decrypt_with_algorithm(blob, context, key_id, "").await
+    }
+
+    /// Decrypts with a named algorithm; an RSAES-OAEP ciphertext names no key, so
+    /// `key_id` is required for it.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// # let blob: Vec<u8> = Vec::new();
+    /// let pt = client
+    ///     .decrypt_with_algorithm(&blob, &Default::default(), Some("alias/rsa"), "RSAES_OAEP_SHA_256")
+    ///     .await?;
+    /// # let _ = pt;
+    /// # Ok(()) }
+    /// ```
+    pub async fn decrypt_with_algorithm(
+        &self,
+        blob: &[u8],
+        context: &EncryptionContext,
+        key_id: Option<&str>,
+        algorithm: &str,
+    ) -> Result<DecryptResponse, Error> {
         let req = DecryptRequest {
             ciphertext_blob: blob.to_vec(),
             encryption_context: context.clone(),
             key_id: key_id.unwrap_or_default().to_string(),
-            encryption_algorithm: String::new(),
+            encryption_algorithm: algorithm.to_string(),
         };
         self.call(Route::Any, key_method!("Decrypt"), req, |c, r| async move {
             Self::key(c).decrypt(r).await
@@ -468,6 +535,15 @@ impl Client {
     }
 
     /// Generates a data key: `key_spec` (`AES_128`/`AES_256`) or `number_of_bytes`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let dk = client.generate_data_key("alias/orders", "AES_256", 0, &Default::default()).await?;
+    /// // Encrypt locally with dk.plaintext, store dk.ciphertext_blob, forget the plaintext
+    /// // (or let keyraft_client::envelope do all of that).
+    /// assert_eq!(dk.plaintext.len(), 32);
+    /// # Ok(()) }
+    /// ```
     pub async fn generate_data_key(
         &self,
         key_id: &str,
@@ -491,6 +567,15 @@ impl Client {
     }
 
     /// Generates a data key and returns only its ciphertext.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let dk = client
+    ///     .generate_data_key_without_plaintext("alias/orders", "AES_256", 0, &Default::default())
+    ///     .await?;
+    /// println!("{} bytes to store for later", dk.ciphertext_blob.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn generate_data_key_without_plaintext(
         &self,
         key_id: &str,
@@ -516,6 +601,15 @@ impl Client {
     /// Moves a ciphertext to `destination_key_id` (and/or a new context) inside the
     /// service; the plaintext never comes back. `source_key_id`, if given, must be the
     /// key the ciphertext was made under.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// # let blob: Vec<u8> = Vec::new();
+    /// let none = Default::default();
+    /// let moved = client.re_encrypt(&blob, &none, None, "alias/orders-2025", &none).await?;
+    /// println!("now under {}", moved.key_id);
+    /// # Ok(()) }
+    /// ```
     pub async fn re_encrypt(
         &self,
         blob: &[u8],
@@ -524,13 +618,39 @@ impl Client {
         destination_key_id: &str,
         destination_context: &EncryptionContext,
     ) -> Result<ReEncryptResponse, Error> {
-        let req = ReEncryptRequest {
+        self.re_encrypt_request(ReEncryptRequest {
             ciphertext_blob: blob.to_vec(),
             source_encryption_context: source_context.clone(),
             source_key_id: source_key_id.unwrap_or_default().to_string(),
             destination_key_id: destination_key_id.to_string(),
             destination_encryption_context: destination_context.clone(),
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// ReEncrypt with every field of the request, including the source and destination
+    /// encryption algorithms for RSA keys.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// use keyraft_client::types::ReEncryptRequest;
+    /// # let blob: Vec<u8> = Vec::new();
+    /// let moved = client
+    ///     .re_encrypt_request(ReEncryptRequest {
+    ///         ciphertext_blob: blob,
+    ///         destination_key_id: "alias/rsa".into(),
+    ///         destination_encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+    ///         ..Default::default()
+    ///     })
+    ///     .await?;
+    /// # let _ = moved;
+    /// # Ok(()) }
+    /// ```
+    pub async fn re_encrypt_request(
+        &self,
+        req: ReEncryptRequest,
+    ) -> Result<ReEncryptResponse, Error> {
         self.call(
             Route::Any,
             key_method!("ReEncrypt"),
@@ -541,6 +661,13 @@ impl Client {
     }
 
     /// `number_of_bytes` (1–1024) random bytes from a node's HSM.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let nonce = client.generate_random(32).await?;
+    /// assert_eq!(nonce.len(), 32);
+    /// # Ok(()) }
+    /// ```
     pub async fn generate_random(&self, number_of_bytes: u32) -> Result<Vec<u8>, Error> {
         let req = GenerateRandomRequest { number_of_bytes };
         let resp = self
@@ -555,6 +682,12 @@ impl Client {
     }
 
     /// Replaces a key's description.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// client.update_key_description("alias/orders", "orders, 2025 onwards").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_key_description(
         &self,
         key_id: &str,
@@ -576,6 +709,13 @@ impl Client {
     }
 
     /// Creates `alias/...` pointing to a key (id or key ARN).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let key = client.create_key("orders").await?;
+    /// client.create_alias("alias/orders", &key.key_id).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), Error> {
         let req = CreateAliasRequest {
             alias_name: alias_name.to_string(),
@@ -593,6 +733,13 @@ impl Client {
     }
 
     /// Points an alias to another key.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let next = client.create_key("orders 2025").await?;
+    /// client.update_alias("alias/orders", &next.key_id).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), Error> {
         let req = UpdateAliasRequest {
             alias_name: alias_name.to_string(),
@@ -610,6 +757,12 @@ impl Client {
     }
 
     /// Deletes an alias (the key stays).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// client.delete_alias("alias/orders").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_alias(&self, alias_name: &str) -> Result<(), Error> {
         let req = DeleteAliasRequest {
             alias_name: alias_name.to_string(),
@@ -626,6 +779,15 @@ impl Client {
     }
 
     /// One page of aliases, optionally only those of `key_id` (`limit` 0 = 50).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let page = client.list_aliases(None, 0, "").await?;
+    /// for a in &page.aliases {
+    ///     println!("{} -> {}", a.alias_name, a.target_key_id);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list_aliases(
         &self,
         key_id: Option<&str>,
@@ -647,6 +809,12 @@ impl Client {
     }
 
     /// Adds or overwrites tags of a key.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// client.tag_resource("alias/orders", &[("team".into(), "payments".into())]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn tag_resource(&self, key_id: &str, tags: &[(String, String)]) -> Result<(), Error> {
         let req = TagResourceRequest {
             key_id: key_id.to_string(),
@@ -670,6 +838,12 @@ impl Client {
     }
 
     /// Removes tags of a key.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// client.untag_resource("alias/orders", &["team".to_string()]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), Error> {
         let req = UntagResourceRequest {
             key_id: key_id.to_string(),
@@ -687,6 +861,15 @@ impl Client {
     }
 
     /// One page of a key's tags (`limit` 0 = 50).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let page = client.list_resource_tags("alias/orders", 0, "").await?;
+    /// for t in &page.tags {
+    ///     println!("{}={}", t.tag_key, t.tag_value);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list_resource_tags(
         &self,
         key_id: &str,
@@ -708,6 +891,14 @@ impl Client {
     }
 
     /// Schedules a key's deletion after `pending_window_in_days` (7–30; 0 = 30).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// # let key_id = "1234abcd-12ab-34cd-56ef-1234567890ab";
+    /// let r = client.schedule_key_deletion(key_id, 7).await?;
+    /// println!("{} is {} until {}", r.key_id, r.key_state, r.deletion_date);
+    /// # Ok(()) }
+    /// ```
     pub async fn schedule_key_deletion(
         &self,
         key_id: &str,
@@ -728,6 +919,14 @@ impl Client {
     }
 
     /// Cancels a scheduled deletion; the key returns Disabled.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// # let key_id = "1234abcd-12ab-34cd-56ef-1234567890ab";
+    /// client.cancel_key_deletion(key_id).await?;
+    /// client.enable_key(key_id).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn cancel_key_deletion(
         &self,
         key_id: &str,
@@ -747,10 +946,17 @@ impl Client {
 
     /// Development mode only: moves the service clock of the node this client reaches
     /// forward by `advance_ms` (give the client one endpoint to address one node).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let now_ms = client.advance_clock(24 * 60 * 60 * 1000).await?; // one day
+    /// # let _ = now_ms;
+    /// # Ok(()) }
+    /// ```
     pub async fn advance_clock(&self, advance_ms: u64) -> Result<u64, Error> {
         let resp = self
             .call(
-                Route::Any,
+                Route::Seeds,
                 admin_method!("AdvanceClock"),
                 AdvanceClockRequest { advance_ms },
                 |c, r| async move { Self::admin(c).advance_clock(r).await },
@@ -761,6 +967,13 @@ impl Client {
 
     /// The region administrator creates (or finds) the service-managed key of
     /// `service` for an account (`None`: the caller's); it is `alias/keyraft/<service>`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let r = client.create_service_key("s3", Some("111122223333")).await?;
+    /// assert_eq!(r.alias_name, "alias/keyraft/s3");
+    /// # Ok(()) }
+    /// ```
     pub async fn create_service_key(
         &self,
         service: &str,
@@ -781,6 +994,13 @@ impl Client {
     }
 
     /// An account's quotas and usage (`None`: the caller's account).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let q = client.get_quota(None).await?;
+    /// println!("{} of {} keys", q.keys_used, q.keys_limit);
+    /// # Ok(()) }
+    /// ```
     pub async fn get_quota(&self, account: Option<&str>) -> Result<QuotaResponse, Error> {
         let req = GetQuotaRequest {
             account: account.unwrap_or_default().to_string(),
@@ -796,6 +1016,13 @@ impl Client {
 
     /// Sets an account's key and/or alias limit (0 leaves one unchanged); the region's
     /// administrator only.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let q = client.set_quota(Some("111122223333"), 5000, 0).await?;
+    /// assert_eq!(q.keys_limit, 5000);
+    /// # Ok(()) }
+    /// ```
     pub async fn set_quota(
         &self,
         account: Option<&str>,
@@ -807,6 +1034,7 @@ impl Client {
             keys,
             aliases,
             request_id: Self::request_id(),
+            ..Default::default()
         };
         self.call(
             Route::Leader,
@@ -818,6 +1046,13 @@ impl Client {
     }
 
     /// Turns automatic rotation on (`Some(days)`, 90–2560; 0 = 365) or off (`None`).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// client.set_key_rotation("alias/orders", Some(180)).await?; // every 180 days
+    /// client.set_key_rotation("alias/orders", None).await?; // off
+    /// # Ok(()) }
+    /// ```
     pub async fn set_key_rotation(
         &self,
         key_id: &str,
@@ -857,6 +1092,13 @@ impl Client {
     }
 
     /// Whether automatic rotation is on, its period and the next rotation date.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let s = client.get_key_rotation_status("alias/orders").await?;
+    /// println!("on: {}, every {} days", s.key_rotation_enabled, s.rotation_period_in_days);
+    /// # Ok(()) }
+    /// ```
     pub async fn get_key_rotation_status(
         &self,
         key_id: &str,
@@ -874,6 +1116,12 @@ impl Client {
     }
 
     /// Adds a new backing version now (at most 25 times per key).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// client.rotate_key_on_demand("alias/orders").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn rotate_key_on_demand(
         &self,
         key_id: &str,
@@ -892,6 +1140,13 @@ impl Client {
     }
 
     /// One page of a key's rotations (`limit` 0 = 100).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let page = client.list_key_rotations("alias/orders", 0, "").await?;
+    /// println!("{} rotations", page.rotations.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn list_key_rotations(
         &self,
         key_id: &str,
@@ -914,6 +1169,20 @@ impl Client {
 
     /// An RSA wrapping public key (DER) and an import token for importing key material
     /// into an EXTERNAL key; valid for 24 hours.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// use keyraft_client::types::CreateKeyRequest;
+    /// let key = client
+    ///     .create_key_with(CreateKeyRequest { origin: "EXTERNAL".into(), ..Default::default() })
+    ///     .await?;
+    /// let p = client
+    ///     .get_parameters_for_import(&key.key_id, "RSAES_OAEP_SHA_256", "RSA_2048")
+    ///     .await?;
+    /// // Wrap 32 bytes of key material to p.public_key (DER), then import_key_material.
+    /// # let _ = p;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_parameters_for_import(
         &self,
         key_id: &str,
@@ -937,6 +1206,13 @@ impl Client {
 
     /// Imports 32 bytes of key material encrypted (RSAES-OAEP-SHA-256) to the wrapping
     /// key; `valid_to` (ms since the Unix epoch) makes it expire.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// # let (key_id, token, wrapped) = ("k", Vec::new(), Vec::new());
+    /// client.import_key_material(key_id, &token, &wrapped, None).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn import_key_material(
         &self,
         key_id: &str,
@@ -968,6 +1244,13 @@ impl Client {
     }
 
     /// Deletes imported key material; the key returns to PendingImport.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// # let key_id = "1234abcd-12ab-34cd-56ef-1234567890ab";
+    /// client.delete_imported_key_material(key_id).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_imported_key_material(&self, key_id: &str) -> Result<(), Error> {
         let req = DeleteImportedKeyMaterialRequest {
             key_id: key_id.to_string(),
@@ -984,6 +1267,13 @@ impl Client {
     }
 
     /// The HMAC of `message` (1–4096 bytes) under an HMAC key.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let mac = client.generate_mac("alias/hmac", b"message", "HMAC_SHA_256").await?;
+    /// client.verify_mac("alias/hmac", b"message", "HMAC_SHA_256", &mac.mac).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn generate_mac(
         &self,
         key_id: &str,
@@ -1004,7 +1294,107 @@ impl Client {
         .await
     }
 
+    /// Signs a message (`message_type` `RAW`, the default when empty) or a digest
+    /// (`DIGEST`) with a SIGN_VERIFY key pair, e.g. with `ECDSA_SHA_256` or
+    /// `RSASSA_PSS_SHA_256`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let s = client.sign("alias/signer", b"release 1.2", "RAW", "ECDSA_SHA_256").await?;
+    /// let v = client
+    ///     .verify("alias/signer", b"release 1.2", "RAW", &s.signature, "ECDSA_SHA_256")
+    ///     .await?;
+    /// assert!(v.signature_valid);
+    /// # Ok(()) }
+    /// ```
+    pub async fn sign(
+        &self,
+        key_id: &str,
+        message: &[u8],
+        message_type: &str,
+        signing_algorithm: &str,
+    ) -> Result<SignResponse, Error> {
+        let req = SignRequest {
+            key_id: key_id.to_string(),
+            message: message.to_vec(),
+            message_type: message_type.to_string(),
+            signing_algorithm: signing_algorithm.to_string(),
+        };
+        self.call(Route::Any, key_method!("Sign"), req, |c, r| async move {
+            Self::key(c).sign(r).await
+        })
+        .await
+    }
+
+    /// Verifies a signature; one that does not match is `KMSInvalidSignatureException`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// use keyraft_client::ErrorCode;
+    /// # let signature: Vec<u8> = Vec::new();
+    /// match client.verify("alias/signer", b"release 1.2", "RAW", &signature, "ECDSA_SHA_256").await {
+    ///     Ok(_) => println!("genuine"),
+    ///     Err(e) if e.code() == Some(ErrorCode::KmsInvalidSignature) => println!("forged"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn verify(
+        &self,
+        key_id: &str,
+        message: &[u8],
+        message_type: &str,
+        signature: &[u8],
+        signing_algorithm: &str,
+    ) -> Result<VerifyResponse, Error> {
+        let req = VerifyRequest {
+            key_id: key_id.to_string(),
+            message: message.to_vec(),
+            message_type: message_type.to_string(),
+            signature: signature.to_vec(),
+            signing_algorithm: signing_algorithm.to_string(),
+        };
+        self.call(Route::Any, key_method!("Verify"), req, |c, r| async move {
+            Self::key(c).verify(r).await
+        })
+        .await
+    }
+
+    /// The public half of a key pair (DER SubjectPublicKeyInfo) with its spec, usage and
+    /// algorithms.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let pk = client.get_public_key("alias/signer").await?;
+    /// println!("{} bytes of DER, {}", pk.public_key.len(), pk.key_spec);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_public_key(&self, key_id: &str) -> Result<GetPublicKeyResponse, Error> {
+        let req = GetPublicKeyRequest {
+            key_id: key_id.to_string(),
+        };
+        self.call(
+            Route::Any,
+            key_method!("GetPublicKey"),
+            req,
+            |c, r| async move { Self::key(c).get_public_key(r).await },
+        )
+        .await
+    }
+
     /// Verifies a MAC; a MAC that does not match is `KMSInvalidMacException`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// use keyraft_client::ErrorCode;
+    /// # let mac: Vec<u8> = Vec::new();
+    /// match client.verify_mac("alias/hmac", b"message", "HMAC_SHA_256", &mac).await {
+    ///     Ok(_) => println!("authentic"),
+    ///     Err(e) if e.code() == Some(ErrorCode::InvalidMac) => println!("altered"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn verify_mac(
         &self,
         key_id: &str,
@@ -1027,39 +1417,44 @@ impl Client {
         .await
     }
 
-    /// The cluster's members, leader and per-node progress. Also refreshes this
-    /// client's view: members' endpoints are added and the leader remembered.
+    /// The cluster's members, leader and per-node progress, as the first configured
+    /// endpoint that answers sees them (any other node if none does). Also refreshes
+    /// this client's view.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let status = client.cluster_status().await?;
+    /// for m in &status.members {
+    ///     println!("node {} at {}: {}", m.id, m.endpoint, m.role);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, Error> {
         let status = self
             .call(
-                Route::Any,
+                Route::PreferSeeds,
                 admin_method!("ClusterStatus"),
                 ClusterStatusRequest {},
                 |c, r| async move { Self::admin(c).cluster_status(r).await },
             )
             .await?;
-        let leader = status
-            .members
-            .iter()
-            .find(|m| m.id == status.leader)
-            .map(|m| m.endpoint.clone());
-        {
-            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-            for m in &status.members {
-                if !nodes.iter().any(|(e, _)| *e == m.endpoint) {
-                    if let Ok(c) = channel(&m.endpoint) {
-                        nodes.push((m.endpoint.clone(), c));
-                    }
-                }
-            }
-        }
-        if leader.is_some() {
-            self.learn_leader(leader);
-        }
+        self.inner.view().merge(
+            &status,
+            &self.inner.config.region,
+            Instant::now(),
+            &self.inner.options,
+        );
         Ok(status)
     }
 
     /// Adds a node (learner first, voter once caught up and holding the domain key).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let status = client.add_node(4, "http://10.0.0.4:7101", "10.0.0.4:7201").await?;
+    /// println!("{} members", status.members.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn add_node(
         &self,
         node_id: u64,
@@ -1085,6 +1480,13 @@ impl Client {
     }
 
     /// Removes a node; its id is retired for good.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let status = client.remove_node(4).await?;
+    /// assert!(status.members.iter().all(|m| m.id != 4));
+    /// # Ok(()) }
+    /// ```
     pub async fn remove_node(&self, node_id: u64) -> Result<ClusterStatusResponse, Error> {
         let req = RemoveNodeRequest {
             node_id,
@@ -1103,6 +1505,13 @@ impl Client {
     }
 
     /// Moves leadership to `node_id`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let leader = client.transfer_leader(2).await?;
+    /// assert_eq!(leader, 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn transfer_leader(&self, node_id: u64) -> Result<u64, Error> {
         let resp = self
             .call(
@@ -1116,6 +1525,16 @@ impl Client {
     }
 
     /// The newest audit events.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let tail = client.audit_tail(5).await?;
+    /// assert!(tail.chain_ok);
+    /// for event in &tail.events_json {
+    ///     println!("{event}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn audit_tail(&self, limit: u32) -> Result<AuditTailResponse, Error> {
         self.call(
             Route::Any,
@@ -1126,3 +1545,5 @@ impl Client {
         .await
     }
 }
+mod audit;
+mod iam;
