@@ -22,10 +22,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -124,10 +126,46 @@ fn random_secret() -> String {
     hex::encode(rand::thread_rng().gen::<[u8; 32]>())
 }
 
-/// A port the OS considers free right now.
+/// Ports this process has handed out, so no two nodes are given the same one.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// The lowest port [`free_port`] hands out.
+const LOWEST_PORT: u16 = 10_000;
+
+/// A port that is free right now and that nothing but a `bind` will take.
+///
+/// A port the kernel picks for `127.0.0.1:0` comes from its ephemeral range, the range
+/// every outgoing connection also takes its local port from: between picking the port and
+/// the node binding it, any client connecting anywhere may get it, and the node then
+/// fails to start. So the port is chosen below that range (from a random start, skipping
+/// ports this process handed out before) and checked free by binding it. Only where the
+/// ephemeral range leaves no room below it does this fall back to asking the kernel.
 pub fn free_port() -> Result<u16, Error> {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let below = ephemeral_range_start();
+    if below > LOWEST_PORT + 1_000 {
+        let span = below - LOWEST_PORT;
+        let start = rand::thread_rng().gen_range(0..span);
+        for i in 0..span {
+            let port = LOWEST_PORT + (start + i) % span;
+            if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed_out.insert(port);
+                return Ok(port);
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
-    Ok(l.local_addr().map_err(io("reading a port"))?.port())
+    let port = l.local_addr().map_err(io("reading a port"))?.port();
+    handed_out.insert(port);
+    Ok(port)
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when it cannot be read).
+fn ephemeral_range_start() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 impl LocalCluster {
@@ -470,6 +508,19 @@ impl LocalCluster {
         Ok(spec)
     }
 
+    /// The last `lines` lines of node `id`'s log (for error messages: the temp dir that
+    /// holds the log is usually gone by the time anyone reads a failed test's output).
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let path = self.dir.join(format!("node{id}.log"));
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..].join("\n")
+            }
+            Err(e) => format!("({} cannot be read: {e})", path.display()),
+        }
+    }
+
     /// Waits until the cluster has a leader, every listed member answers and holds the
     /// domain key, and the region is bootstrapped (a key can be listed). Fails early if
     /// a listed node's process exits (a port in use, a bad config: see its log).
@@ -481,8 +532,8 @@ impl LocalCluster {
             if let Some((id, status)) = self.reap().into_iter().find(|(id, _)| members.contains(id))
             {
                 return Err(Error::Invalid(format!(
-                    "node {id} exited ({status}); see {}",
-                    self.dir.join(format!("node{id}.log")).display()
+                    "node {id} exited ({status}); the end of its log:\n{}",
+                    self.log_tail(id, 20)
                 )));
             }
             match client.cluster_status().await {
