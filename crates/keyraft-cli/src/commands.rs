@@ -18,10 +18,10 @@ pub(crate) enum KeyCommand {
         /// Free text.
         #[arg(long, default_value = "")]
         description: String,
-        /// SYMMETRIC_DEFAULT.
+        /// SYMMETRIC_DEFAULT, HMAC_256/384/512, ECC_NIST_P256, RSA_2048/3072/4096.
         #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
         key_spec: String,
-        /// ENCRYPT_DECRYPT.
+        /// ENCRYPT_DECRYPT, GENERATE_VERIFY_MAC (HMAC keys) or SIGN_VERIFY (ECC, RSA).
         #[arg(long, default_value = "ENCRYPT_DECRYPT")]
         key_usage: String,
         /// KEYRAFT (material made in the HSMs) or EXTERNAL (imported later).
@@ -138,6 +138,36 @@ pub(crate) enum KeyCommand {
         #[arg(long)]
         key_id: String,
     },
+    /// Replace the key policy (`default`).
+    PutPolicy {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// The policy document, a JSON file (at most 32 KiB).
+        #[arg(long)]
+        policy_file: PathBuf,
+    },
+    /// The key policy (the default key policy if none was put).
+    GetPolicy {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+    },
+    /// The names of the key's policies (always `default`).
+    ListPolicies {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+    },
+    /// The public half of a key pair (DER SubjectPublicKeyInfo, base64 in the output).
+    PublicKey {
+        /// Key id, key ARN or alias.
+        #[arg(long)]
+        key_id: String,
+        /// Also write the public key to this file as DER (for `openssl ... -keyform DER`).
+        #[arg(long)]
+        der_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -232,9 +262,15 @@ pub(crate) struct ReEncryptArgs {
     /// The new encryption context.
     #[arg(long = "destination-context", value_parser = parse_kv)]
     destination_context: Vec<(String, String)>,
-    /// Expected source key (optional).
+    /// Expected source key (required for an RSA source).
     #[arg(long)]
     source_key_id: Option<String>,
+    /// SYMMETRIC_DEFAULT, or RSAES_OAEP_SHA_1/RSAES_OAEP_SHA_256 for an RSA source key.
+    #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+    source_encryption_algorithm: String,
+    /// SYMMETRIC_DEFAULT, or RSAES_OAEP_SHA_1/RSAES_OAEP_SHA_256 for an RSA destination.
+    #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+    destination_encryption_algorithm: String,
 }
 
 #[derive(Args)]
@@ -255,6 +291,50 @@ pub(crate) struct EncryptArgs {
     /// Encryption context entries.
     #[arg(long = "context", value_parser = parse_kv)]
     context: Vec<(String, String)>,
+    /// SYMMETRIC_DEFAULT, or RSAES_OAEP_SHA_1/RSAES_OAEP_SHA_256 for an RSA key.
+    #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+    encryption_algorithm: String,
+}
+
+/// The message of Sign and Verify.
+#[derive(Args)]
+pub(crate) struct SignArgs {
+    /// Key id, key ARN or alias of a SIGN_VERIFY key.
+    #[arg(long)]
+    key_id: String,
+    /// The message as text.
+    #[arg(
+        long,
+        conflicts_with = "message_file",
+        required_unless_present = "message_file"
+    )]
+    message: Option<String>,
+    /// Read the message (or digest) from a file (raw bytes).
+    #[arg(long)]
+    message_file: Option<PathBuf>,
+    /// RAW (the service hashes the message) or DIGEST (the message is the digest).
+    #[arg(long, default_value = "RAW")]
+    message_type: String,
+    /// ECDSA_SHA_256; RSASSA_PSS_SHA_256/384/512; RSASSA_PKCS1_V1_5_SHA_256/384/512.
+    #[arg(long)]
+    signing_algorithm: String,
+}
+
+/// Verify: the message and the signature.
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    #[command(flatten)]
+    message: SignArgs,
+    /// The signature, base64.
+    #[arg(
+        long,
+        conflicts_with = "signature_file",
+        required_unless_present = "signature_file"
+    )]
+    signature: Option<String>,
+    /// Read the signature from a file (raw bytes, or base64 text).
+    #[arg(long)]
+    signature_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -272,9 +352,12 @@ pub(crate) struct DecryptArgs {
     /// Encryption context entries (must equal the ones used to encrypt).
     #[arg(long = "context", value_parser = parse_kv)]
     context: Vec<(String, String)>,
-    /// Expected key (optional).
+    /// Expected key (optional; required for RSAES_OAEP_*).
     #[arg(long)]
     key_id: Option<String>,
+    /// SYMMETRIC_DEFAULT, or RSAES_OAEP_SHA_1/RSAES_OAEP_SHA_256 for an RSA key.
+    #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+    encryption_algorithm: String,
 }
 
 #[derive(Subcommand)]
@@ -413,20 +496,15 @@ pub(crate) enum QuotaCommand {
         /// Aliases per account in this region.
         #[arg(long)]
         aliases: Option<u64>,
+        /// Grants per key.
+        #[arg(long)]
+        grants_per_key: Option<u64>,
     },
 }
 
-#[derive(Subcommand)]
-pub(crate) enum AuditCommand {
-    /// The newest audit events (CloudTrail-like JSON).
-    Tail {
-        /// How many (1-1000).
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-    },
-}
+pub(crate) use crate::audit_cmd::{audit, AuditCommand};
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected key=value, got '{s}'")),
@@ -437,7 +515,8 @@ fn context(pairs: Vec<(String, String)>) -> EncryptionContext {
     pairs.into_iter().collect()
 }
 
-fn client(conn: &Connection) -> Result<Client, Error> {
+/// The client settings from the connection flags and `KEYRAFT_*`.
+pub(crate) fn client_config(conn: &Connection) -> Result<ClientConfig, Error> {
     let need = |v: &Option<String>, name: &str| {
         v.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
             Error::Config(format!(
@@ -446,7 +525,7 @@ fn client(conn: &Connection) -> Result<Client, Error> {
             ))
         })
     };
-    Client::new(ClientConfig {
+    Ok(ClientConfig {
         endpoints: need(&conn.endpoints, "endpoints")?
             .split(',')
             .map(|s| s.trim().to_string())
@@ -458,6 +537,10 @@ fn client(conn: &Connection) -> Result<Client, Error> {
         timeout: Duration::from_secs(conn.timeout.max(1)),
         user_agent: format!("keyraft-cli/{}", env!("CARGO_PKG_VERSION")),
     })
+}
+
+pub(crate) fn client(conn: &Connection) -> Result<Client, Error> {
+    Client::new(client_config(conn)?)
 }
 
 fn read_file(path: &PathBuf) -> Result<Vec<u8>, Error> {
@@ -595,11 +678,42 @@ pub(crate) async fn key(conn: &Connection, cmd: KeyCommand) -> Result<Value, Err
             }
             json!({"Tags": tags})
         }
+        KeyCommand::PutPolicy {
+            key_id,
+            policy_file,
+        } => {
+            let text = std::fs::read_to_string(&policy_file).map_err(|e| {
+                Error::Config(format!("cannot read {}: {e}", policy_file.display()))
+            })?;
+            c.put_key_policy(&key_id, &text).await?;
+            json!({})
+        }
+        KeyCommand::GetPolicy { key_id } => {
+            json!({"Policy": c.get_key_policy(&key_id).await?, "PolicyName": "default"})
+        }
+        KeyCommand::ListPolicies { key_id } => {
+            json!({"PolicyNames": c.list_key_policies(&key_id).await?, "Truncated": false})
+        }
+        KeyCommand::PublicKey { key_id, der_file } => {
+            let r = c.get_public_key(&key_id).await?;
+            if let Some(path) = der_file {
+                std::fs::write(&path, &r.public_key)
+                    .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?;
+            }
+            json!({
+                "KeyId": r.key_id,
+                "PublicKey": b64(&r.public_key),
+                "KeySpec": r.key_spec,
+                "KeyUsage": r.key_usage,
+                "EncryptionAlgorithms": r.encryption_algorithms,
+                "SigningAlgorithms": r.signing_algorithms,
+            })
+        }
     })
 }
 
 /// Seconds since the Unix epoch or RFC 3339, as ms since the Unix epoch.
-fn parse_time(v: &str) -> Result<u64, Error> {
+pub(crate) fn parse_time(v: &str) -> Result<u64, Error> {
     if let Ok(secs) = v.parse::<u64>() {
         return Ok(secs.saturating_mul(1000));
     }
@@ -727,20 +841,22 @@ async fn rotation(c: &Client, cmd: RotationCommand) -> Result<Value, Error> {
 pub(crate) async fn re_encrypt(conn: &Connection, args: ReEncryptArgs) -> Result<Value, Error> {
     let blob = read_blob(&args.ciphertext, &args.ciphertext_file)?;
     let r = client(conn)?
-        .re_encrypt(
-            &blob,
-            &context(args.source_context),
-            args.source_key_id.as_deref(),
-            &args.destination_key_id,
-            &context(args.destination_context),
-        )
+        .re_encrypt_request(keyraft_client::types::ReEncryptRequest {
+            ciphertext_blob: blob,
+            source_encryption_context: context(args.source_context),
+            source_key_id: args.source_key_id.unwrap_or_default(),
+            destination_key_id: args.destination_key_id,
+            destination_encryption_context: context(args.destination_context),
+            source_encryption_algorithm: args.source_encryption_algorithm,
+            destination_encryption_algorithm: args.destination_encryption_algorithm,
+        })
         .await?;
     Ok(json!({
         "CiphertextBlob": b64(&r.ciphertext_blob),
         "SourceKeyId": r.source_key_id,
         "KeyId": r.key_id,
-        "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
-        "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        "SourceEncryptionAlgorithm": r.source_encryption_algorithm,
+        "DestinationEncryptionAlgorithm": r.destination_encryption_algorithm,
     }))
 }
 
@@ -760,7 +876,12 @@ pub(crate) async fn encrypt(conn: &Connection, args: EncryptArgs) -> Result<Valu
         }
     };
     let r = client(conn)?
-        .encrypt(&args.key_id, &plaintext, &context(args.context))
+        .encrypt_with_algorithm(
+            &args.key_id,
+            &plaintext,
+            &context(args.context),
+            &args.encryption_algorithm,
+        )
         .await?;
     Ok(json!({
         "KeyId": r.key_id,
@@ -772,7 +893,12 @@ pub(crate) async fn encrypt(conn: &Connection, args: EncryptArgs) -> Result<Valu
 pub(crate) async fn decrypt(conn: &Connection, args: DecryptArgs) -> Result<Value, Error> {
     let blob = read_blob(&args.ciphertext, &args.ciphertext_file)?;
     let r = client(conn)?
-        .decrypt(&blob, &context(args.context), args.key_id.as_deref())
+        .decrypt_with_algorithm(
+            &blob,
+            &context(args.context),
+            args.key_id.as_deref(),
+            &args.encryption_algorithm,
+        )
         .await?;
     Ok(json!({
         "KeyId": r.key_id,
@@ -848,15 +974,19 @@ pub(crate) async fn cluster(conn: &Connection, cmd: ClusterCommand) -> Result<Va
     })
 }
 
-pub(crate) async fn mac(conn: &Connection, cmd: MacCommand) -> Result<Value, Error> {
-    let c = client(conn)?;
-    let message = |text: Option<String>, file: Option<PathBuf>| match (text, file) {
+/// A message given as text or read from a file.
+fn message_bytes(text: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, Error> {
+    match (text, file) {
         (Some(t), _) => Ok(t.into_bytes()),
         (None, Some(f)) => read_file(&f),
         (None, None) => Err(Error::Config(
             "--message or --message-file is required".into(),
         )),
-    };
+    }
+}
+
+pub(crate) async fn mac(conn: &Connection, cmd: MacCommand) -> Result<Value, Error> {
+    let c = client(conn)?;
     Ok(match cmd {
         MacCommand::Generate {
             key_id,
@@ -865,7 +995,7 @@ pub(crate) async fn mac(conn: &Connection, cmd: MacCommand) -> Result<Value, Err
             mac_algorithm,
         } => {
             let r = c
-                .generate_mac(&key_id, &message(text, message_file)?, &mac_algorithm)
+                .generate_mac(&key_id, &message_bytes(text, message_file)?, &mac_algorithm)
                 .await?;
             json!({"KeyId": r.key_id, "Mac": b64(&r.mac), "MacAlgorithm": r.mac_algorithm})
         }
@@ -879,7 +1009,7 @@ pub(crate) async fn mac(conn: &Connection, cmd: MacCommand) -> Result<Value, Err
             let r = c
                 .verify_mac(
                     &key_id,
-                    &message(text, message_file)?,
+                    &message_bytes(text, message_file)?,
                     &mac_algorithm,
                     &unb64(&mac)?,
                 )
@@ -887,6 +1017,43 @@ pub(crate) async fn mac(conn: &Connection, cmd: MacCommand) -> Result<Value, Err
             json!({"KeyId": r.key_id, "MacValid": r.mac_valid, "MacAlgorithm": r.mac_algorithm})
         }
     })
+}
+
+pub(crate) async fn sign(conn: &Connection, args: SignArgs) -> Result<Value, Error> {
+    let message = message_bytes(args.message, args.message_file)?;
+    let r = client(conn)?
+        .sign(
+            &args.key_id,
+            &message,
+            &args.message_type,
+            &args.signing_algorithm,
+        )
+        .await?;
+    Ok(json!({
+        "KeyId": r.key_id,
+        "Signature": b64(&r.signature),
+        "SigningAlgorithm": r.signing_algorithm,
+    }))
+}
+
+pub(crate) async fn verify(conn: &Connection, args: VerifyArgs) -> Result<Value, Error> {
+    let signature = read_blob(&args.signature, &args.signature_file)?;
+    let m = args.message;
+    let message = message_bytes(m.message, m.message_file)?;
+    let r = client(conn)?
+        .verify(
+            &m.key_id,
+            &message,
+            &m.message_type,
+            &signature,
+            &m.signing_algorithm,
+        )
+        .await?;
+    Ok(json!({
+        "KeyId": r.key_id,
+        "SignatureValid": r.signature_valid,
+        "SigningAlgorithm": r.signing_algorithm,
+    }))
 }
 
 pub(crate) async fn service_key(conn: &Connection, cmd: ServiceKeyCommand) -> Result<Value, Error> {
@@ -909,30 +1076,22 @@ pub(crate) async fn quota(conn: &Connection, cmd: QuotaCommand) -> Result<Value,
             account,
             keys,
             aliases,
+            grants_per_key,
         } => {
-            c.set_quota(account.as_deref(), keys.unwrap_or(0), aliases.unwrap_or(0))
-                .await?
+            c.set_quota_request(keyraft_client::types::SetQuotaRequest {
+                account: account.unwrap_or_default(),
+                keys: keys.unwrap_or(0),
+                aliases: aliases.unwrap_or(0),
+                grants_per_key: grants_per_key.unwrap_or(0),
+                request_id: String::new(),
+            })
+            .await?
         }
     };
     Ok(json!({
         "Account": q.account,
         "Keys": {"Limit": q.keys_limit, "Used": q.keys_used},
         "Aliases": {"Limit": q.aliases_limit, "Used": q.aliases_used},
-    }))
-}
-
-pub(crate) async fn audit(conn: &Connection, cmd: AuditCommand) -> Result<Value, Error> {
-    let AuditCommand::Tail { limit } = cmd;
-    let r = client(conn)?.audit_tail(limit).await?;
-    let events: Vec<Value> = r
-        .events_json
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap_or(Value::String(e.clone())))
-        .collect();
-    Ok(json!({
-        "Events": events,
-        "ChainVerified": r.chain_ok,
-        "HeadSequence": r.head_sequence,
-        "HeadHash": r.head_hash,
+        "GrantsPerKey": {"Limit": q.grants_per_key_limit},
     }))
 }

@@ -6,8 +6,12 @@
 
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
+mod bench;
 mod commands;
 mod dev;
+mod envelope_cmd;
+mod iam_cmd;
 mod output;
 
 use std::path::PathBuf;
@@ -57,6 +61,20 @@ enum Top {
         #[command(flatten)]
         args: commands::ReEncryptArgs,
     },
+    /// Sign a message or digest with a SIGN_VERIFY key pair.
+    Sign {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: commands::SignArgs,
+    },
+    /// Verify a signature (exit status 1 and KMSInvalidSignatureException if it does not).
+    Verify {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: commands::VerifyArgs,
+    },
     /// Random bytes from a node's HSM.
     Random {
         #[command(flatten)]
@@ -79,6 +97,13 @@ enum Top {
         #[command(subcommand)]
         command: commands::DataKeyCommand,
     },
+    /// Envelope encryption of files of any size (a data key per file, local AES-GCM).
+    Envelope {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: envelope_cmd::EnvelopeCommand,
+    },
     /// Cluster administration.
     Cluster {
         #[command(flatten)]
@@ -100,6 +125,20 @@ enum Top {
         #[command(subcommand)]
         command: commands::ServiceKeyCommand,
     },
+    /// Users, roles, their policies and access keys; AssumeRole.
+    Iam {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: iam_cmd::IamCommand,
+    },
+    /// Grants: let a principal use a key, within constraints.
+    Grant {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: iam_cmd::GrantCommand,
+    },
     /// Per-account quotas of this region.
     Quota {
         #[command(flatten)]
@@ -113,6 +152,14 @@ enum Top {
         conn: Connection,
         #[command(subcommand)]
         command: commands::AuditCommand,
+    },
+    /// Load generator: ops/s and latency percentiles of a workload; `bench failover`
+    /// times a leader kill (see BENCHMARKS.md).
+    Bench {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: bench::BenchArgs,
     },
 }
 
@@ -211,14 +258,20 @@ async fn run(cli: Cli) -> ExitCode {
         Top::DataKey { conn, command } => output::finish(commands::data_key(&conn, command).await),
         Top::ReEncrypt { conn, args } => output::finish(commands::re_encrypt(&conn, args).await),
         Top::Random { conn, bytes } => output::finish(commands::random(&conn, bytes).await),
+        Top::Sign { conn, args } => output::finish(commands::sign(&conn, args).await),
+        Top::Verify { conn, args } => output::finish(commands::verify(&conn, args).await),
         Top::Alias { conn, command } => output::finish(commands::alias(&conn, command).await),
+        Top::Envelope { conn, command } => output::finish(envelope_cmd::run(&conn, command).await),
         Top::Cluster { conn, command } => output::finish(commands::cluster(&conn, command).await),
         Top::Quota { conn, command } => output::finish(commands::quota(&conn, command).await),
+        Top::Iam { conn, command } => output::finish(iam_cmd::iam(&conn, command).await),
+        Top::Grant { conn, command } => output::finish(iam_cmd::grant(&conn, command).await),
         Top::Mac { conn, command } => output::finish(commands::mac(&conn, command).await),
         Top::ServiceKey { conn, command } => {
             output::finish(commands::service_key(&conn, command).await)
         }
         Top::Audit { conn, command } => output::finish(commands::audit(&conn, command).await),
+        Top::Bench { conn, args } => bench::run(&conn, args).await,
     }
 }
 

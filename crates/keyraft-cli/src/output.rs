@@ -46,6 +46,9 @@ pub(crate) fn key_metadata(m: &KeyMetadata) -> Value {
     if !m.mac_algorithms.is_empty() {
         v["MacAlgorithms"] = json!(m.mac_algorithms);
     }
+    if !m.signing_algorithms.is_empty() {
+        v["SigningAlgorithms"] = json!(m.signing_algorithms);
+    }
     if m.valid_to != 0 {
         v["ValidTo"] = json!(m.valid_to as f64 / 1000.0);
         v["ExpirationModel"] = json!("KEY_MATERIAL_EXPIRES");
@@ -54,6 +57,16 @@ pub(crate) fn key_metadata(m: &KeyMetadata) -> Value {
     }
     if m.deletion_date != 0 {
         v["DeletionDate"] = json!(m.deletion_date as f64 / 1000.0);
+    }
+    if m.key_spec == "SYMMETRIC_DEFAULT" {
+        v["KeyRotationEnabled"] = json!(m.rotation_period_in_days != 0);
+        v["CurrentKeyVersion"] = json!(m.current_key_version);
+    }
+    if m.rotation_period_in_days != 0 {
+        v["RotationPeriodInDays"] = json!(m.rotation_period_in_days);
+    }
+    if m.next_rotation_date != 0 {
+        v["NextRotationDate"] = json!(m.next_rotation_date as f64 / 1000.0);
     }
     v
 }

@@ -494,3 +494,192 @@ fn imported_key_material_wrapped_with_openssl() {
     assert_eq!(err["Error"]["Code"], "UnsupportedOperationException");
     dev.stop();
 }
+
+/// Key pairs as a user meets them with OpenSSL: a signature from `keyraft sign` verifies
+/// with `openssl dgst` against the key from `keyraft key public-key`, and what `openssl
+/// pkeyutl` encrypts to an RSA key's public half, `keyraft decrypt` decrypts.
+#[test]
+fn key_pairs_interoperate_with_openssl() {
+    let dev = Dev::start("pairs-1");
+    let env = dev.env.clone();
+    let work = tempfile::tempdir().unwrap();
+    let path = |name: &str| work.path().join(name);
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+    };
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let create = |spec: &str, usage: &str| {
+        let (ok, created) = run(
+            &env,
+            &["key", "create", "--key-spec", spec, "--key-usage", usage],
+        );
+        assert!(ok, "{created}");
+        created["KeyMetadata"]["KeyId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let p = |name: &str| path(name).to_str().unwrap().to_string();
+
+    // Sign with Keyraft, verify with OpenSSL (ECDSA and RSA-PSS).
+    std::fs::write(path("release.txt"), b"keyraft v1.0.0 checksums\n").unwrap();
+    for (spec, alg, extra) in [
+        ("ECC_NIST_P256", "ECDSA_SHA_256", vec![]),
+        (
+            "RSA_2048",
+            "RSASSA_PSS_SHA_256",
+            vec![
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:32",
+            ],
+        ),
+    ] {
+        let key_id = create(spec, "SIGN_VERIFY");
+        let (ok, signed) = run(
+            &env,
+            &[
+                "sign",
+                "--key-id",
+                &key_id,
+                "--message-file",
+                &p("release.txt"),
+                "--signing-algorithm",
+                alg,
+            ],
+        );
+        assert!(ok, "{signed}");
+        std::fs::write(path("sig.bin"), b64(signed["Signature"].as_str().unwrap())).unwrap();
+        let (ok, public) = run(
+            &env,
+            &[
+                "key",
+                "public-key",
+                "--key-id",
+                &key_id,
+                "--der-file",
+                &p("pub.der"),
+            ],
+        );
+        assert!(ok, "{public}");
+        assert_eq!(public["KeySpec"], spec);
+        assert_eq!(
+            b64(public["PublicKey"].as_str().unwrap()),
+            std::fs::read(path("pub.der")).unwrap()
+        );
+        let mut args = vec![
+            "dgst",
+            "-sha256",
+            "-keyform",
+            "DER",
+            "-verify",
+            &p("pub.der"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["-signature".into(), p("sig.bin"), p("release.txt")]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, said) = openssl(&args);
+        assert!(ok && said.contains("Verified OK"), "{spec}: {said}");
+
+        // And Keyraft's own Verify agrees, refusing a changed message with exit 1.
+        let (ok, verified) = run(
+            &env,
+            &[
+                "verify",
+                "--key-id",
+                &key_id,
+                "--message-file",
+                &p("release.txt"),
+                "--signature-file",
+                &p("sig.bin"),
+                "--signing-algorithm",
+                alg,
+            ],
+        );
+        assert!(ok, "{verified}");
+        assert_eq!(verified["SignatureValid"], true);
+        let (ok, err) = run(
+            &env,
+            &[
+                "verify",
+                "--key-id",
+                &key_id,
+                "--message",
+                "keyraft v6.6.6",
+                "--signature-file",
+                &p("sig.bin"),
+                "--signing-algorithm",
+                alg,
+            ],
+        );
+        assert!(!ok);
+        assert_eq!(err["Error"]["Code"], "KMSInvalidSignatureException");
+    }
+
+    // Encrypt with OpenSSL to an RSA key's public half, decrypt with Keyraft.
+    let key_id = create("RSA_2048", "ENCRYPT_DECRYPT");
+    let (ok, public) = run(
+        &env,
+        &[
+            "key",
+            "public-key",
+            "--key-id",
+            &key_id,
+            "--der-file",
+            &p("rsa.der"),
+        ],
+    );
+    assert!(ok, "{public}");
+    std::fs::write(path("secret.txt"), b"the launch code").unwrap();
+    let (ok, said) = openssl(&[
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-keyform",
+        "DER",
+        "-inkey",
+        &p("rsa.der"),
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        "rsa_oaep_md:sha256",
+        "-pkeyopt",
+        "rsa_mgf1_md:sha256",
+        "-in",
+        &p("secret.txt"),
+        "-out",
+        &p("secret.enc"),
+    ]);
+    assert!(ok, "{said}");
+    let (ok, dec) = run(
+        &env,
+        &[
+            "decrypt",
+            "--key-id",
+            &key_id,
+            "--encryption-algorithm",
+            "RSAES_OAEP_SHA_256",
+            "--ciphertext-file",
+            &p("secret.enc"),
+        ],
+    );
+    assert!(ok, "{dec}");
+    assert_eq!(b64(dec["Plaintext"].as_str().unwrap()), b"the launch code");
+    assert_eq!(dec["EncryptionAlgorithm"], "RSAES_OAEP_SHA_256");
+    dev.stop();
+}

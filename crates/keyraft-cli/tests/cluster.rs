@@ -1123,6 +1123,9 @@ async fn rotated_keys_decrypt_every_older_ciphertext_on_every_node() {
         .unwrap();
     assert!(status.key_rotation_enabled);
     assert_eq!(status.rotation_period_in_days, 90);
+    let described = clients[0].describe_key(&key.key_id).await.unwrap();
+    assert_eq!(described.rotation_period_in_days, 90);
+    assert_eq!(described.next_rotation_date, status.next_rotation_date);
     for n in &clients {
         n.advance_clock(91 * DAY_MS).await.unwrap();
     }
@@ -1150,6 +1153,14 @@ async fn rotated_keys_decrypt_every_older_ciphertext_on_every_node() {
         .await
         .unwrap();
     assert_eq!(version_of(&v3.ciphertext_blob), 3);
+    assert_eq!(
+        clients[1]
+            .describe_key(&key.key_id)
+            .await
+            .unwrap()
+            .current_key_version,
+        3
+    );
 
     // Every older ciphertext still decrypts, on every node.
     for n in &clients {
@@ -1335,5 +1346,283 @@ async fn hmac_keys_generate_on_one_node_and_verify_on_another() {
             .mac
             .len(),
         64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_pairs_sign_on_one_node_verify_on_another_and_rsa_decrypts_what_its_public_key_encrypted(
+) {
+    use keyraft_client::types::{CreateKeyRequest, ReEncryptRequest};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let (n1, n2, n3) = (
+        c.client_of(1).unwrap(),
+        c.client_of(2).unwrap(),
+        c.client_of(3).unwrap(),
+    );
+    let pair = |spec: &str, usage: &str| CreateKeyRequest {
+        key_spec: spec.to_string(),
+        key_usage: usage.to_string(),
+        ..Default::default()
+    };
+    let sha256 = |m: &[u8]| {
+        use sha2::Digest;
+        sha2::Sha256::digest(m).to_vec()
+    };
+
+    // ECDSA: a signature made on one node verifies on the others, RAW or DIGEST alike.
+    let ecc = n1
+        .create_key_with(pair("ECC_NIST_P256", "SIGN_VERIFY"))
+        .await
+        .unwrap();
+    assert_eq!(ecc.signing_algorithms, ["ECDSA_SHA_256"]);
+    assert!(ecc.encryption_algorithms.is_empty());
+    let message = b"release v1.2.3";
+    let raw = n2
+        .sign(&ecc.key_id, message, "RAW", "ECDSA_SHA_256")
+        .await
+        .unwrap();
+    assert_eq!(raw.signing_algorithm, "ECDSA_SHA_256");
+    let verified = n3
+        .verify(&ecc.key_id, message, "RAW", &raw.signature, "ECDSA_SHA_256")
+        .await
+        .unwrap();
+    assert!(verified.signature_valid);
+    let digest = sha256(message);
+    assert!(
+        n1.verify(
+            &ecc.key_id,
+            &digest,
+            "DIGEST",
+            &raw.signature,
+            "ECDSA_SHA_256"
+        )
+        .await
+        .unwrap()
+        .signature_valid
+    );
+    let by_digest = n3
+        .sign(&ecc.key_id, &digest, "DIGEST", "ECDSA_SHA_256")
+        .await
+        .unwrap();
+    assert!(
+        n2.verify(
+            &ecc.key_id,
+            message,
+            "",
+            &by_digest.signature,
+            "ECDSA_SHA_256"
+        )
+        .await
+        .unwrap()
+        .signature_valid
+    );
+    assert_eq!(
+        code(
+            n2.verify(
+                &ecc.key_id,
+                b"release v6.6.6",
+                "RAW",
+                &raw.signature,
+                "ECDSA_SHA_256"
+            )
+            .await
+        ),
+        Some(ErrorCode::KmsInvalidSignature)
+    );
+    assert_eq!(
+        code(
+            n2.sign(&ecc.key_id, message, "RAW", "RSASSA_PSS_SHA_256")
+                .await
+        ),
+        Some(ErrorCode::InvalidKeyUsage)
+    );
+    assert_eq!(
+        code(
+            n2.sign(&ecc.key_id, &digest[..31], "DIGEST", "ECDSA_SHA_256")
+                .await
+        ),
+        Some(ErrorCode::Validation)
+    );
+    assert_eq!(
+        code(n2.sign(&ecc.key_id, message, "RAW", "ECDSA_SHA_999").await),
+        Some(ErrorCode::Validation)
+    );
+    assert_eq!(
+        code(n1.encrypt(&ecc.key_id, b"x", &ctx(&[])).await),
+        Some(ErrorCode::InvalidKeyUsage)
+    );
+    let public = n3.get_public_key(&ecc.key_id).await.unwrap();
+    assert_eq!(public.key_spec, "ECC_NIST_P256");
+    assert_eq!(public.key_usage, "SIGN_VERIFY");
+    assert_eq!(public.public_key.len(), 91, "P-256 SPKI in DER");
+
+    // Disabling the key stops signing on every node at once.
+    n1.disable_key(&ecc.key_id).await.unwrap();
+    for n in [&n1, &n2, &n3] {
+        assert_eq!(
+            code(n.sign(&ecc.key_id, message, "RAW", "ECDSA_SHA_256").await),
+            Some(ErrorCode::Disabled)
+        );
+    }
+
+    // RSA signing with every algorithm.
+    let rsa_sign = n2
+        .create_key_with(pair("RSA_2048", "SIGN_VERIFY"))
+        .await
+        .unwrap();
+    assert_eq!(rsa_sign.signing_algorithms.len(), 6);
+    for alg in &rsa_sign.signing_algorithms {
+        let s = n1
+            .sign(&rsa_sign.key_id, message, "RAW", alg)
+            .await
+            .unwrap();
+        assert_eq!(s.signature.len(), 256);
+        assert!(
+            n3.verify(&rsa_sign.key_id, message, "RAW", &s.signature, alg)
+                .await
+                .unwrap()
+                .signature_valid
+        );
+    }
+
+    // RSA encryption: the public key encrypts (anywhere), only the service decrypts.
+    let rsa = n3
+        .create_key_with(pair("RSA_3072", "ENCRYPT_DECRYPT"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rsa.encryption_algorithms,
+        ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
+    );
+    let ct = n1
+        .encrypt_with_algorithm(&rsa.key_id, b"db password", &ctx(&[]), "RSAES_OAEP_SHA_256")
+        .await
+        .unwrap();
+    assert_eq!(ct.ciphertext_blob.len(), 384);
+    let pt = n2
+        .decrypt_with_algorithm(
+            &ct.ciphertext_blob,
+            &ctx(&[]),
+            Some(&rsa.key_id),
+            "RSAES_OAEP_SHA_256",
+        )
+        .await
+        .unwrap();
+    assert_eq!(pt.plaintext, b"db password");
+    assert_eq!(pt.encryption_algorithm, "RSAES_OAEP_SHA_256");
+    assert_eq!(
+        code(
+            n2.decrypt_with_algorithm(&ct.ciphertext_blob, &ctx(&[]), None, "RSAES_OAEP_SHA_256")
+                .await
+        ),
+        Some(ErrorCode::Validation)
+    );
+    assert_eq!(
+        code(
+            n2.decrypt_with_algorithm(
+                &ct.ciphertext_blob,
+                &ctx(&[]),
+                Some(&rsa.key_id),
+                "RSAES_OAEP_SHA_1"
+            )
+            .await
+        ),
+        Some(ErrorCode::InvalidCiphertext)
+    );
+    assert_eq!(
+        code(
+            n3.encrypt_with_algorithm(&rsa.key_id, b"x", &ctx(&[("a", "b")]), "RSAES_OAEP_SHA_256")
+                .await
+        ),
+        Some(ErrorCode::Validation)
+    );
+    assert_eq!(
+        code(
+            n3.encrypt_with_algorithm(&rsa.key_id, &[1; 319], &ctx(&[]), "RSAES_OAEP_SHA_256")
+                .await
+        ),
+        Some(ErrorCode::Validation),
+        "318 bytes is RSA_3072's OAEP-SHA-256 limit"
+    );
+    assert_eq!(
+        code(n3.encrypt(&rsa.key_id, b"x", &ctx(&[])).await),
+        Some(ErrorCode::InvalidKeyUsage),
+        "SYMMETRIC_DEFAULT is not an RSA algorithm"
+    );
+    assert_eq!(
+        code(
+            n1.generate_data_key(&rsa.key_id, "AES_256", 0, &ctx(&[]))
+                .await
+        ),
+        Some(ErrorCode::InvalidKeyUsage)
+    );
+    assert_eq!(
+        code(n1.rotate_key_on_demand(&rsa.key_id).await),
+        Some(ErrorCode::UnsupportedOperation)
+    );
+
+    // ReEncrypt between an RSA key and a symmetric key, both ways.
+    let aes = n1.create_key("aes").await.unwrap();
+    assert_eq!(
+        code(n2.get_public_key(&aes.key_id).await),
+        Some(ErrorCode::UnsupportedOperation)
+    );
+    let to_aes = n2
+        .re_encrypt_request(ReEncryptRequest {
+            ciphertext_blob: ct.ciphertext_blob.clone(),
+            source_key_id: rsa.key_id.clone(),
+            source_encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+            destination_key_id: aes.key_id.clone(),
+            destination_encryption_context: ctx(&[("app", "db")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pt = n3
+        .decrypt(&to_aes.ciphertext_blob, &ctx(&[("app", "db")]), None)
+        .await
+        .unwrap();
+    assert_eq!(pt.plaintext, b"db password");
+    let back = n1
+        .re_encrypt_request(ReEncryptRequest {
+            ciphertext_blob: to_aes.ciphertext_blob,
+            source_encryption_context: ctx(&[("app", "db")]),
+            destination_key_id: rsa.key_id.clone(),
+            destination_encryption_algorithm: "RSAES_OAEP_SHA_1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(back.destination_encryption_algorithm, "RSAES_OAEP_SHA_1");
+    let pt = n2
+        .decrypt_with_algorithm(
+            &back.ciphertext_blob,
+            &ctx(&[]),
+            Some(&rsa.key_id),
+            "RSAES_OAEP_SHA_1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(pt.plaintext, b"db password");
+
+    // Usage and spec must fit; imported key pairs are not supported.
+    assert_eq!(
+        code(
+            n1.create_key_with(pair("ECC_NIST_P256", "ENCRYPT_DECRYPT"))
+                .await
+        ),
+        Some(ErrorCode::Validation)
+    );
+    assert_eq!(
+        code(
+            n1.create_key_with(CreateKeyRequest {
+                origin: "EXTERNAL".into(),
+                ..pair("RSA_2048", "SIGN_VERIFY")
+            })
+            .await
+        ),
+        Some(ErrorCode::UnsupportedOperation)
     );
 }

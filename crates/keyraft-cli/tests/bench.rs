@@ -1,0 +1,161 @@
+//! `keyraft bench` as a user runs it: the JSON it prints parses, and its counts add up.
+//! No timing is asserted — a benchmark prints numbers, it does not judge them.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use keyraft_testkit::LocalCluster;
+
+fn keyraft() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keyraft"))
+}
+
+/// Runs `keyraft bench ARGS` with `env`; returns its JSON report.
+fn bench(env: &[(String, String)], args: &[&str]) -> Value {
+    let out = keyraft()
+        .arg("bench")
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keyraft bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "keyraft bench {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Successful plus failed calls, over every operation.
+fn calls(report: &Value) -> u64 {
+    report["operations"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|op| {
+            op["count"].as_u64().unwrap()
+                + op["errors"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|n| n.as_u64().unwrap())
+                    .sum::<u64>()
+        })
+        .sum()
+}
+
+#[test]
+fn the_bare_rpc_bound_needs_no_cluster() {
+    let r = bench(
+        &[],
+        &[
+            "--workload",
+            "noop-rpc",
+            "--count",
+            "200",
+            "--concurrency",
+            "4",
+            "--warmup",
+            "0s",
+            "--json",
+        ],
+    );
+    assert_eq!(r["workload"], "noop-rpc");
+    assert_eq!(r["operations"]["NoopRpc"]["count"], 200);
+    assert_eq!(calls(&r), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypt_and_a_mix_against_a_local_cluster_count_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::prepare(
+        dir.path(),
+        Path::new(env!("CARGO_BIN_EXE_keyraft")),
+        3,
+        0,
+        "bench-1",
+    )
+    .unwrap();
+    cluster.start_all().unwrap();
+    cluster
+        .wait_ready(&[1, 2, 3], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let env: Vec<(String, String)> = cluster
+        .env_lines()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let csv = dir.path().join("seconds.csv");
+
+    let r = bench(
+        &env,
+        &[
+            "--workload",
+            "encrypt",
+            "--count",
+            "50",
+            "--concurrency",
+            "4",
+            "--keys",
+            "2",
+            "--warmup",
+            "200ms",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r["workload"], "encrypt");
+    assert_eq!(r["concurrency"], 4);
+    assert_eq!(r["operations"]["Encrypt"]["count"], 50, "{r}");
+    assert_eq!(calls(&r), 50);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().next(), Some("second,ops,p50_ms,p99_ms,errors"));
+    let per_second: u64 = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(per_second, 50, "every call is in one CSV row: {text}");
+
+    let leader = cluster.client().unwrap().cluster_status().await.unwrap();
+    assert_ne!(leader.leader, 0);
+    let r = bench(
+        &env,
+        &[
+            "--workload",
+            "mix",
+            "--mix",
+            "encrypt=2,decrypt=1,describe-key=1,create-key=1,generate-data-key=1",
+            "--count",
+            "60",
+            "--concurrency",
+            "3",
+            "--keys",
+            "2",
+            "--warmup",
+            "0s",
+            "--target",
+            "follower",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        r["mix"],
+        "encrypt=2,decrypt=1,describe-key=1,create-key=1,generate-data-key=1"
+    );
+    assert_eq!(calls(&r), 60, "{r}");
+    for op in r["operations"].as_object().unwrap().values() {
+        assert!(op["errors"].as_object().unwrap().is_empty(), "{r}");
+    }
+}
