@@ -1,0 +1,2 @@
+//! `keyraft-chaos` (being written).
+fn main() {}

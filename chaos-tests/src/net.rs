@@ -1,0 +1,1 @@
+//! Userspace proxies for node-to-node links (being written).
