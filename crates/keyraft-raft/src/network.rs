@@ -11,9 +11,15 @@
 //! SHA-256 of the data, then the data in 1 MiB chunks; the receiver checks the digest
 //! before installing. Unlike appends, openraft puts no deadline on a snapshot transfer,
 //! so we enforce [`SNAPSHOT_TIMEOUT`] and honour openraft's cancel signal.
+//!
+//! Outgoing node-to-node connections leave from the node's own node-to-node address when
+//! that listener is bound to a specific IP (see [`source_ip`]): on a multi-homed host,
+//! peer traffic then stays on the node-to-node network, and a peer (or a proxy in front
+//! of it) sees which node a connection comes from.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -143,30 +149,76 @@ pub fn random_nonce() -> String {
     hex::encode(rand::thread_rng().gen::<[u8; 16]>())
 }
 
+/// The source IP for outgoing node-to-node connections of a node whose node-to-node
+/// listener is bound to `listen`: the listener's IP when it is a specific address, `None`
+/// (the kernel chooses, by route) when it is unspecified (`0.0.0.0`, `::`).
+pub fn source_ip(listen: SocketAddr) -> Option<IpAddr> {
+    let ip = listen.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// Whether `addr` (`host:port`) names a loopback destination.
+fn is_loopback_destination(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// A lazily connected channel to a peer's node-to-node address.
-pub fn peer_channel(raft_addr: &str) -> Result<Channel, tonic::transport::Error> {
+///
+/// With `source` set, the connection's local address is bound to that IP (any port).
+/// Two cases keep the kernel's choice instead: a source of the other address family
+/// than the destination (the connector skips it), and a loopback source with a
+/// destination that is not loopback, which a loopback address cannot reach.
+pub fn peer_channel(
+    raft_addr: &str,
+    source: Option<IpAddr>,
+) -> Result<Channel, tonic::transport::Error> {
+    let source = source.filter(|ip| !ip.is_loopback() || is_loopback_destination(raft_addr));
     Ok(Endpoint::from_shared(format!("http://{raft_addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
+        .local_address(source)
         .connect_lazy())
 }
 
 /// Creates connections to peers, sharing one HTTP/2 channel per address.
+///
+/// Every node-to-node client of a node (Raft, join, forwarding, read index) goes through
+/// [`Network::channel`], so all of them leave from the same source IP.
 #[derive(Clone)]
 pub struct Network {
     auth: ClusterAuth,
+    source: Option<IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Network {
-    /// A network that signs with `auth`.
+    /// A network that signs with `auth`; the kernel chooses each connection's source
+    /// address.
     pub fn new(auth: ClusterAuth) -> Network {
         Network {
             auth,
+            source: None,
             channels: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Binds outgoing connections to `source` (see [`source_ip`] and [`peer_channel`]).
+    /// Applies to channels created afterwards.
+    pub fn with_source_ip(mut self, source: Option<IpAddr>) -> Network {
+        self.source = source;
+        self
+    }
+
+    /// The source IP outgoing connections are bound to, if any.
+    pub fn source(&self) -> Option<IpAddr> {
+        self.source
     }
 
     /// The shared channel to `raft_addr`.
@@ -175,7 +227,7 @@ impl Network {
         if let Some(c) = channels.get(raft_addr) {
             return Ok(c.clone());
         }
-        let c = peer_channel(raft_addr)?;
+        let c = peer_channel(raft_addr, self.source)?;
         channels.insert(raft_addr.to_string(), c.clone());
         Ok(c)
     }
@@ -502,5 +554,71 @@ impl RaftService for RaftServer {
             snapshot: std::io::Cursor::new(data),
         };
         encode_reply(self.raft.install_full_snapshot(vote, snapshot).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_is_the_listen_ip_unless_unspecified() {
+        assert_eq!(source_ip("0.0.0.0:7201".parse().unwrap()), None);
+        assert_eq!(source_ip("[::]:7201".parse().unwrap()), None);
+        assert_eq!(
+            source_ip("10.0.0.1:7201".parse().unwrap()),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            source_ip("127.0.0.12:7201".parse().unwrap()),
+            Some("127.0.0.12".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn loopback_destinations_are_recognised() {
+        assert!(is_loopback_destination("127.0.0.1:7201"));
+        assert!(is_loopback_destination("127.9.9.9:7201"));
+        assert!(is_loopback_destination("[::1]:7201"));
+        assert!(is_loopback_destination("localhost:7201"));
+        assert!(!is_loopback_destination("10.0.0.2:7201"));
+        assert!(!is_loopback_destination("[fd00::2]:7201"));
+        assert!(!is_loopback_destination("node2.example:7201"));
+    }
+
+    /// Connects through a channel built with `source` to a local listener; returns the
+    /// connection's peer IP as the listener sees it.
+    async fn peer_ip_seen(source: Option<IpAddr>) -> IpAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let channel = peer_channel(&addr, source).unwrap();
+        let call = tokio::spawn(async move {
+            let mut client = RaftServiceClient::new(channel);
+            let _ = client.vote(RaftMessage { data: Vec::new() }).await;
+        });
+        let (_stream, peer) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the channel connects")
+            .unwrap();
+        call.abort();
+        peer.ip()
+    }
+
+    #[tokio::test]
+    async fn outgoing_connections_leave_from_the_source_ip() {
+        let source: IpAddr = "127.0.0.23".parse().unwrap();
+        assert_eq!(peer_ip_seen(Some(source)).await, source);
+        assert_eq!(
+            peer_ip_seen(None).await,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_network_keeps_its_source_ip() {
+        let network = Network::new(ClusterAuth::new(1, b"0123456789abcdef"))
+            .with_source_ip(Some("127.0.0.11".parse().unwrap()));
+        assert_eq!(network.source(), Some("127.0.0.11".parse().unwrap()));
+        assert_eq!(Network::new(ClusterAuth::new(1, b"x")).source(), None);
     }
 }

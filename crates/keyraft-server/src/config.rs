@@ -46,6 +46,14 @@ pub struct Config {
     /// Listen address of the client API.
     pub api_addr: String,
     /// Listen address of the node-to-node API.
+    ///
+    /// When it is a specific IP (not `0.0.0.0` or `::`), the node's outgoing
+    /// node-to-node connections (Raft, join, forwarding to the leader) also leave from
+    /// that IP, so that on a multi-homed host peer traffic stays on the node-to-node
+    /// network and peers see it come from the node-to-node address. Exceptions, where the
+    /// kernel picks the source as before: a destination of the other address family, and
+    /// a loopback listen IP with a peer that is not on loopback. With an unspecified IP
+    /// the kernel picks the source by route.
     pub raft_addr: String,
     /// Client API URL announced to peers and clients (default `http://<api_addr>`).
     pub advertise_api: Option<String>,

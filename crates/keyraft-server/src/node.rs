@@ -18,7 +18,7 @@ use keyraft_proto::v1::iam_service_server::IamServiceServer;
 use keyraft_proto::v1::internal::node_service_server::NodeServiceServer;
 use keyraft_proto::v1::key_service_server::KeyServiceServer;
 use keyraft_raft::log_store::LogStore;
-use keyraft_raft::network::{ClusterAuth, Network, RaftServer, MAX_MESSAGE};
+use keyraft_raft::network::{source_ip, ClusterAuth, Network, RaftServer, MAX_MESSAGE};
 use keyraft_raft::state_machine::StateMachineStore;
 use keyraft_raft::Raft;
 use keyraft_state::{Durable, StateMachine};
@@ -100,10 +100,13 @@ impl Node {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
+        // Node-to-node connections leave from the node-to-node listener's IP when it is
+        // bound to a specific address (see `Config::raft_addr`).
         let network = Network::new(ClusterAuth::new(
             config.node_id,
             config.cluster_secret.as_bytes(),
-        ));
+        ))
+        .with_source_ip(raft_listener.local_addr().ok().and_then(source_ip));
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
