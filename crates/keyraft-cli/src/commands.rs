@@ -417,6 +417,24 @@ pub(crate) enum ClusterCommand {
         #[arg(long)]
         seconds: u64,
     },
+    /// Chaos testing: the fail points of each node given by --endpoints (a binary built
+    /// with the `failpoints` feature; the region's administrator only).
+    #[command(subcommand)]
+    Failpoint(FailpointCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum FailpointCommand {
+    /// Arm a fail point, e.g. `set server::after_commit_before_response 1*return`;
+    /// `off` clears it.
+    Set {
+        /// The fail point, e.g. raft::before_apply.
+        name: String,
+        /// Actions in the fail crate's syntax: 1*return, 50%return, panic, off, ...
+        actions: String,
+    },
+    /// The configured fail points of each node, and the known names.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -971,7 +989,47 @@ pub(crate) async fn cluster(conn: &Connection, cmd: ClusterCommand) -> Result<Va
         ClusterCommand::TransferLeader { node_id } => {
             json!({"Leader": c.transfer_leader(node_id).await?})
         }
+        ClusterCommand::Failpoint(cmd) => failpoint(conn, cmd).await?,
     })
+}
+
+/// `cluster failpoint`: each listed endpoint in turn (fail points are per node).
+async fn failpoint(conn: &Connection, cmd: FailpointCommand) -> Result<Value, Error> {
+    let points = |configured: Vec<(String, String)>| -> Vec<Value> {
+        configured
+            .into_iter()
+            .map(|(name, actions)| json!({"Name": name, "Actions": actions}))
+            .collect()
+    };
+    let endpoints = conn.endpoints.clone().unwrap_or_default();
+    let mut nodes = Vec::new();
+    for ep in endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let one = client(&Connection {
+            endpoints: Some(ep.to_string()),
+            ..conn.clone()
+        })?;
+        nodes.push(match &cmd {
+            FailpointCommand::Set { name, actions } => {
+                let configured = one.set_failpoint(name, actions).await?;
+                json!({"Endpoint": ep, "Configured": points(configured)})
+            }
+            FailpointCommand::List => {
+                let r = one.list_failpoints().await?;
+                let configured = r.configured.into_iter().map(|p| (p.name, p.actions));
+                json!({
+                    "Endpoint": ep,
+                    "NodeId": r.node_id,
+                    "Configured": points(configured.collect()),
+                    "Known": r.known,
+                })
+            }
+        });
+    }
+    Ok(json!({"Nodes": nodes}))
 }
 
 /// A message given as text or read from a file.

@@ -965,6 +965,68 @@ impl Client {
         Ok(resp.now)
     }
 
+    /// Chaos testing, the region's administrator only: arms one fail point of the node
+    /// this client reaches (give the client one endpoint to address one node) with
+    /// `actions` in the `fail` crate's syntax — `1*return`, `50%return`, `panic`, or
+    /// `off` to clear it — and returns that node's configured points afterwards as
+    /// `(name, actions)`. An unknown name is a `ValidationException` listing the known
+    /// ones; a node built without the `failpoints` feature answers
+    /// `UnsupportedOperationException`. Like `advance_clock`, it is not retried once it
+    /// may have reached the node.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// // The next answer after a commit is lost: the write happens, the caller sees an error.
+    /// node.set_failpoint("server::after_commit_before_response", "1*return").await?;
+    /// // ...
+    /// node.set_failpoint("server::after_commit_before_response", "off").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_failpoint(
+        &self,
+        name: &str,
+        actions: &str,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let resp = self
+            .call(
+                Route::Seeds,
+                admin_method!("SetFailpoint"),
+                SetFailpointRequest {
+                    name: name.to_string(),
+                    actions: actions.to_string(),
+                },
+                |c, r| async move { Self::admin(c).set_failpoint(r).await },
+            )
+            .await?;
+        Ok(resp
+            .configured
+            .into_iter()
+            .map(|p| (p.name, p.actions))
+            .collect())
+    }
+
+    /// Chaos testing, the region's administrator only: the fail points configured on
+    /// the node this client reaches, and every name it knows (see
+    /// [`Client::set_failpoint`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(node: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// let points = node.list_failpoints().await?;
+    /// for p in &points.configured {
+    ///     println!("node {}: {} = {}", points.node_id, p.name, p.actions);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_failpoints(&self) -> Result<ListFailpointsResponse, Error> {
+        self.call(
+            Route::Seeds,
+            admin_method!("ListFailpoints"),
+            ListFailpointsRequest {},
+            |c, r| async move { Self::admin(c).list_failpoints(r).await },
+        )
+        .await
+    }
+
     /// The region administrator creates (or finds) the service-managed key of
     /// `service` for an account (`None`: the caller's); it is `alias/keyraft/<service>`.
     ///

@@ -10,6 +10,8 @@
 //!   [`keyraft_state::StateMachine`] in batches and builds, stores and installs snapshots.
 //! - [`network`]: the node-to-node transport over tonic, every call signed with the
 //!   cluster secret; snapshots are streamed in chunks.
+//! - [`failpoints`]: named places where a fault can be injected (compiled in only with
+//!   the `failpoints` feature).
 //!
 //! We pin openraft to one exact 0.10 alpha (see the README for why); every bump is a
 //! deliberate change that reruns the storage conformance suite.
@@ -17,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod failpoints;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

@@ -25,6 +25,10 @@
 //! - `save_committed` is only written: it is an optimisation that lets a restarted node
 //!   re-apply up to the old commit point, and the next sync makes it durable.
 //!
+//! Fail points (`failpoints` feature): `raft::log::before_append` in `append`, and
+//! `raft::log::before_fsync` / `raft::log::after_fsync` around each group-commit sync on
+//! the sync thread; an injected error there is handled exactly like a failed sync.
+//!
 //! Once a sync fails, every later one fails too without trying: after a failed
 //! `fdatasync` the kernel may have dropped the dirty pages, and a later "successful" sync
 //! would prove nothing. openraft stops the node on the error.
@@ -57,6 +61,7 @@ use sled::transaction::{ConflictableTransactionResult, TransactionError, Transac
 
 use keyraft_state::Durable;
 
+use crate::failpoints;
 use crate::typ::{Entry, LogId, Vote};
 use crate::{from_bytes, to_bytes, TypeConfig};
 
@@ -168,7 +173,12 @@ fn run_syncer(durable: &Durable, rx: &mpsc::Receiver<SyncRequest>) {
         let mut requests = vec![first];
         requests.extend(rx.try_iter());
         if failed.is_none() {
-            if let Err(e) = durable.sync() {
+            // A `return` at either fail point is a failed sync, with the same sticky
+            // consequence; both run on this thread, so blocking actions are allowed.
+            let synced = failpoints::io_check(failpoints::LOG_BEFORE_FSYNC)
+                .and_then(|()| durable.sync())
+                .and_then(|()| failpoints::io_check(failpoints::LOG_AFTER_FSYNC));
+            if let Err(e) = synced {
                 tracing::error!(error = %e, "syncing the Raft log failed; the log store is now failed");
                 failed = Some((e.kind(), format!("syncing the Raft log: {e}")));
             }
@@ -218,7 +228,13 @@ fn decode_entry(key: &[u8], value: &[u8]) -> io::Result<Entry> {
 impl LogStore {
     /// Opens the log of `durable` (creating its trees if needed) and starts the store's
     /// sync thread. The state machine shares `durable`, so one sync covers both.
+    ///
+    /// With the `failpoints` feature, this is also where a node arms the fail points
+    /// named in the `FAILPOINTS` environment variable: every node opens its log store
+    /// before Raft starts (see `failpoints::init_from_env`).
     pub fn open(durable: &Durable) -> io::Result<LogStore> {
+        #[cfg(feature = "failpoints")]
+        failpoints::init_from_env()?;
         let db = durable.db();
         let log = db.open_tree(LOG_TREE).map_err(sled_err)?;
         let meta = db.open_tree(META_TREE).map_err(sled_err)?;
@@ -438,7 +454,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        if let Err(e) = self.write_entries(entries) {
+        let written = failpoints::io_check(failpoints::LOG_BEFORE_APPEND)
+            .and_then(|()| self.write_entries(entries));
+        if let Err(e) = written {
             callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
             return Err(e);
         }

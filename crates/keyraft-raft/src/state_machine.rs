@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use keyraft_state::{ApplyEntry, StateMachine, StateSnapshot};
 
+use crate::failpoints;
 use crate::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::{from_bytes, to_bytes, TypeConfig};
 
@@ -178,6 +179,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if batch.is_empty() {
             return Ok(());
         }
+        // A fault here leaves the batch unapplied and stops this node's Raft (openraft
+        // treats a state machine error as fatal); after a restart the node applies the
+        // same committed entries again, so replicas never diverge.
+        failpoints::io_check(failpoints::BEFORE_APPLY)?;
         let applied_bytes = to_bytes(&last_applied)?;
         let membership_bytes = membership.as_ref().map(to_bytes).transpose()?;
         let sm = self.sm.clone();
@@ -203,6 +208,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> io::Result<()> {
+        failpoints::io_check(failpoints::BEFORE_SNAPSHOT_INSTALL)?;
         let data = snapshot.into_inner();
         let state: StateSnapshot = from_bytes(&data)?;
         let applied = to_bytes(&meta.last_log_id)?;

@@ -1,5 +1,6 @@
 //! `AdminService`: cluster status, membership changes (one at a time, node ids never
-//! reused), leadership transfer and the audit trail.
+//! reused), leadership transfer, the audit trail and fail points (see
+//! [`crate::failpoints`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -92,6 +93,13 @@ fn quota_response(account: &AccountId, q: &QuotaUsage) -> QuotaResponse {
         aliases_used: q.aliases_used,
         grants_per_key_limit: q.grants_per_key_limit,
     }
+}
+
+fn failpoint_list(points: Vec<(String, String)>) -> Vec<Failpoint> {
+    points
+        .into_iter()
+        .map(|(name, actions)| Failpoint { name, actions })
+        .collect()
 }
 
 /// The purpose an audit checkpoint is sealed under.
@@ -502,6 +510,56 @@ impl AdminService for AdminApi {
                     }
                     Ok(AdvanceClockResponse {
                         now: core.clock.advance(req.advance_ms),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn set_failpoint(
+        &self,
+        request: Request<SetFailpointRequest>,
+    ) -> Result<Response<SetFailpointResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "SetFailpoint",
+                method!("SetFailpoint"),
+                false,
+                handler!(|core, call, req| {
+                    core.require_region_admin(call)?;
+                    let configured = crate::failpoints::set(&req.name, &req.actions)?;
+                    tracing::warn!(
+                        principal = %call.principal.arn,
+                        point = %req.name,
+                        actions = %req.actions,
+                        "fail point set"
+                    );
+                    Ok(SetFailpointResponse {
+                        configured: failpoint_list(configured),
+                    })
+                }),
+            )
+            .await
+    }
+
+    async fn list_failpoints(
+        &self,
+        request: Request<ListFailpointsRequest>,
+    ) -> Result<Response<ListFailpointsResponse>, Status> {
+        self.core
+            .run(
+                request,
+                "ListFailpoints",
+                method!("ListFailpoints"),
+                true,
+                handler!(|core, call, _req| {
+                    core.require_region_admin(call)?;
+                    let (configured, known) = crate::failpoints::list()?;
+                    Ok(ListFailpointsResponse {
+                        configured: failpoint_list(configured),
+                        known: known.into_iter().map(str::to_string).collect(),
+                        node_id: core.id,
                     })
                 }),
             )

@@ -24,6 +24,7 @@ use keyraft_types::{
 
 use crate::authn::{Authenticator, Principal};
 use crate::config::Config;
+use crate::failpoints;
 
 /// gRPC method paths of the internal node service, used for signing.
 pub(crate) mod node_methods {
@@ -370,6 +371,7 @@ impl NodeCore {
 
     /// Commits an audit record (batched with others) and returns apply's verdict.
     pub(crate) async fn audit(&self, record: AuditRecord) -> AuditVerdict {
+        failpoints::check(failpoints::BEFORE_AUDIT_APPEND, &record.event_name)?;
         let (tx, rx) = oneshot::channel();
         self.audit_tx
             .send(AuditJob { record, reply: tx })
@@ -547,7 +549,12 @@ impl NodeCore {
             });
             return result.map(Response::new).map_err(|e| self.status(&e));
         }
-        match self.audit(call.record).await {
+        let verdict = self.audit(call.record).await;
+        if verdict.is_ok() {
+            failpoints::check(failpoints::AFTER_COMMIT_BEFORE_RESPONSE, event_name)
+                .map_err(|e| self.status(&e))?;
+        }
+        match verdict {
             Ok(None) => result.map(Response::new).map_err(|e| self.status(&e)),
             Ok(Some(verdict)) => Err(self.status(&verdict)),
             Err(e) => Err(self.status(&e)),

@@ -135,7 +135,16 @@ impl NodeCore {
             op: op(Box::new(call.record.clone())),
         };
         call.audited = true;
-        self.propose(cmd).await?
+        crate::failpoints::check(
+            crate::failpoints::BEFORE_AUDIT_APPEND,
+            &call.record.event_name,
+        )?;
+        let reply = self.propose(cmd).await?;
+        crate::failpoints::check(
+            crate::failpoints::AFTER_COMMIT_BEFORE_RESPONSE,
+            &call.record.event_name,
+        )?;
+        reply
     }
 
     /// Loads a key that must allow `op`. A refusal is only given after a read barrier:

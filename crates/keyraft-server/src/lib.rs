@@ -22,6 +22,9 @@
 //!    re-checks it and only apply's verdict is released. If the record cannot be
 //!    committed the request fails: the service fails closed.
 //!
+//! [`failpoints`] lists the places where a chaos test can inject a fault (a build with
+//! the `failpoints` feature only).
+//!
 //! So a key disabled on one node is refused by every node from the moment the disable
 //! commits, and no result leaves a node without its audit event in the chain.
 
@@ -34,6 +37,7 @@ mod authn;
 mod authz;
 pub mod config;
 pub mod core;
+pub mod failpoints;
 mod grants;
 mod iam;
 mod internal;
