@@ -13,7 +13,12 @@
 #![deny(missing_docs)]
 
 pub mod check;
+pub mod cluster;
+pub mod experiment;
 pub mod history;
+pub mod nemesis;
 pub mod net;
 pub mod report;
 pub mod results;
+pub mod run;
+pub mod workload;

@@ -1,0 +1,89 @@
+//! The bounded smoke set the default test command runs: 3 real nodes, one fault each
+//! (leader kill, leader isolation, follower pause, a fail point before apply), the
+//! whole pipeline from workload to checkers to report. Each must pass; a violation or
+//! an unknown verdict fails the test with the checkers' evidence.
+//!
+//! Runs one experiment at a time: each starts three Raft nodes on a 2-core machine.
+
+use std::path::{Path, PathBuf};
+
+use keyraft_chaos::check::Verdict;
+use keyraft_chaos::experiment::Experiment;
+use keyraft_chaos::run::{run, RunOptions};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The `keyraft` binary `cargo test --workspace` built next to this test.
+fn keyraft_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("keyraft");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build keyraft-cli first (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+async fn smoke(file: &str) {
+    let _serial = SERIAL.lock().await;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("experiments")
+        .join(file);
+    let exp = Experiment::load(&path).expect("experiment");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let results = run(
+        &exp,
+        &RunOptions {
+            out: out.clone(),
+            binary: keyraft_binary(),
+            progress: true,
+        },
+    )
+    .await
+    .expect("the run itself failed");
+    for name in ["history.jsonl", "final.json", "results.json", "report.html"] {
+        assert!(out.join(name).is_file(), "{name} missing");
+    }
+    let report: Vec<String> = results
+        .checks
+        .iter()
+        .map(|c| format!("{} {:?}: {}", c.checker, c.verdict, c.details.join(" | ")))
+        .collect();
+    assert_eq!(
+        results.verdict,
+        Verdict::Pass,
+        "{} did not pass (aborted: {:?}):\n{}",
+        exp.name,
+        results.aborted,
+        report.join("\n")
+    );
+    // The saved run re-checks to the same verdicts.
+    let again = keyraft_chaos::run::recheck(&out, Some(&exp)).expect("recheck");
+    assert_eq!(again.verdict, results.verdict);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill() {
+    smoke("leader-kill.toml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_isolation() {
+    smoke("leader-isolation.toml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_pause() {
+    smoke("follower-pause.toml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failpoint_before_apply() {
+    smoke("failpoint-before-apply.toml").await;
+}
