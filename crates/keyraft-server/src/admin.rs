@@ -151,7 +151,44 @@ impl NodeCore {
             has_domain_key: self.hsm.has_domain_key(),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            service_time_ms: self.clock.now_ms(),
         }
+    }
+
+    /// A service time that a majority of the voters' clocks has reached: the leader's
+    /// tick carries it, so one node whose clock runs ahead (a bad NTP step, a VM resumed
+    /// with a wrong clock) cannot destroy keys pending deletion, expire imported
+    /// material or rotate keys early. `None` when too few voters answered.
+    pub(crate) async fn quorum_time_ms(&self) -> Option<u64> {
+        let m = self.metrics();
+        let voters: Vec<(NodeId, NodeAddr)> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter_map(|id| {
+                m.membership_config
+                    .nodes()
+                    .find(|(n, _)| **n == id)
+                    .map(|(_, a)| (id, a.clone()))
+            })
+            .collect();
+        let asks = voters.iter().map(|(id, addr)| async move {
+            if *id == self.id {
+                return Some(self.clock.now_ms());
+            }
+            let mut client = self.peer(&addr.raft_addr).ok()?;
+            let mut req = self.signed(NodeStatusRequest {}, node_methods::NODE_STATUS, *id);
+            req.set_timeout(Duration::from_millis(800));
+            let status = client.node_status(req).await.ok()?.into_inner();
+            // A peer too old to report its clock does not vote for a time.
+            (status.service_time_ms > 0).then_some(status.service_time_ms)
+        });
+        let times: Vec<u64> = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        quorum_time(&times, voters.len())
     }
 
     /// The cluster as this node sees it, each member asked for its own numbers.
@@ -940,5 +977,42 @@ impl AdminService for AdminApi {
                 }),
             )
             .await
+    }
+}
+
+/// The newest time that at least a majority of `voters` clocks has reached, from the
+/// clocks that answered; `None` without a majority of answers.
+fn quorum_time(times: &[u64], voters: usize) -> Option<u64> {
+    let majority = voters / 2 + 1;
+    if times.len() < majority {
+        return None;
+    }
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    sorted.get(majority - 1).copied()
+}
+
+#[cfg(test)]
+mod quorum_time_tests {
+    use super::quorum_time;
+
+    const DAY: u64 = 86_400_000;
+
+    #[test]
+    fn one_clock_ahead_does_not_move_the_time() {
+        assert_eq!(quorum_time(&[100 + 10 * DAY, 100, 101], 3), Some(101));
+        assert_eq!(quorum_time(&[100 + 10 * DAY, 100], 3), Some(100));
+        assert_eq!(
+            quorum_time(&[9 * DAY, 8 * DAY, 100, 101, 102], 5),
+            Some(102)
+        );
+    }
+
+    #[test]
+    fn a_majority_ahead_does_and_a_minority_of_answers_gives_nothing() {
+        assert_eq!(quorum_time(&[8 * DAY, 8 * DAY + 5, 100], 3), Some(8 * DAY));
+        assert_eq!(quorum_time(&[8 * DAY], 3), None);
+        assert_eq!(quorum_time(&[], 1), None);
+        assert_eq!(quorum_time(&[7], 1), Some(7));
     }
 }

@@ -182,9 +182,15 @@ impl Node {
 }
 
 /// The leader's time-driven work: when a scheduled deletion, an expiry of imported key
-/// material or an automatic rotation is due by the service clock, propose a tick carrying that clock's time and the new key
-/// versions this node's HSM prepared. Apply decides with that command alone, so every
-/// replica destroys and rotates the same keys.
+/// material or an automatic rotation is due, propose a tick carrying the time and the
+/// new key versions this node's HSM prepared. Apply decides with that command alone, so
+/// every replica destroys and rotates the same keys.
+///
+/// The time is not the leader's clock alone but one a majority of the voters' clocks
+/// has reached ([`NodeCore::quorum_time_ms`]): a leader whose clock jumped ten days
+/// ahead would otherwise destroy every key pending deletion at once (the chaos suite's
+/// `clock-skew` experiment found this). The leader's own clock only decides whether to
+/// ask.
 async fn run_ticker(core: Arc<NodeCore>) {
     use keyraft_state::{Command, Op, Reply};
     let mut interval = tokio::time::interval(Duration::from_millis(core.config.tick_interval_ms));
@@ -194,14 +200,14 @@ async fn run_ticker(core: Arc<NodeCore>) {
         if !core.raft.is_leader() {
             continue;
         }
-        let now = core.clock.now_ms();
-        let removal_due = match (core.state.next_deletion_due(), core.state.next_expiry_due()) {
-            (Ok(d), Ok(e)) => d.is_some_and(|d| d <= now) || e.is_some_and(|e| e <= now),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "reading scheduled deletions and expiries");
-                continue;
-            }
+        if !tick_due(&core, core.clock.now_ms()) {
+            continue;
+        }
+        let Some(now) = core.quorum_time_ms().await else {
+            tracing::warn!("work is due, but too few voters reported their clocks");
+            continue;
         };
+        let removal_due = tick_due_removal(&core, now);
         let rotations = prepare_rotations(&core, now);
         if !removal_due && rotations.is_empty() {
             continue;
@@ -222,6 +228,26 @@ async fn run_ticker(core: Arc<NodeCore>) {
             }
             Ok(other) => tracing::warn!(?other, "unexpected tick reply"),
             Err(e) => tracing::warn!(error = %e, "tick did not commit"),
+        }
+    }
+}
+
+/// Whether a deletion, an expiry or a rotation is due at `now`.
+fn tick_due(core: &NodeCore, now: u64) -> bool {
+    tick_due_removal(core, now)
+        || core
+            .state
+            .due_rotations(now, 1)
+            .is_ok_and(|d| !d.is_empty())
+}
+
+/// Whether a scheduled deletion or an expiry of imported material is due at `now`.
+fn tick_due_removal(core: &NodeCore, now: u64) -> bool {
+    match (core.state.next_deletion_due(), core.state.next_expiry_due()) {
+        (Ok(d), Ok(e)) => d.is_some_and(|d| d <= now) || e.is_some_and(|e| e <= now),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "reading scheduled deletions and expiries");
+            false
         }
     }
 }
