@@ -199,11 +199,17 @@ impl Nemesis {
                 )
             }
             Fault::Failpoint { name, actions, .. } => {
-                let armed = cluster
-                    .client_of(node)
-                    .map_err(|e| e.to_string())?
-                    .set_failpoint(name, actions)
-                    .await;
+                let client = cluster.client_of(node).map_err(|e| e.to_string())?;
+                let armed = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.set_failpoint(name, actions),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(keyraft_client::Error::Transport(
+                        "no answer within 5 s".into(),
+                    ))
+                });
                 if let Err(e) = armed {
                     // Arming is itself audited, through Raft: a point on the apply or
                     // log path can fire on the arming call's own entry and take the
@@ -234,16 +240,6 @@ impl Nemesis {
                         "node {node}'s clock {} ahead",
                         humantime::format_duration(*offset)
                     ),
-                    Undo::Nothing,
-                )
-            }
-            Fault::MemberReplace { .. } => {
-                replace_member(cluster, node, Duration::from_secs(30))
-                    .await
-                    .map_err(|e| format!("replacing node {node}: {e}"))?;
-                (
-                    vec![node],
-                    format!("node {node} removed, wiped and added back"),
                     Undo::Nothing,
                 )
             }
@@ -327,61 +323,22 @@ impl Nemesis {
         }
     }
 
-    /// Counts and restarts nodes that exited on their own.
+    /// Counts and restarts nodes that exited on their own; each crash goes into the
+    /// history as a `crash` window that closes when the node is started again.
     pub fn restart_crashed(&mut self, cluster: &mut ChaosCluster) -> Vec<u64> {
         let crashed = cluster.crashed();
         for n in &crashed {
             self.crashes += 1;
-            if let Err(e) = cluster.start_node(*n) {
-                tracing::warn!(node = n, error = %e, "restart after a crash failed");
-            }
+            let detail = format!("node {n} exited on its own");
+            self.recorder.nemesis(Phase::Start, "crash", &[*n], &detail);
+            let restarted = match cluster.start_node(*n) {
+                Ok(()) => format!("node {n} restarted"),
+                Err(e) => format!("node {n} could not be restarted: {e}"),
+            };
+            self.recorder
+                .nemesis(Phase::Stop, "crash", &[*n], &restarted);
         }
         crashed
-    }
-}
-
-/// Removes `node` from the membership, wipes its data directory, starts it empty and
-/// adds it back; it catches up from the leader (by snapshot once the log was purged).
-async fn replace_member(
-    cluster: &mut ChaosCluster,
-    node: u64,
-    timeout: Duration,
-) -> Result<(), String> {
-    if node == 1 {
-        // Node 1's configuration bootstraps the region: wiped, it would found a new one.
-        return Err("node 1 bootstraps the region; target another node".into());
-    }
-    let admin = cluster.client().map_err(|e| e.to_string())?;
-    admin
-        .remove_node(node)
-        .await
-        .map_err(|e| format!("remove: {e}"))?;
-    cluster.kill(node).map_err(|e| e.to_string())?;
-    match std::fs::remove_dir_all(cluster.data_dir(node)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("wiping the data directory: {e}")),
-    }
-    cluster.start_node(node).map_err(|e| e.to_string())?;
-    let endpoint = cluster
-        .local()
-        .node(node)
-        .map_err(|e| e.to_string())?
-        .endpoint();
-    let raft_addr = cluster
-        .network()
-        .proxy_addr(node)
-        .ok_or_else(|| format!("node {node} has no proxy"))?
-        .to_string();
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match admin.add_node(node, &endpoint, &raft_addr).await {
-            Ok(_) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(format!("add: {e}"));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
     }
 }
 

@@ -77,6 +77,7 @@ pub async fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunResults, Stri
         binary: opts.binary.clone(),
         raft: exp.cluster.snapshot_every.map(|n| RaftConfig {
             snapshot_every_logs: n,
+            keep_logs_after_snapshot: n / 10,
             ..RaftConfig::default()
         }),
         ..ClusterOptions::default()
@@ -280,6 +281,8 @@ fn fault_names(history: &History) -> Vec<String> {
     names
 }
 
+/// Follows the plan as a timeline of starts and heals, so fixed faults may overlap (a
+/// fail point armed while a partition holds). Returns why the run was aborted, if it was.
 async fn follow_plan(
     exp: &Experiment,
     plan: &[PlannedFault],
@@ -289,32 +292,47 @@ async fn follow_plan(
     load_started: Instant,
     say: &impl Fn(String),
 ) -> Option<String> {
-    for p in plan {
-        sleep_until(load_started + p.at).await;
-        let active = match nemesis.inject(cluster, &p.fault).await {
-            Ok(a) => a,
-            Err(e) => {
-                say(format!("could not inject {}: {e}", p.fault.name()));
-                continue;
-            }
-        };
-        say(format!("{} for {:?}", p.fault.name(), p.lasts));
-        let end = load_started + p.at + p.lasts;
-        let mut abort = None;
-        while Instant::now() < end {
-            sleep_until((Instant::now() + Duration::from_millis(500)).min(end)).await;
-            abort = abort_reason(exp, nemesis, recorder);
-            if abort.is_some() {
-                break;
+    // (when, is_heal, index): heals sort before starts at the same instant.
+    let mut timeline: Vec<(Duration, bool, usize)> = plan
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| [(p.at, false, i), (p.at + p.lasts, true, i)])
+        .collect();
+    timeline.sort_by_key(|(at, heal, i)| (*at, !*heal, *i));
+    let mut active: BTreeMap<usize, crate::nemesis::Active> = BTreeMap::new();
+    let mut aborted = None;
+    for (at, heal, i) in timeline {
+        let due = load_started + at;
+        while aborted.is_none() && Instant::now() < due {
+            sleep_until((Instant::now() + Duration::from_millis(500)).min(due)).await;
+            if !active.is_empty() {
+                aborted = abort_reason(exp, nemesis, recorder);
             }
         }
-        nemesis.heal(cluster, active).await;
-        say(format!("healed {}", p.fault.name()));
-        if abort.is_some() {
-            return abort;
+        if aborted.is_some() {
+            break;
+        }
+        let name = plan[i].fault.name();
+        if heal {
+            if let Some(a) = active.remove(&i) {
+                nemesis.heal(cluster, a).await;
+                say(format!("healed {name}"));
+            }
+        } else {
+            match nemesis.inject(cluster, &plan[i].fault).await {
+                Ok(a) => {
+                    say(format!("{name} for {:?}", plan[i].lasts));
+                    active.insert(i, a);
+                }
+                Err(e) => say(format!("could not inject {name}: {e}")),
+            }
         }
     }
-    None
+    // Heal what is still active, newest first.
+    while let Some((_, a)) = active.pop_last() {
+        nemesis.heal(cluster, a).await;
+    }
+    aborted
 }
 
 fn abort_reason(exp: &Experiment, nemesis: &Nemesis, recorder: &Recorder) -> Option<String> {
@@ -428,13 +446,23 @@ async fn write_after_heal(
     let deadline = healed_at + Duration::from_secs(30);
     let mut last_error = None;
     let mut process = 1_000_000;
-    let key_id = match workload::list_all_keys(client).await {
-        Ok(ids) => ids.into_iter().next(),
-        Err(e) => {
-            last_error = Some(e.to_string());
-            None
+    // A key whose state takes a description change (not one pending deletion).
+    let mut key_id = None;
+    match workload::list_all_keys(client).await {
+        Ok(ids) => {
+            for id in ids {
+                match client.describe_key(&id).await {
+                    Ok(m) if m.key_state == "Enabled" || m.key_state == "Disabled" => {
+                        key_id = Some(id);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => last_error = Some(e.to_string()),
+                }
+            }
         }
-    };
+        Err(e) => last_error = Some(e.to_string()),
+    }
     let Some(key_id) = key_id else {
         return WriteAfterHeal {
             ok: false,
