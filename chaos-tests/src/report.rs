@@ -507,30 +507,10 @@ fn fmt_ms(ms: f64) -> String {
 
 /// A Unix time in ms as `YYYY-MM-DD HH:MM:SS UTC`.
 fn fmt_utc(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_ms / 1000);
+    // "2026-11-23T12:00:00Z" -> "2026-11-23 12:00:00 UTC"
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
 const CSS: &str = r#"

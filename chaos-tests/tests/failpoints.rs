@@ -6,8 +6,9 @@
 //! The nodes run the `keyraft` binary built next to this test (`cargo test --workspace`
 //! builds it with the `failpoints` feature through feature unification).
 
+mod common;
+use common::keyraft_binary;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use keyraft_client::types::CreateKeyRequest;
@@ -21,29 +22,13 @@ const AFTER_COMMIT: &str = "server::after_commit_before_response";
 const BEFORE_AUDIT: &str = "server::before_audit_append";
 const BEFORE_APPLY: &str = "raft::before_apply";
 
-/// `target/<profile>/keyraft`, next to `target/<profile>/deps/<this test>`.
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join(format!("keyraft{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: build keyraft-cli first (`cargo build -p keyraft-cli --features failpoints`, or run `cargo test --workspace`)",
-        bin.display()
-    );
-    bin
-}
-
 /// A fresh random suffix, so names and request ids never repeat across runs.
 fn unique() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
 async fn started(dir: &std::path::Path, region: &str) -> LocalCluster {
-    let mut c = LocalCluster::prepare(dir, &binary(), 3, 0, region).unwrap();
+    let mut c = LocalCluster::prepare(dir, &keyraft_binary(), 3, 0, region).unwrap();
     c.start_all().unwrap();
     c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
         .await
@@ -227,7 +212,7 @@ async fn a_lost_answer_is_an_unknown_outcome_and_a_retry_with_the_same_id_return
     assert!(admin.list_failpoints().await.unwrap().configured.is_empty());
 
     // The CLI: `keyraft cluster failpoint list` prints JSON per node.
-    let out = std::process::Command::new(binary())
+    let out = std::process::Command::new(keyraft_binary())
         .args(["cluster", "failpoint", "list"])
         .env("KEYRAFT_ENDPOINTS", c.node(l).unwrap().endpoint())
         .env("KEYRAFT_REGION", "fp-1")

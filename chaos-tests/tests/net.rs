@@ -4,10 +4,11 @@
 //! The cluster test runs the `keyraft` binary built next to this test executable
 //! (`cargo test --workspace` builds it; otherwise `cargo build -p keyraft-cli`).
 
+mod common;
+use common::keyraft_binary;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -296,22 +297,6 @@ async fn a_partition_applies_exactly_its_links() {
     expect_refused(&network, 1, 2).await;
     let mut c = connect_as(&network, 3, 2).await;
     round_trip(&mut c, b"3 still reaches 2").await;
-}
-
-/// The `keyraft` binary next to this test executable.
-fn keyraft_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test runs from target/<profile>/deps");
-    let binary = profile_dir.join(format!("keyraft{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.is_file(),
-        "{} is missing: build keyraft-cli first (cargo build -p keyraft-cli; cargo test --workspace builds it)",
-        binary.display()
-    );
-    binary
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

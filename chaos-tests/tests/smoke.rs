@@ -5,29 +5,15 @@
 //!
 //! Runs one experiment at a time: each starts three Raft nodes on a 2-core machine.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::keyraft_binary;
+use std::path::Path;
 
 use keyraft_chaos::check::Verdict;
 use keyraft_chaos::experiment::Experiment;
 use keyraft_chaos::run::{run, RunOptions};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The `keyraft` binary `cargo test --workspace` built next to this test.
-fn keyraft_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bin = profile_dir.join("keyraft");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build keyraft-cli first (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
 
 async fn smoke(file: &str) {
     let _serial = SERIAL.lock().await;
