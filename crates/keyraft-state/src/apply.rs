@@ -813,6 +813,13 @@ fn authz_verdict(txn: &Txn<'_>, record: &AuditRecord) -> Result<Option<KmsError>
         if !key.enabled {
             return Ok(refused());
         }
+        // As authentication decides on an up-to-date node: the credential's holder (the
+        // assumed role, or the key's own principal) must exist and be enabled.
+        let holder_arn = key.role_arn.as_ref().unwrap_or(&key.principal_arn);
+        let holder = txn.get::<PrincipalRecord>(&keys::principal(holder_arn))?;
+        if !holder.is_some_and(|p| p.enabled) {
+            return Ok(refused());
+        }
         if key.expires_ms.is_some_and(|t| record.event_time_ms >= t) {
             return Ok(Some(KmsError::new(
                 ErrorCode::ExpiredToken,

@@ -332,6 +332,8 @@ impl Runner {
             }
             "crypto" => {
                 let mut r = record("Encrypt");
+                // `ak=ID`: the request was signed with that access key.
+                r.user_identity.access_key_id = arg("ak", "");
                 r.key_checks.push(KeyCheck {
                     key_id: key_id(&positional[0]),
                     epoch: arg("epoch", "1").parse().unwrap(),
