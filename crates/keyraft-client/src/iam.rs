@@ -353,12 +353,43 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn put_key_policy(&self, key_id: &str, policy: &str) -> Result<(), Error> {
-        let req = PutKeyPolicyRequest {
+        self.put_key_policy_with(PutKeyPolicyRequest {
             key_id: key_id.to_string(),
             policy_name: "default".to_string(),
             policy: policy.to_string(),
             request_id: Self::request_id(),
-        };
+        })
+        .await
+    }
+
+    /// Replaces a key's policy from a full request. An empty `policy_name` means
+    /// `default`; an empty `request_id` gets a fresh one, used for every retry of this
+    /// call.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
+    /// use keyraft_client::types::PutKeyPolicyRequest;
+    /// let policy = client.get_key_policy("alias/orders").await?;
+    /// // An id of your own makes retrying after an unknown outcome safe across calls too.
+    /// let req = PutKeyPolicyRequest {
+    ///     key_id: "alias/orders".into(),
+    ///     policy,
+    ///     request_id: "orders-policy-v2".into(),
+    ///     ..Default::default()
+    /// };
+    /// match client.put_key_policy_with(req.clone()).await {
+    ///     Err(e) if e.is_outcome_unknown() => client.put_key_policy_with(req).await?,
+    ///     other => other?,
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn put_key_policy_with(&self, mut req: PutKeyPolicyRequest) -> Result<(), Error> {
+        if req.policy_name.is_empty() {
+            req.policy_name = "default".to_string();
+        }
+        if req.request_id.is_empty() {
+            req.request_id = Self::request_id();
+        }
         self.call(
             Route::Leader,
             "/keyraft.v1.KeyService/PutKeyPolicy",

@@ -565,13 +565,8 @@ impl AdminService for AdminApi {
                 false,
                 handler!(|core, call, req| {
                     core.require_region_admin(call)?;
+                    // Logged where it is set; audited with its caller like every call.
                     let configured = crate::failpoints::set(&req.name, &req.actions)?;
-                    tracing::warn!(
-                        principal = %call.principal.arn,
-                        point = %req.name,
-                        actions = %req.actions,
-                        "fail point set"
-                    );
                     Ok(SetFailpointResponse {
                         configured: failpoint_list(configured),
                     })

@@ -6,8 +6,9 @@
 //! the chaos suite's build turns it on). Without it every check is an empty inline
 //! function, the environment variable is ignored, and `SetFailpoint` / `ListFailpoints`
 //! answer `UnsupportedOperationException` ("this binary was built without fail
-//! points"). That answer cannot be tested in the same build as the points themselves,
-//! which is why it is only documented here.
+//! points"). A workspace build turns the feature on (the chaos suite depends on it), so
+//! `scripts/test` also runs this crate's and `keyraft-raft`'s unit tests on their own,
+//! without it, where that answer is tested.
 //!
 //! The names are an API:
 //!

@@ -208,7 +208,7 @@ async fn run_ticker(core: Arc<NodeCore>) {
             continue;
         };
         let removal_due = tick_due_removal(&core, now);
-        let rotations = prepare_rotations(&core, now);
+        let rotations = prepare_rotations(&core, rotation_candidates(&core, now));
         if !removal_due && rotations.is_empty() {
             continue;
         }
@@ -232,13 +232,11 @@ async fn run_ticker(core: Arc<NodeCore>) {
     }
 }
 
-/// Whether a deletion, an expiry or a rotation is due at `now`.
+/// Whether a deletion, an expiry or a rotation of an enabled key is due at `now` (a
+/// disabled key's overdue rotation is no work, so it must not make the leader poll the
+/// voters' clocks every tick).
 fn tick_due(core: &NodeCore, now: u64) -> bool {
-    tick_due_removal(core, now)
-        || core
-            .state
-            .due_rotations(now, 1)
-            .is_ok_and(|d| !d.is_empty())
+    tick_due_removal(core, now) || !rotation_candidates(core, now).is_empty()
 }
 
 /// Whether a scheduled deletion or an expiry of imported material is due at `now`.
@@ -252,9 +250,9 @@ fn tick_due_removal(core: &NodeCore, now: u64) -> bool {
     }
 }
 
-/// New backing versions, made by this node's HSM, for the enabled keys whose automatic
-/// rotation is due (a disabled key's rotation waits until it is enabled again).
-fn prepare_rotations(core: &NodeCore, now: u64) -> Vec<keyraft_state::PreparedRotation> {
+/// The enabled keys whose automatic rotation is due at `now`, up to 50 (a disabled
+/// key's rotation waits until it is enabled again).
+fn rotation_candidates(core: &NodeCore, now: u64) -> Vec<keyraft_state::KeyRecord> {
     let due = match core.state.due_rotations(now, 50) {
         Ok(due) => due,
         Err(e) => {
@@ -265,6 +263,15 @@ fn prepare_rotations(core: &NodeCore, now: u64) -> Vec<keyraft_state::PreparedRo
     due.into_iter()
         .filter_map(|id| core.state.key(&id).ok().flatten())
         .filter(|k| k.metadata.key_state == keyraft_types::KeyState::Enabled)
+        .collect()
+}
+
+/// New backing versions, made by this node's HSM, for `keys`.
+fn prepare_rotations(
+    core: &NodeCore,
+    keys: Vec<keyraft_state::KeyRecord>,
+) -> Vec<keyraft_state::PreparedRotation> {
+    keys.into_iter()
         .filter_map(|k| {
             let version = k.metadata.current_version + 1;
             match core.hsm.generate_key_material(&k.metadata.key_id, version) {
