@@ -16,19 +16,25 @@
 //! advertised addresses in its membership: a cluster started again on the same directory
 //! must find its peers at the same addresses.
 //!
+//! A node can be replaced as an operator replaces a failed machine
+//! ([`ChaosCluster::replace`]): removed from the membership, killed, its data wiped, and
+//! a new node with a fresh id (a removed id never comes back) started behind a proxy of
+//! its own and added.
+//!
 //! Process faults act on the node processes: [`ChaosCluster::kill`] (`kill -9`),
 //! [`ChaosCluster::stop`] (SIGTERM), [`ChaosCluster::pause`] and
 //! [`ChaosCluster::resume`] (SIGSTOP, SIGCONT). Every process the cluster started is
 //! killed when it is dropped (paused ones are resumed first); the proxies stop with it.
 //!
-//! The proxies run on the tokio runtime that called [`ChaosCluster::start`]; some methods
-//! here block the calling thread briefly (waiting for a killed process), so use a
-//! multi-threaded runtime.
+//! The proxies run on the tokio runtime that called [`ChaosCluster::start`]. Methods that
+//! wait for a process or run an attached cluster's commands do so in
+//! `block_in_place`, so use a multi-threaded runtime.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -37,10 +43,12 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use keyraft_client::Client;
+use keyraft_client::{Client, ClientConfig, ErrorCode};
 use keyraft_server::config::RaftConfig;
-use keyraft_testkit::{free_port, LocalCluster};
+use keyraft_testkit::{free_port, LocalCluster, NodeSpec};
 
+use crate::attach::AttachSpec;
+use crate::disk::LimitedFs;
 use crate::net::{node_ip, Network, NodeId, Proxy};
 
 /// The file that keeps a cluster directory's proxy ports.
@@ -93,6 +101,9 @@ pub struct ClusterOptions {
     pub node_env: Vec<(String, String)>,
     /// How long [`ChaosCluster::start`] waits for the cluster to be ready.
     pub ready_timeout: Duration,
+    /// Give every node's data directory a filesystem of this many bytes (see
+    /// [`crate::disk`]), so that [`ChaosCluster::fill_disk`] can fill it.
+    pub data_fs_bytes: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -105,6 +116,7 @@ impl Default for ClusterOptions {
             raft: None,
             node_env: Vec::new(),
             ready_timeout: Duration::from_secs(60),
+            data_fs_bytes: None,
         }
     }
 }
@@ -149,25 +161,42 @@ impl Layout {
     }
 }
 
+/// Where the nodes come from.
+enum Nodes {
+    /// Processes this harness started, behind its proxies.
+    Local {
+        cluster: LocalCluster,
+        network: Network,
+    },
+    /// A cluster that runs elsewhere, acted on through the attach file's commands.
+    Attached { spec: AttachSpec, dir: PathBuf },
+}
+
 /// A cluster of `keyraft server` processes whose node-to-node links run through fault
-/// proxies.
+/// proxies, or an attached cluster (see [`crate::attach`]).
 pub struct ChaosCluster {
-    local: LocalCluster,
-    network: Network,
+    nodes: Nodes,
     ids: Vec<NodeId>,
     paused: BTreeSet<NodeId>,
     /// Nodes stopped or killed on purpose (so not crashed).
     down: BTreeSet<NodeId>,
+    /// The address each node advertises to its peers (its proxy), read by the
+    /// configuration of nodes added later.
+    advertised: Arc<Mutex<BTreeMap<NodeId, String>>>,
+    /// Size-limited data filesystems, by node (declared last: dropped, so unmounted,
+    /// after the node processes are gone).
+    disks: BTreeMap<NodeId, LimitedFs>,
 }
 
 impl std::fmt::Debug for ChaosCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChaosCluster")
-            .field("dir", &self.local.dir())
+            .field("dir", &self.dir())
+            .field("attached", &self.local().is_none())
             .field("ids", &self.ids)
             .field("paused", &self.paused)
             .field("down", &self.down)
-            .field("network", &self.network)
+            .field("network", &self.network().ok())
             .finish()
     }
 }
@@ -196,23 +225,14 @@ impl ChaosCluster {
         let layout = Layout::load_or_create(&options.dir, &ids)?;
 
         let mut proxies = Vec::new();
-        let mut listen = BTreeMap::new();
         let mut advertised = BTreeMap::new();
         for spec in &specs {
-            let ip = node_ip(spec.id).ok_or_else(|| {
-                Error::Invalid(format!("node id {} is too large for a proxy", spec.id))
-            })?;
             let port = layout
                 .proxy_ports
                 .get(&spec.id)
                 .copied()
                 .ok_or_else(|| Error::Invalid(format!("no proxy port for node {}", spec.id)))?;
-            let proxy = Proxy {
-                node: spec.id,
-                listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
-                upstream: SocketAddr::new(IpAddr::V4(ip), spec.raft_port),
-            };
-            listen.insert(spec.id, proxy.upstream.to_string());
+            let proxy = proxy_for(spec, port)?;
             advertised.insert(spec.id, proxy.listen.to_string());
             proxies.push(proxy);
         }
@@ -221,10 +241,17 @@ impl ChaosCluster {
             source,
         })?;
 
+        let advertised = Arc::new(Mutex::new(advertised));
         let raft = options.raft.clone();
+        let known = advertised.clone();
         local.configure(move |config| {
-            if let Some(addr) = listen.get(&config.node_id) {
-                config.raft_addr = addr.clone();
+            let advertised = known.lock().unwrap_or_else(|p| p.into_inner());
+            // Listen on the node's own loopback address, on the port the testkit chose.
+            if let (Some(ip), Ok(addr)) = (
+                node_ip(config.node_id),
+                config.raft_addr.parse::<SocketAddr>(),
+            ) {
+                config.raft_addr = SocketAddr::new(IpAddr::V4(ip), addr.port()).to_string();
             }
             if let Some(addr) = advertised.get(&config.node_id) {
                 config.advertise_raft = Some(addr.clone());
@@ -240,15 +267,55 @@ impl ChaosCluster {
                 config.raft = raft.clone();
             }
         })?;
+        let mut disks = BTreeMap::new();
+        if let Some(bytes) = options.data_fs_bytes {
+            for id in &ids {
+                let image = options.dir.join(format!("node{id}.img"));
+                let fs = LimitedFs::mount(&local.data_dir(*id), &image, bytes)
+                    .map_err(Error::Invalid)?;
+                disks.insert(*id, fs);
+            }
+        }
         local.start_all()?;
         let mut cluster = ChaosCluster {
-            local,
-            network,
+            nodes: Nodes::Local {
+                cluster: local,
+                network,
+            },
             ids,
             paused: BTreeSet::new(),
             down: BTreeSet::new(),
+            advertised,
+            disks,
         };
         cluster.wait_ready(options.ready_timeout).await?;
+        Ok(cluster)
+    }
+
+    /// Attaches to a running cluster (see [`crate::attach`]); `dir` is the run's cluster
+    /// directory (nothing of the nodes is written there). Waits until the cluster is
+    /// ready as [`ChaosCluster::start`] does; starts, stops and changes nothing.
+    pub async fn attach(
+        spec: AttachSpec,
+        dir: &Path,
+        ready_timeout: Duration,
+    ) -> Result<ChaosCluster, Error> {
+        fs::create_dir_all(dir).map_err(|source| Error::Io {
+            context: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let mut cluster = ChaosCluster {
+            ids: spec.ids(),
+            nodes: Nodes::Attached {
+                spec,
+                dir: dir.to_path_buf(),
+            },
+            paused: BTreeSet::new(),
+            down: BTreeSet::new(),
+            advertised: Arc::default(),
+            disks: BTreeMap::new(),
+        };
+        cluster.wait_ready(ready_timeout).await?;
         Ok(cluster)
     }
 
@@ -257,44 +324,101 @@ impl ChaosCluster {
         self.ids.clone()
     }
 
-    /// The proxies and their faults.
-    pub fn network(&self) -> &Network {
-        &self.network
+    /// The proxies and their faults; an attached cluster has none (network faults
+    /// cannot be injected into it).
+    pub fn network(&self) -> Result<&Network, Error> {
+        match &self.nodes {
+            Nodes::Local { network, .. } => Ok(network),
+            Nodes::Attached { .. } => Err(Error::Invalid(
+                "network faults need the proxies of a cluster this harness started; an \
+                 attached cluster's links are out of its reach"
+                    .into(),
+            )),
+        }
     }
 
-    /// The underlying local cluster.
-    pub fn local(&self) -> &LocalCluster {
-        &self.local
+    /// The underlying local cluster (`None` when attached).
+    pub fn local(&self) -> Option<&LocalCluster> {
+        match &self.nodes {
+            Nodes::Local { cluster, .. } => Some(cluster),
+            Nodes::Attached { .. } => None,
+        }
+    }
+
+    /// The local cluster, or an error saying `what` needs one.
+    fn local_mut(&mut self, what: &str) -> Result<&mut LocalCluster, Error> {
+        match &mut self.nodes {
+            Nodes::Local { cluster, .. } => Ok(cluster),
+            Nodes::Attached { .. } => Err(Error::Invalid(format!(
+                "{what} needs nodes this harness started; an attached cluster cannot"
+            ))),
+        }
     }
 
     /// The cluster directory.
     pub fn dir(&self) -> &Path {
-        self.local.dir()
-    }
-
-    /// Node `id`'s log file.
-    pub fn log_path(&self, id: NodeId) -> PathBuf {
-        self.local.dir().join(format!("node{id}.log"))
+        match &self.nodes {
+            Nodes::Local { cluster, .. } => cluster.dir(),
+            Nodes::Attached { dir, .. } => dir,
+        }
     }
 
     /// The last `lines` lines of node `id`'s log.
     pub fn log_tail(&self, id: NodeId, lines: usize) -> String {
-        self.local.log_tail(id, lines)
+        match &self.nodes {
+            Nodes::Local { cluster, .. } => cluster.log_tail(id, lines),
+            Nodes::Attached { .. } => "(an attached node's log is kept by its operator)".into(),
+        }
     }
 
-    /// Node `id`'s data directory.
+    /// Node `id`'s data directory (of a local cluster).
     pub fn data_dir(&self, id: NodeId) -> PathBuf {
-        self.local.data_dir(id)
+        match &self.nodes {
+            Nodes::Local { cluster, .. } => cluster.data_dir(id),
+            Nodes::Attached { dir, .. } => dir.join(format!("node{id}")),
+        }
     }
 
-    /// An SDK client over every node's client API.
+    /// The client settings for the current members (nodes removed by
+    /// [`ChaosCluster::replace`] left out, nodes added by it included).
+    pub fn client_config(&self) -> Result<ClientConfig, Error> {
+        self.client_config_of(&self.ids)
+    }
+
+    /// The client settings for the nodes `ids`.
+    fn client_config_of(&self, ids: &[NodeId]) -> Result<ClientConfig, Error> {
+        match &self.nodes {
+            Nodes::Local { cluster, .. } => {
+                let mut config = cluster.client_config();
+                config.endpoints = cluster
+                    .nodes()
+                    .iter()
+                    .filter(|n| ids.contains(&n.id))
+                    .map(|n| n.endpoint())
+                    .collect();
+                Ok(config)
+            }
+            Nodes::Attached { spec, .. } => spec.client_config(ids).map_err(Error::Invalid),
+        }
+    }
+
+    /// An SDK client over every current member's client API.
     pub fn client(&self) -> Result<Client, Error> {
-        Ok(self.local.client()?)
+        Client::new(self.client_config()?).map_err(|e| Error::Invalid(e.to_string()))
     }
 
     /// An SDK client pinned to node `id`.
     pub fn client_of(&self, id: NodeId) -> Result<Client, Error> {
-        Ok(self.local.client_of(id)?)
+        match &self.nodes {
+            Nodes::Local { cluster, .. } => Ok(cluster.client_of(id)?),
+            Nodes::Attached { spec, .. } => {
+                let config = spec.client_config(&[id]).map_err(Error::Invalid)?;
+                if config.endpoints.is_empty() {
+                    return Err(Error::Invalid(format!("no node {id}")));
+                }
+                Client::new(config).map_err(|e| Error::Invalid(e.to_string()))
+            }
+        }
     }
 
     fn check_id(&self, id: NodeId) -> Result<(), Error> {
@@ -307,12 +431,10 @@ impl ChaosCluster {
 
     /// Whether node `id`'s process is running (paused counts as running).
     pub fn is_running(&mut self, id: NodeId) -> bool {
-        self.local.is_running(id)
-    }
-
-    /// Whether node `id` is paused.
-    pub fn is_paused(&self, id: NodeId) -> bool {
-        self.paused.contains(&id)
+        match &mut self.nodes {
+            Nodes::Local { cluster, .. } => cluster.is_running(id),
+            Nodes::Attached { spec, .. } => blocking(|| spec.is_running(id)),
+        }
     }
 
     /// The paused nodes.
@@ -336,9 +458,21 @@ impl ChaosCluster {
             .collect()
     }
 
+    /// Sends `signal` to a local node's process, or runs the attach file's command for
+    /// it (SIGSTOP: `pause`, SIGCONT: `resume`).
     fn signal(&self, id: NodeId, signal: Signal) -> Result<(), Error> {
-        let pid = self
-            .local
+        let local = match &self.nodes {
+            Nodes::Local { cluster, .. } => cluster,
+            Nodes::Attached { spec, .. } => {
+                let action = match signal {
+                    Signal::SIGSTOP => "pause",
+                    Signal::SIGCONT => "resume",
+                    other => return Err(Error::Invalid(format!("no command sends {other}"))),
+                };
+                return blocking(|| spec.act(action, id)).map_err(Error::Invalid);
+            }
+        };
+        let pid = local
             .pid(id)
             .ok_or_else(|| Error::Invalid(format!("node {id} is not running")))?;
         let pid = i32::try_from(pid)
@@ -352,7 +486,13 @@ impl ChaosCluster {
     /// `kill -9` node `id` and waits until it is gone.
     pub fn kill(&mut self, id: NodeId) -> Result<(), Error> {
         self.check_id(id)?;
-        self.local.kill(id)?;
+        match &mut self.nodes {
+            Nodes::Local { cluster, .. } => cluster.kill(id)?,
+            Nodes::Attached { spec, .. } => blocking(|| {
+                spec.act("kill", id).map_err(Error::Invalid)?;
+                wait_stopped(spec, id)
+            })?,
+        }
         self.paused.remove(&id);
         self.down.insert(id);
         Ok(())
@@ -364,7 +504,13 @@ impl ChaosCluster {
         if self.paused.contains(&id) {
             self.resume(id)?;
         }
-        self.local.stop(id, grace)?;
+        match &mut self.nodes {
+            Nodes::Local { cluster, .. } => blocking(|| cluster.stop(id, grace))?,
+            Nodes::Attached { spec, .. } => blocking(|| {
+                spec.act("stop", id).map_err(Error::Invalid)?;
+                wait_stopped(spec, id)
+            })?,
+        }
         self.down.insert(id);
         Ok(())
     }
@@ -372,18 +518,14 @@ impl ChaosCluster {
     /// Starts node `id`, which must not be running, on its existing data.
     pub fn start_node(&mut self, id: NodeId) -> Result<(), Error> {
         self.check_id(id)?;
-        self.local.start(id)?;
+        match &mut self.nodes {
+            Nodes::Local { cluster, .. } => cluster.start(id)?,
+            Nodes::Attached { spec, .. } => {
+                blocking(|| spec.act("start", id)).map_err(Error::Invalid)?
+            }
+        }
         self.down.remove(&id);
         Ok(())
-    }
-
-    /// Starts node `id` again: `kill -9` first if it is running.
-    pub fn restart(&mut self, id: NodeId) -> Result<(), Error> {
-        self.check_id(id)?;
-        if self.is_running(id) {
-            self.kill(id)?;
-        }
-        self.start_node(id)
     }
 
     /// Freezes node `id` (SIGSTOP): it neither answers nor notices time passing.
@@ -402,12 +544,162 @@ impl ChaosCluster {
         Ok(())
     }
 
-    /// Heals everything: every link passes, paused nodes resume, and nodes that are not
-    /// running (killed, stopped or crashed) start again. Returns the first error after
-    /// trying everything.
+    /// Replaces node `old` the way an operator replaces a failed machine: the node is
+    /// removed from the membership (leadership moved away first if it leads), killed and
+    /// its data directory wiped; a new node with a fresh id and an empty data directory,
+    /// behind a proxy of its own, is started and added, and is ready once it holds the
+    /// domain key and answers. Returns the new node's id. On an error the cluster may be
+    /// left one node short.
+    pub async fn replace(&mut self, old: NodeId, timeout: Duration) -> Result<NodeId, Error> {
+        self.check_id(old)?;
+        self.local_mut("replacing a node")?;
+        let until = Instant::now() + timeout;
+        let others: Vec<NodeId> = self.ids.iter().copied().filter(|id| *id != old).collect();
+        let Some(&heir) = others.first() else {
+            return Err(Error::Invalid("the last node cannot be replaced".into()));
+        };
+        let client = Client::new(self.client_config_of(&others)?)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+
+        if self.leader(Duration::from_secs(10)).await.ok() == Some(old) {
+            retry_until(until, "moving leadership away", || {
+                client.transfer_leader(heir)
+            })
+            .await?;
+        }
+        retry_until(until, &format!("removing node {old}"), || {
+            client.remove_node(old)
+        })
+        .await?;
+        if self.is_running(old) {
+            self.kill(old)?;
+        }
+        self.ids.retain(|id| *id != old);
+        self.paused.remove(&old);
+        self.down.remove(&old);
+        // The successor gets a data filesystem of the same size.
+        let data_fs_bytes = self.disks.remove(&old).map(|fs| fs.bytes());
+        let data = self.data_dir(old);
+        match fs::remove_dir_all(&data) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io {
+                    context: format!("wiping {}", data.display()),
+                    source: e,
+                })
+            }
+            _ => {}
+        }
+
+        let new = self
+            .local_mut("replacing a node")?
+            .nodes()
+            .iter()
+            .map(|n| n.id)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let dir = self.dir().to_path_buf();
+        let layout = Layout::load_or_create(&dir, &[new])?;
+        let port = layout
+            .proxy_ports
+            .get(&new)
+            .copied()
+            .ok_or_else(|| Error::Invalid(format!("no proxy port for node {new}")))?;
+        let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        self.advertised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(new, listen.to_string());
+        let spec = self.local_mut("replacing a node")?.add_node_spec(new)?;
+        let proxy = self
+            .network()?
+            .add_proxy(proxy_for(&spec, port)?)
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("starting node {new}'s proxy"),
+                source,
+            })?;
+        if let Some(bytes) = data_fs_bytes {
+            let image = dir.join(format!("node{new}.img"));
+            let fs =
+                LimitedFs::mount(&self.data_dir(new), &image, bytes).map_err(Error::Invalid)?;
+            self.disks.insert(new, fs);
+        }
+        self.local_mut("replacing a node")?.start(new)?;
+        let advertised = proxy.listen.to_string();
+        // AddNode answers once the new node has caught up as a learner and is a voter,
+        // which under load can take long; an add that went through without its answer
+        // reaching us shows in the membership.
+        let added = retry_until(until, &format!("adding node {new}"), || async {
+            match client.add_node(new, &spec.endpoint(), &advertised).await {
+                Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => Ok(()),
+                other => other.map(|_| ()),
+            }
+        })
+        .await;
+        if let Err(e) = added {
+            let status =
+                tokio::time::timeout(Duration::from_secs(10), client.cluster_status()).await;
+            let member = matches!(&status, Ok(Ok(s)) if s.members.iter().any(|m| m.id == new));
+            if !member {
+                // Leave no half-joined node behind to confuse what follows.
+                let _ = self.local_mut("replacing a node")?.kill(new);
+                return Err(e);
+            }
+        }
+        self.ids.push(new);
+        self.wait_ready(until.saturating_duration_since(Instant::now()))
+            .await?;
+        Ok(new)
+    }
+
+    /// Nodes removed for good by [`ChaosCluster::replace`].
+    pub fn retired(&self) -> Vec<NodeId> {
+        let Some(local) = self.local() else {
+            return Vec::new();
+        };
+        local
+            .nodes()
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| !self.ids.contains(id))
+            .collect()
+    }
+
+    /// Fills node `id`'s data filesystem until it refuses more; returns the ballast's
+    /// size. The cluster must have been started with [`ClusterOptions::data_fs_bytes`].
+    pub fn fill_disk(&self, id: NodeId) -> Result<u64, Error> {
+        self.disk(id)?.fill().map_err(Error::Invalid)
+    }
+
+    /// Gives node `id`'s data filesystem its room back.
+    pub fn unfill_disk(&self, id: NodeId) -> Result<(), Error> {
+        self.disk(id)?.unfill().map_err(Error::Invalid)
+    }
+
+    fn disk(&self, id: NodeId) -> Result<&LimitedFs, Error> {
+        self.check_id(id)?;
+        self.disks.get(&id).ok_or_else(|| {
+            Error::Invalid(format!(
+                "node {id}'s data directory has no size-limited filesystem (set the \
+                 cluster's disk size)"
+            ))
+        })
+    }
+
+    /// Heals everything: every link passes, full disks get their room back, paused nodes
+    /// resume, and nodes that are not running (killed, stopped or crashed) start again.
+    /// Returns the first error after trying everything.
     pub fn heal_all(&mut self) -> Result<(), Error> {
-        self.network.heal();
+        if let Ok(network) = self.network() {
+            network.heal();
+        }
         let mut first = None;
+        for disk in self.disks.values() {
+            if let Err(e) = disk.unfill() {
+                first.get_or_insert(Error::Invalid(e));
+            }
+        }
         for id in self.paused() {
             if let Err(e) = self.resume(id) {
                 first.get_or_insert(e);
@@ -425,7 +717,11 @@ impl ChaosCluster {
     /// and the region is bootstrapped.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {
         let ids = self.ids.clone();
-        match self.local.wait_ready(&ids, timeout).await {
+        let local = match &mut self.nodes {
+            Nodes::Local { cluster, .. } => cluster,
+            Nodes::Attached { .. } => return self.wait_attached_ready(timeout).await,
+        };
+        match local.wait_ready(&ids, timeout).await {
             Ok(()) => Ok(()),
             Err(keyraft_testkit::Error::Timeout(what)) => {
                 let logs: Vec<String> = ids
@@ -435,6 +731,51 @@ impl ChaosCluster {
                 Err(Error::Timeout(format!("{what}\n{}", logs.join("\n"))))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`ChaosCluster::wait_ready`] for an attached cluster: the same conditions, read
+    /// from the members' cluster status.
+    async fn wait_attached_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let client = self.client()?;
+        let until = Instant::now() + timeout;
+        loop {
+            let status = tokio::time::timeout_at(until, client.cluster_status()).await;
+            let last = match status {
+                Ok(Ok(s)) => {
+                    let missing: Vec<NodeId> = self
+                        .ids
+                        .iter()
+                        .copied()
+                        .filter(|id| {
+                            !s.members
+                                .iter()
+                                .any(|m| m.id == *id && m.reachable && m.has_domain_key)
+                        })
+                        .collect();
+                    if s.leader != 0 && missing.is_empty() {
+                        let listed = tokio::time::timeout_at(until, client.list_keys(1, "")).await;
+                        match listed {
+                            Ok(Ok(_)) => return Ok(()),
+                            Ok(Err(e)) => format!("listing keys: {e}"),
+                            Err(_) => "listing keys: no answer".into(),
+                        }
+                    } else {
+                        format!(
+                            "leader {}; not reachable with the domain key: {missing:?}",
+                            s.leader
+                        )
+                    }
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer".into(),
+            };
+            if Instant::now() >= until {
+                return Err(Error::Timeout(format!(
+                    "attached cluster not ready: {last}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -449,7 +790,12 @@ impl ChaosCluster {
         let until = Instant::now() + deadline;
         let mut asks = JoinSet::new();
         for id in &self.ids {
-            if self.local.pid(*id).is_none() || self.paused.contains(id) {
+            let started = match &self.nodes {
+                Nodes::Local { cluster, .. } => cluster.pid(*id).is_some(),
+                // Asking is how to find out; a node that is down does not answer.
+                Nodes::Attached { .. } => !self.down.contains(id),
+            };
+            if !started || self.paused.contains(id) {
                 continue;
             }
             let Ok(client) = self.client_of(*id) else {
@@ -473,14 +819,6 @@ impl ChaosCluster {
             }
         }
         answers
-    }
-
-    /// Which leader each node names (0: none), for the nodes that answer within
-    /// `deadline` (paused and stopped nodes are not asked). A node answers only once it
-    /// can commit through a leader (the service audits every call), so a node cut off
-    /// from the majority does not answer.
-    pub async fn leaders(&self, deadline: Duration) -> BTreeMap<NodeId, NodeId> {
-        self.ask_leaders(deadline, None).await
     }
 
     /// The leader a majority of the cluster's nodes names, asking every reachable node
@@ -573,6 +911,59 @@ impl ChaosCluster {
             return Err(format!("applied indexes differ: {applied:?}"));
         }
         Ok(())
+    }
+}
+
+/// Node `spec`'s proxy: listens on `port` of `127.0.0.1`, forwards to the node's
+/// node-to-node listener on its own loopback address.
+fn proxy_for(spec: &NodeSpec, port: u16) -> Result<Proxy, Error> {
+    let ip = node_ip(spec.id)
+        .ok_or_else(|| Error::Invalid(format!("node id {} is too large for a proxy", spec.id)))?;
+    Ok(Proxy {
+        node: spec.id,
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+        upstream: SocketAddr::new(IpAddr::V4(ip), spec.raft_port),
+    })
+}
+
+/// Runs `f`, which may block for seconds (a node command, a process to reap), without
+/// holding up the runtime's other tasks (the proxies, the workload): needs the
+/// multi-threaded runtime this module asks for.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Waits until an attached node no longer counts as running (after `kill` or `stop`).
+fn wait_stopped(spec: &AttachSpec, id: NodeId) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while spec.is_running(id) {
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "node {id} still counts as running 30 s after it was stopped"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Calls `call` until it succeeds or `until` passes (the SDK retries what it can; this
+/// covers elections and a membership change still in progress).
+async fn retry_until<T, F, Fut>(until: Instant, what: &str, mut call: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, keyraft_client::Error>>,
+{
+    loop {
+        let error = match tokio::time::timeout_at(until, call()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_string(),
+        };
+        if Instant::now() + Duration::from_millis(250) >= until {
+            return Err(Error::Timeout(format!("{what}: {error}")));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -102,6 +102,9 @@ pub struct ClusterSpec {
     /// Take a snapshot after this many log entries and keep only a tenth of that behind
     /// it (small values make restarted and isolated nodes catch up by snapshot).
     pub snapshot_every: Option<u64>,
+    /// Give each node's data directory a filesystem of this many MiB (needs root; see
+    /// `crate::disk`). Defaults to 128 when a `disk-full` fault is planned.
+    pub disk_mib: Option<u64>,
 }
 
 impl Default for ClusterSpec {
@@ -109,8 +112,14 @@ impl Default for ClusterSpec {
         ClusterSpec {
             nodes: 3,
             snapshot_every: None,
+            disk_mib: None,
         }
     }
+}
+
+impl ClusterSpec {
+    /// The default data filesystem size when a disk fault needs one.
+    pub const DEFAULT_DISK_MIB: u64 = 128;
 }
 
 /// The steady state: a probe window of the workload itself.
@@ -304,6 +313,19 @@ pub enum Fault {
         /// Actions in fail's syntax: `return`, `50%return`, `1*panic`.
         actions: String,
     },
+    /// Replaces the node: membership remove, kill, wipe its data; a new node with a
+    /// fresh id and empty data joins in its place (catching up by snapshot). Nothing
+    /// to heal: the window is the replacement itself.
+    Replace {
+        /// The node.
+        target: Target,
+    },
+    /// Fills the node's data filesystem until it refuses more (`ENOSPC`); healed by
+    /// deleting the ballast (and restarting the node if it stopped).
+    DiskFull {
+        /// The node.
+        target: Target,
+    },
     /// Moves one node's service clock forward (it never goes back: healing only ends
     /// the window; the replicated tick must not let one fast clock expire anything
     /// early).
@@ -332,6 +354,8 @@ impl Fault {
             Fault::Loss { .. } => "loss",
             Fault::Reset { .. } => "reset",
             Fault::Failpoint { .. } => "failpoint",
+            Fault::Replace { .. } => "replace",
+            Fault::DiskFull { .. } => "disk-full",
             Fault::ClockSkew { .. } => "clock-skew",
         }
     }
@@ -347,6 +371,8 @@ impl Fault {
             | Fault::Loss { target, .. }
             | Fault::Reset { target }
             | Fault::Failpoint { target, .. }
+            | Fault::Replace { target }
+            | Fault::DiskFull { target }
             | Fault::ClockSkew { target, .. } => target,
         }
     }
@@ -452,6 +478,13 @@ impl Experiment {
                 self.validate_fault(f)?;
             }
         }
+        if let Some(mib) = self.cluster.disk_mib {
+            if !(16..=4096).contains(&mib) {
+                return Err(format!(
+                    "cluster.disk_mib is {mib}; 16 to 4096 are supported"
+                ));
+            }
+        }
         if self.faults.is_empty() && self.random.is_none() {
             return Err("no faults: add [[faults]] or [random]".into());
         }
@@ -487,6 +520,65 @@ impl Experiment {
         Ok(())
     }
 
+    /// Whether this experiment can run against an attached cluster with members `ids`:
+    /// its faults must act on processes or through the API (no proxies, no data
+    /// filesystems, no membership changes there), its node targets must exist, and it
+    /// must not ask for cluster settings only a cluster the harness starts can have.
+    pub fn check_attached(&self, ids: &[u64]) -> Result<(), String> {
+        if self.cluster.snapshot_every.is_some() || self.cluster.disk_mib.is_some() {
+            return Err(
+                "cluster.snapshot_every and cluster.disk_mib configure a cluster the \
+                        harness starts; an attached cluster keeps its own settings"
+                    .into(),
+            );
+        }
+        for fault in self.faults() {
+            if matches!(
+                fault,
+                Fault::Partition { .. }
+                    | Fault::Delay { .. }
+                    | Fault::Loss { .. }
+                    | Fault::Reset { .. }
+                    | Fault::DiskFull { .. }
+                    | Fault::Replace { .. }
+            ) {
+                return Err(format!(
+                    "the {} fault needs a cluster the harness starts (its proxies, data \
+                     filesystems or node layout); attached clusters take kill, pause, \
+                     restart, failpoint and clock-skew",
+                    fault.name()
+                ));
+            }
+            if let Target::Node(n) = fault.target() {
+                if !ids.contains(n) {
+                    return Err(format!(
+                        "{} targets node {n}, which the attach file does not list",
+                        fault.name()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every fault the experiment may inject (the schedule's and the random mix's).
+    pub fn faults(&self) -> impl Iterator<Item = &Fault> {
+        self.faults
+            .iter()
+            .map(|f| &f.fault)
+            .chain(self.random.iter().flat_map(|r| r.faults.iter()))
+    }
+
+    /// The size in bytes of each node's data filesystem: as set, or the default when a
+    /// disk fault needs one; `None` leaves the data directories as they are.
+    pub fn data_fs_bytes(&self) -> Option<u64> {
+        let needed = self.faults().any(|f| matches!(f, Fault::DiskFull { .. }));
+        self.cluster
+            .disk_mib
+            .or(needed.then_some(ClusterSpec::DEFAULT_DISK_MIB))
+            .map(|mib| mib << 20)
+    }
+
     /// The checkers this experiment runs.
     pub fn checkers(&self) -> Vec<String> {
         if self.checks.is_empty() {
@@ -518,8 +610,9 @@ impl Experiment {
             };
             let mut rng = StdRng::seed_from_u64(self.seed ^ 0x0063_6861_6f73);
             let mut t = plan
-                .last()
+                .iter()
                 .map(|p| p.at + p.lasts)
+                .max()
                 .unwrap_or_default()
                 .max(r.start);
             loop {
@@ -630,6 +723,43 @@ mod tests {
             .unwrap()
             .plan();
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn a_disk_fault_gets_a_data_filesystem_and_attached_runs_refuse_it() {
+        let plain = Experiment::parse(MINIMAL).unwrap();
+        assert_eq!(plain.data_fs_bytes(), None);
+        plain.check_attached(&[1, 2, 3]).unwrap();
+
+        let full = Experiment::parse(&MINIMAL.replace("\"kill\"", "\"disk-full\"")).unwrap();
+        assert_eq!(
+            full.data_fs_bytes(),
+            Some(ClusterSpec::DEFAULT_DISK_MIB << 20)
+        );
+        assert!(full
+            .check_attached(&[1, 2, 3])
+            .unwrap_err()
+            .contains("disk-full"));
+        let sized = |mib: u64| {
+            MINIMAL.replace(
+                "duration = \"20s\"",
+                &format!("duration = \"20s\"\n[cluster]\ndisk_mib = {mib}"),
+            )
+        };
+        let e = Experiment::parse(&sized(64)).unwrap();
+        assert_eq!(e.data_fs_bytes(), Some(64 << 20));
+        assert!(e
+            .check_attached(&[1, 2, 3])
+            .unwrap_err()
+            .contains("disk_mib"));
+        let err = Experiment::parse(&sized(2)).unwrap_err().to_string();
+        assert!(err.contains("disk_mib"), "{err}");
+
+        let replace = Experiment::parse(&MINIMAL.replace("\"kill\"", "\"replace\"")).unwrap();
+        assert!(replace
+            .check_attached(&[1, 2, 3])
+            .unwrap_err()
+            .contains("replace"));
     }
 
     #[test]

@@ -95,10 +95,11 @@ pub enum Phase {
 
 /// An operation a client process invokes.
 ///
-/// Every operation carries a `tag` unique in the run. It is placed where the service's
-/// audit record shows it (the request id of CreateKey, the encryption context of crypto
-/// calls, the description of UpdateKeyDescription), so the audit checker can find each
-/// acknowledged request in every node's audit log.
+/// Every operation carries a `tag` unique in the run. Where the request can carry it,
+/// it is placed where the service's audit record shows it (the request id of CreateKey
+/// and PutKeyPolicy, the encryption context of Encrypt and GenerateDataKey, the
+/// description of UpdateKeyDescription); the other operations' events are counted per
+/// event name and key (see `check::audit`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "f", rename_all = "snake_case")]
 pub enum Op {
@@ -181,6 +182,25 @@ pub enum Op {
         /// Unique tag.
         tag: String,
     },
+    /// PutKeyPolicy: replaces the key's policy with a document whose top-level `Id` is
+    /// the tag. Both variants let the account administer the key; the `deny_crypto` one
+    /// also denies everyone `kms:Encrypt`, `kms:Decrypt` and `kms:GenerateDataKey`.
+    PutKeyPolicy {
+        /// Unique tag (also the request id and the document's `Id`).
+        tag: String,
+        /// The key.
+        key_id: String,
+        /// Whether the new policy denies cryptography on the key.
+        #[serde(default)]
+        deny_crypto: bool,
+    },
+    /// GetKeyPolicy: a read of which policy is in force.
+    GetKeyPolicy {
+        /// Unique tag.
+        tag: String,
+        /// The key.
+        key_id: String,
+    },
 }
 
 impl Op {
@@ -197,6 +217,8 @@ impl Op {
             | Op::Encrypt { tag, .. }
             | Op::Decrypt { tag, .. }
             | Op::GenerateDataKey { tag, .. }
+            | Op::PutKeyPolicy { tag, .. }
+            | Op::GetKeyPolicy { tag, .. }
             | Op::ListKeys { tag } => tag,
         }
     }
@@ -214,7 +236,9 @@ impl Op {
             | Op::CancelDeletion { key_id, .. }
             | Op::Encrypt { key_id, .. }
             | Op::Decrypt { key_id, .. }
-            | Op::GenerateDataKey { key_id, .. } => Some(key_id),
+            | Op::GenerateDataKey { key_id, .. }
+            | Op::PutKeyPolicy { key_id, .. }
+            | Op::GetKeyPolicy { key_id, .. } => Some(key_id),
         }
     }
 
@@ -232,6 +256,8 @@ impl Op {
             Op::Decrypt { .. } => "Decrypt",
             Op::GenerateDataKey { .. } => "GenerateDataKey",
             Op::ListKeys { .. } => "ListKeys",
+            Op::PutKeyPolicy { .. } => "PutKeyPolicy",
+            Op::GetKeyPolicy { .. } => "GetKeyPolicy",
         }
     }
 }
@@ -270,6 +296,17 @@ pub enum Value {
     Count {
         /// The number of keys listed.
         count: u64,
+    },
+    /// GetKeyPolicy: which policy was in force.
+    Policy {
+        /// The tag of the PutKeyPolicy that wrote it (the document's `Id`); `None` for
+        /// the default policy CreateKey installs. A document the workload could not read
+        /// is recorded with a tag no operation has, which the checkers report.
+        #[serde(default)]
+        tag: Option<String>,
+        /// Whether it denies cryptography on the key.
+        #[serde(default)]
+        deny_crypto: bool,
     },
 }
 
@@ -407,8 +444,9 @@ pub struct Operation {
     pub op: Op,
     /// When it was invoked (ns since the run started).
     pub invoke_ns: u64,
-    /// When it completed; `None` for an unknown outcome (it may take effect any time
-    /// after `invoke_ns`) — also set for `info`, whose completion time bounds nothing.
+    /// When it completed; `None` only for an operation still open at the end of the
+    /// history. Set for `info` too, where it bounds nothing (the operation may take
+    /// effect any time after `invoke_ns`).
     pub complete_ns: Option<u64>,
     /// How it ended.
     pub outcome: Outcome,
@@ -501,8 +539,9 @@ pub struct AuditEntry {
     pub key_id: String,
     /// The error code, if the request was refused (empty on success).
     pub error_code: String,
-    /// The workload's tag, where the request carried one (request id of CreateKey,
-    /// `chaos-op` context value, or the description of UpdateKeyDescription).
+    /// The workload's tag, where the request carried one (a request id of the run, as
+    /// CreateKey and PutKeyPolicy carry; the `chaos-op` context value; or the
+    /// description of UpdateKeyDescription).
     pub tag: Option<String>,
 }
 
@@ -534,4 +573,74 @@ pub struct WriteAfterHeal {
     pub millis: u64,
     /// The error, if it failed.
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histories_without_policy_operations_still_parse() {
+        let old = [
+            r#"{"index":0,"time_ns":5,"type":"invoke","process":1,"node":0,"op":{"f":"encrypt","tag":"r-1","key_id":"k1","plaintext_sha256":"ab"}}"#,
+            r#"{"index":1,"time_ns":9,"type":"ok","process":1,"value":{"v":"ciphertext","ciphertext":"Y3Q=","plaintext_sha256":"ab"}}"#,
+        ];
+        for line in old {
+            serde_json::from_str::<Event>(line).unwrap();
+        }
+    }
+
+    #[test]
+    fn policy_operations_and_results_round_trip() {
+        let events = [
+            EventKind::Invoke {
+                process: 1,
+                node: 0,
+                op: Op::PutKeyPolicy {
+                    tag: "r-2".into(),
+                    key_id: "k1".into(),
+                    deny_crypto: true,
+                },
+            },
+            EventKind::Invoke {
+                process: 1,
+                node: 0,
+                op: Op::GetKeyPolicy {
+                    tag: "r-3".into(),
+                    key_id: "k1".into(),
+                },
+            },
+            EventKind::Ok {
+                process: 1,
+                value: Value::Policy {
+                    tag: Some("r-2".into()),
+                    deny_crypto: true,
+                },
+            },
+            EventKind::Ok {
+                process: 1,
+                value: Value::Policy {
+                    tag: None,
+                    deny_crypto: false,
+                },
+            },
+        ];
+        for kind in events {
+            let e = Event {
+                index: 0,
+                time_ns: 1,
+                kind,
+            };
+            let text = serde_json::to_string(&e).unwrap();
+            assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), e, "{text}");
+        }
+        let op = Op::PutKeyPolicy {
+            tag: "r-2".into(),
+            key_id: "k1".into(),
+            deny_crypto: false,
+        };
+        assert_eq!(op.event_name(), "PutKeyPolicy");
+        assert_eq!(op.key_id(), Some("k1"));
+        assert_eq!(op.tag(), "r-2");
+    }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use keyraft_chaos::attach::AttachSpec;
 use keyraft_chaos::experiment::Experiment;
 use keyraft_chaos::history::History;
 use keyraft_chaos::results::RunResults;
@@ -42,6 +43,11 @@ enum Command {
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
+        /// Run against a cluster that runs elsewhere, described by this file (its
+        /// members' endpoints and the commands that act on a node); credentials come from
+        /// the environment or the credentials profile.
+        #[arg(long, value_name = "CLUSTER_FILE")]
+        attach: Option<PathBuf>,
     },
     /// Re-run the checkers on a saved run directory (rewrites results.json and report.html).
     Check {
@@ -78,8 +84,10 @@ fn dispatch(command: Command) -> Result<u8, String> {
             dry_run,
             keyraft_bin,
             quiet,
+            attach,
         } => {
             let exp = Experiment::load(&file).map_err(|e| e.to_string())?;
+            let attach = attach.map(|f| AttachSpec::load(&f)).transpose()?;
             if dry_run {
                 let plan = serde_json::json!({
                     "experiment": exp.name,
@@ -96,7 +104,10 @@ fn dispatch(command: Command) -> Result<u8, String> {
                 );
                 return Ok(0);
             }
-            let binary = find_binary(keyraft_bin)?;
+            let binary = match &attach {
+                Some(_) => PathBuf::new(),
+                None => find_binary(keyraft_bin)?,
+            };
             let out = out.unwrap_or_else(|| {
                 let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                     .to_string()
@@ -110,6 +121,7 @@ fn dispatch(command: Command) -> Result<u8, String> {
                     out: out.clone(),
                     binary,
                     progress: !quiet,
+                    attach,
                 },
             ))?;
             print_results(&results, &out);
@@ -126,10 +138,7 @@ fn dispatch(command: Command) -> Result<u8, String> {
         }
         Command::Report { dir } => {
             let history = History::read(&dir.join("history.jsonl")).map_err(|e| e.to_string())?;
-            let text = std::fs::read(dir.join("results.json"))
-                .map_err(|e| format!("{}: {e}", dir.join("results.json").display()))?;
-            let results: RunResults =
-                serde_json::from_slice(&text).map_err(|e| format!("results.json: {e}"))?;
+            let results = RunResults::read(&dir)?;
             let path = keyraft_chaos::report::write(&dir, &results, &history)
                 .map_err(|e| e.to_string())?;
             println!("{}", path.display());

@@ -37,14 +37,8 @@ enum Undo {
     Restart(Vec<u64>),
     Resume(Vec<u64>),
     HealNetwork,
-    StopResets(
-        tokio::sync::watch::Sender<bool>,
-        tokio::task::JoinHandle<()>,
-    ),
-    Failpoint {
-        node: u64,
-        name: String,
-    },
+    Failpoint { node: u64, name: String },
+    Unfill(u64),
     Nothing,
 }
 
@@ -68,34 +62,53 @@ impl Nemesis {
         }
     }
 
-    /// Resolves a target to a node id.
-    async fn resolve(&mut self, cluster: &ChaosCluster, target: &Target) -> Result<u64, String> {
+    /// Resolves a fault's target to a node id; also returns the leader when the fault
+    /// needed to know it (asking every node costs up to 15 s without a majority, so a
+    /// fault aimed at a given or random node does not ask).
+    async fn resolve(
+        &mut self,
+        cluster: &ChaosCluster,
+        fault: &Fault,
+    ) -> Result<(u64, Option<u64>), String> {
+        let target = fault.target();
         let allowed: Vec<u64> = cluster
             .ids()
             .into_iter()
             .filter(|id| !self.blast.protect.contains(id))
             .collect();
-        let leader = cluster.leader(Duration::from_secs(15)).await.ok();
+        let needs_leader = matches!(target, Target::Leader | Target::Follower)
+            || matches!(
+                fault,
+                Fault::Partition {
+                    shape: Shape::LeaderMinority,
+                    ..
+                }
+            );
+        let leader = if needs_leader {
+            cluster.leader(Duration::from_secs(15)).await.ok()
+        } else {
+            None
+        };
         let pick = |rng: &mut StdRng, from: Vec<u64>| -> Result<u64, String> {
             from.choose(rng)
                 .copied()
                 .ok_or_else(|| "no node may be targeted (all protected?)".to_string())
         };
         match target {
-            Target::Node(n) => Ok(*n),
+            Target::Node(n) => Ok((*n, leader)),
             Target::Leader => {
                 let l = leader.ok_or("no leader to target")?;
                 if self.blast.protect.contains(&l) {
                     return Err(format!("the leader (node {l}) is protected"));
                 }
-                Ok(l)
+                Ok((l, leader))
             }
             Target::Follower => {
                 let l = leader.ok_or("no leader, so no follower to target")?;
                 let followers = allowed.into_iter().filter(|id| *id != l).collect();
-                pick(&mut self.rng, followers)
+                pick(&mut self.rng, followers).map(|f| (f, leader))
             }
-            Target::Random => pick(&mut self.rng, allowed),
+            Target::Random => pick(&mut self.rng, allowed).map(|r| (r, leader)),
         }
     }
 
@@ -105,7 +118,7 @@ impl Nemesis {
         cluster: &mut ChaosCluster,
         fault: &Fault,
     ) -> Result<Active, String> {
-        let node = self.resolve(cluster, fault.target()).await?;
+        let (node, leader) = self.resolve(cluster, fault).await?;
         let (nodes, detail, undo) = match fault {
             Fault::Kill { .. } => {
                 cluster.kill(node).map_err(|e| e.to_string())?;
@@ -135,11 +148,11 @@ impl Nemesis {
                 )
             }
             Fault::Partition { shape, .. } => {
+                let network = cluster.network().map_err(|e| e.to_string())?.clone();
                 let ids = cluster.ids();
-                let leader = cluster.leader(Duration::from_secs(15)).await.ok();
                 let blocked = partition_links(*shape, &ids, node, leader.unwrap_or(node))?;
                 for (from, to) in &blocked {
-                    cluster.network().set(*from, *to, LinkFault::Blackhole);
+                    network.set(*from, *to, LinkFault::Blackhole);
                 }
                 let cut = cut_off(&ids, &blocked);
                 (
@@ -149,8 +162,9 @@ impl Nemesis {
                 )
             }
             Fault::Delay { ms, jitter_ms, .. } => {
+                let network = cluster.network().map_err(|e| e.to_string())?;
                 for (from, to) in links_of(&cluster.ids(), node) {
-                    cluster.network().set(
+                    network.set(
                         from,
                         to,
                         LinkFault::Delay {
@@ -166,10 +180,9 @@ impl Nemesis {
                 )
             }
             Fault::Loss { percent, .. } => {
+                let network = cluster.network().map_err(|e| e.to_string())?;
                 for (from, to) in links_of(&cluster.ids(), node) {
-                    cluster
-                        .network()
-                        .set(from, to, LinkFault::Loss { percent: *percent });
+                    network.set(from, to, LinkFault::Loss { percent: *percent });
                 }
                 (
                     vec![node],
@@ -178,24 +191,14 @@ impl Nemesis {
                 )
             }
             Fault::Reset { .. } => {
-                let network = cluster.network().clone();
-                let links = links_of(&cluster.ids(), node);
-                let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-                let task = tokio::spawn(async move {
-                    loop {
-                        for (from, to) in &links {
-                            network.reset(*from, *to);
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                            _ = stop_rx.changed() => return,
-                        }
-                    }
-                });
+                let network = cluster.network().map_err(|e| e.to_string())?;
+                for (from, to) in links_of(&cluster.ids(), node) {
+                    network.set(from, to, LinkFault::ResetEvery { ms: 500 });
+                }
                 (
                     vec![node],
                     format!("resets on node {node}'s links every 500 ms"),
-                    Undo::StopResets(stop_tx, task),
+                    Undo::HealNetwork,
                 )
             }
             Fault::Failpoint { name, actions, .. } => {
@@ -225,6 +228,33 @@ impl Nemesis {
                         node,
                         name: name.clone(),
                     },
+                )
+            }
+            Fault::Replace { .. } => {
+                let began = std::time::Instant::now();
+                let new = cluster
+                    .replace(node, Duration::from_secs(180))
+                    .await
+                    .map_err(|e| format!("replacing node {node}: {e}"))?;
+                (
+                    vec![node],
+                    format!(
+                        "node {node} removed and wiped; node {new} joined in its place \
+                         (took {:.1} s)",
+                        began.elapsed().as_secs_f64()
+                    ),
+                    Undo::Nothing,
+                )
+            }
+            Fault::DiskFull { .. } => {
+                let ballast = cluster.fill_disk(node).map_err(|e| e.to_string())?;
+                (
+                    vec![node],
+                    format!(
+                        "node {node}'s data filesystem filled ({} MiB of ballast)",
+                        ballast >> 20
+                    ),
+                    Undo::Unfill(node),
                 )
             }
             Fault::ClockSkew { offset, .. } => {
@@ -299,10 +329,10 @@ impl Nemesis {
                     }
                 }
             }
-            Undo::HealNetwork => cluster.network().heal(),
-            Undo::StopResets(stop, task) => {
-                let _ = stop.send(true);
-                let _ = task.await;
+            Undo::HealNetwork => {
+                if let Ok(network) = cluster.network() {
+                    network.heal();
+                }
             }
             Undo::Failpoint { node, name } => {
                 // A node the point crashed lost it with its memory; one that hangs
@@ -317,6 +347,11 @@ impl Nemesis {
                             tracing::warn!(node, point = %name, "could not disarm");
                         }
                     }
+                }
+            }
+            Undo::Unfill(node) => {
+                if let Err(e) = cluster.unfill_disk(node) {
+                    tracing::warn!(node, error = %e, "could not empty the disk");
                 }
             }
             Undo::Nothing => {}

@@ -93,6 +93,11 @@ pub const LOSS_RTO: Duration = Duration::from_millis(200);
 /// delivered anyway.
 pub const MAX_RETRANSMITS: u32 = 6;
 
+/// The longest [`LinkFault::Loss`] holds one chunk: every retransmission lost, each
+/// timeout twice the one before (12.6 s).
+pub const MAX_LOSS_DELAY: Duration =
+    Duration::from_millis(LOSS_RTO.as_millis() as u64 * ((1 << MAX_RETRANSMITS) - 1));
+
 /// How long a proxy waits for its node to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -382,15 +387,15 @@ impl Drop for Registration {
 #[derive(Clone)]
 pub struct Network {
     shared: Arc<Shared>,
-    proxies: Arc<BTreeMap<NodeId, Proxy>>,
+    proxies: Arc<Mutex<BTreeMap<NodeId, Proxy>>>,
     /// The proxies' tasks (dropping the set aborts them, and with them every connection).
-    _tasks: Arc<Mutex<JoinSet<()>>>,
+    tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl fmt::Debug for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Network")
-            .field("proxies", &self.proxies)
+            .field("proxies", &self.proxies())
             .field("faults", &self.faults())
             .finish()
     }
@@ -400,63 +405,61 @@ impl Network {
     /// Binds every proxy's listener and starts forwarding (every link passes).
     pub async fn start(proxies: impl IntoIterator<Item = Proxy>) -> std::io::Result<Network> {
         let (changed, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            changed,
-        });
-        let mut by_node = BTreeMap::new();
-        let mut listeners = Vec::new();
+        let network = Network {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                changed,
+            }),
+            proxies: Arc::new(Mutex::new(BTreeMap::new())),
+            tasks: Arc::new(Mutex::new(JoinSet::new())),
+        };
         for proxy in proxies {
-            if by_node.contains_key(&proxy.node) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("two proxies for node {}", proxy.node),
-                ));
-            }
-            let listener = TcpListener::bind(proxy.listen).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("binding {}: {e}", proxy.listen))
-            })?;
-            let proxy = Proxy {
-                listen: listener.local_addr()?,
-                ..proxy
-            };
-            by_node.insert(proxy.node, proxy);
-            listeners.push((listener, proxy));
+            network.add_proxy(proxy).await?;
         }
-        let mut tasks = JoinSet::new();
-        for (listener, proxy) in listeners {
-            tasks.spawn(serve(shared.clone(), listener, proxy));
+        Ok(network)
+    }
+
+    /// Binds one more proxy (for a node added to the cluster) and starts forwarding
+    /// through it; returns it with the port it bound.
+    pub async fn add_proxy(&self, proxy: Proxy) -> std::io::Result<Proxy> {
+        if self.lock_proxies().contains_key(&proxy.node) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("two proxies for node {}", proxy.node),
+            ));
         }
-        Ok(Network {
-            shared,
-            proxies: Arc::new(by_node),
-            _tasks: Arc::new(Mutex::new(tasks)),
-        })
+        let listener = TcpListener::bind(proxy.listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}: {e}", proxy.listen)))?;
+        let proxy = Proxy {
+            listen: listener.local_addr()?,
+            ..proxy
+        };
+        self.lock_proxies().insert(proxy.node, proxy);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spawn(serve(self.shared.clone(), listener, proxy));
+        Ok(proxy)
+    }
+
+    fn lock_proxies(&self) -> MutexGuard<'_, BTreeMap<NodeId, Proxy>> {
+        self.proxies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The proxies, by destination node.
-    pub fn proxies(&self) -> &BTreeMap<NodeId, Proxy> {
-        &self.proxies
-    }
-
-    /// The nodes the network has proxies for.
-    pub fn nodes(&self) -> Vec<NodeId> {
-        self.proxies.keys().copied().collect()
+    pub fn proxies(&self) -> BTreeMap<NodeId, Proxy> {
+        self.lock_proxies().clone()
     }
 
     /// The address peers dial to reach `node` (its proxy).
     pub fn proxy_addr(&self, node: NodeId) -> Option<SocketAddr> {
-        self.proxies.get(&node).map(|p| p.listen)
+        self.lock_proxies().get(&node).map(|p| p.listen)
     }
 
     /// Sets the fault of the directed link `from → to`.
     pub fn set(&self, from: NodeId, to: NodeId, fault: LinkFault) {
         self.shared.update([((from, to), fault)]);
-    }
-
-    /// Sets the fault of both directions between `a` and `b`.
-    pub fn set_both(&self, a: NodeId, b: NodeId, fault: LinkFault) {
-        self.shared.update([((a, b), fault), ((b, a), fault)]);
     }
 
     /// Makes the network exactly `partition`: `fault` (usually [`LinkFault::Blackhole`]
@@ -496,13 +499,6 @@ impl Network {
     /// Resets (RST) every connection between `a` and `b` now; returns how many.
     pub fn reset(&self, a: NodeId, b: NodeId) -> usize {
         self.shared.lock().kill_between(a, b)
-    }
-
-    /// Resets every connection through every proxy now; returns how many.
-    pub fn reset_all(&self) -> usize {
-        let mut state = self.shared.lock();
-        let ids: Vec<u64> = state.conns.keys().copied().collect();
-        ids.into_iter().filter(|id| state.kill(*id, true)).count()
     }
 
     /// Open connections `from` opened to `to`.

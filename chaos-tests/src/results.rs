@@ -26,6 +26,13 @@ pub struct RunResults {
 }
 
 impl RunResults {
+    /// Reads a run directory's `results.json`.
+    pub fn read(dir: &std::path::Path) -> Result<RunResults, String> {
+        let path = dir.join("results.json");
+        let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// The process exit code for this verdict: 0 pass, 1 violation, 2 unknown or aborted.
     pub fn exit_code(&self) -> i32 {
         if self.aborted.is_some() {
@@ -36,5 +43,21 @@ impl RunResults {
             Verdict::Violation => 1,
             Verdict::Unknown => 2,
         }
+    }
+
+    /// Every checker's verdict and evidence, one line each, after the abort reason if
+    /// any: what a failed test or script shows.
+    pub fn evidence(&self) -> String {
+        let mut lines: Vec<String> = self
+            .aborted
+            .iter()
+            .map(|a| format!("aborted: {a}"))
+            .collect();
+        lines.extend(
+            self.checks
+                .iter()
+                .map(|c| format!("{} {:?}: {}", c.checker, c.verdict, c.details.join(" | "))),
+        );
+        lines.join("\n")
     }
 }

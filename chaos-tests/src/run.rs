@@ -24,6 +24,7 @@ use serde_json::Value as Json;
 use keyraft_client::{Client, ClientOptions, RetryPolicy};
 use keyraft_server::config::RaftConfig;
 
+use crate::attach::AttachSpec;
 use crate::check::{self, CheckResult, Coverage, Verdict};
 use crate::cluster::{ChaosCluster, ClusterOptions};
 use crate::experiment::{Experiment, PlannedFault};
@@ -44,10 +45,15 @@ pub struct RunOptions {
     pub binary: PathBuf,
     /// Print a progress line while running.
     pub progress: bool,
+    /// Run against this cluster instead of starting one (`binary` is then unused).
+    pub attach: Option<AttachSpec>,
 }
 
 /// Runs an experiment; returns its results (also written to the run directory).
 pub async fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunResults, String> {
+    if let Some(spec) = &opts.attach {
+        exp.check_attached(&spec.ids())?;
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     if opts.out.join("history.jsonl").exists() {
         return Err(format!(
@@ -67,30 +73,33 @@ pub async fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunResults, Stri
         }
     };
 
-    say(format!(
-        "starting {} nodes for {}",
-        exp.cluster.nodes, exp.name
-    ));
-    let mut cluster = ChaosCluster::start(ClusterOptions {
-        nodes: exp.cluster.nodes,
-        dir: opts.out.join("cluster"),
-        binary: opts.binary.clone(),
-        raft: exp.cluster.snapshot_every.map(|n| RaftConfig {
-            snapshot_every_logs: n,
-            keep_logs_after_snapshot: n / 10,
-            ..RaftConfig::default()
-        }),
-        ..ClusterOptions::default()
-    })
-    .await
-    .map_err(|e| format!("starting the cluster: {e}"))?;
+    let mut cluster = match &opts.attach {
+        Some(spec) => {
+            say(format!(
+                "attaching to {} nodes for {}",
+                spec.nodes.len(),
+                exp.name
+            ));
+            ChaosCluster::attach(
+                spec.clone(),
+                &opts.out.join("cluster"),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|e| format!("attaching to the cluster: {e}"))?
+        }
+        None => start_cluster(exp, opts, &say).await?,
+    };
     let client = cluster.client().map_err(|e| e.to_string())?;
 
     let run_id = format!("{}-{:x}", exp.name, started_unix_ms);
     let mut one_attempt = ClientOptions::default();
     one_attempt.retry = RetryPolicy::none();
-    let reads = Client::with_options(cluster.local().client_config(), one_attempt)
-        .map_err(|e| e.to_string())?;
+    let reads = Client::with_options(
+        cluster.client_config().map_err(|e| e.to_string())?,
+        one_attempt,
+    )
+    .map_err(|e| e.to_string())?;
     let workload = Workload::new(
         client.clone(),
         reads,
@@ -103,7 +112,16 @@ pub async fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunResults, Stri
         .count_keys()
         .await
         .map_err(|e| format!("counting keys: {e}"))?;
+    // An attached cluster's own key limit is put back after the run.
+    let mut quota_to_restore = None;
     let key_quota = if exp.quota_headroom > 0 {
+        if opts.attach.is_some() {
+            let current = client
+                .get_quota(None)
+                .await
+                .map_err(|e| format!("reading the key quota: {e}"))?;
+            quota_to_restore = Some(current.keys_limit);
+        }
         let limit = keys_before + exp.workload.keys as u64 + exp.quota_headroom;
         client
             .set_quota(None, limit, 0)
@@ -113,7 +131,10 @@ pub async fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunResults, Stri
     } else {
         0
     };
-    workload.prepare().await?;
+    if let Err(e) = workload.prepare().await {
+        restore_quota(&client, quota_to_restore, &say).await;
+        return Err(e);
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workload = Arc::new(workload);
@@ -171,11 +192,12 @@ pub async fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunResults, Stri
         stats.ok, stats.fail, stats.info
     ));
 
-    // Heal everything and let the cluster converge.
+    // Heal everything and let the cluster converge; nodes that exited on their own are
+    // recorded as crashes before healing starts them again.
+    nemesis.restart_crashed(&mut cluster);
     if let Err(e) = cluster.heal_all() {
         say(format!("healing: {e}"));
     }
-    nemesis.restart_crashed(&mut cluster);
     let healed_at = Instant::now();
     let converged = cluster.wait_converged(Duration::from_secs(60)).await;
     say(match &converged {
@@ -200,6 +222,7 @@ pub async fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunResults, Stri
     final_state.keys_before = keys_before;
     final_state.write_after_heal = Some(write_after_heal);
     final_state.redecrypt = redecrypt(&client, &history).await;
+    restore_quota(&client, quota_to_restore, &say).await;
     write_json(&opts.out.join("final.json"), &final_state)?;
     recorder
         .finish()
@@ -211,7 +234,15 @@ pub async fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunResults, Stri
     };
     let mut checks = check::run(&exp.checkers(), &history, &final_state, &coverage);
     checks.extend(extra);
-    let results = conclude(exp, started_unix_ms, started.elapsed(), checks, aborted);
+    let nodes = final_state.nodes.len() as u64;
+    let results = conclude(
+        exp,
+        nodes,
+        started_unix_ms,
+        started.elapsed(),
+        checks,
+        aborted,
+    );
     write_json(&opts.out.join("results.json"), &results)?;
     crate::report::write(&opts.out, &results, &history).map_err(|e| format!("report.html: {e}"))?;
     drop(cluster);
@@ -219,11 +250,46 @@ pub async fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunResults, Stri
     Ok(results)
 }
 
+/// Puts an attached cluster's own key limit back (0: it had none to put back).
+async fn restore_quota(client: &Client, limit: Option<u64>, say: &impl Fn(String)) {
+    if let Some(limit) = limit.filter(|l| *l > 0) {
+        if let Err(e) = client.set_quota(None, limit, 0).await {
+            say(format!("could not restore the key quota of {limit}: {e}"));
+        }
+    }
+}
+
+/// Starts the experiment's own cluster.
+async fn start_cluster(
+    exp: &Experiment,
+    opts: &RunOptions,
+    say: &impl Fn(String),
+) -> Result<ChaosCluster, String> {
+    say(format!(
+        "starting {} nodes for {}",
+        exp.cluster.nodes, exp.name
+    ));
+    ChaosCluster::start(ClusterOptions {
+        nodes: exp.cluster.nodes,
+        dir: opts.out.join("cluster"),
+        binary: opts.binary.clone(),
+        raft: exp.cluster.snapshot_every.map(|n| RaftConfig {
+            snapshot_every_logs: n,
+            keep_logs_after_snapshot: n / 10,
+            ..RaftConfig::default()
+        }),
+        data_fs_bytes: exp.data_fs_bytes(),
+        ..ClusterOptions::default()
+    })
+    .await
+    .map_err(|e| format!("starting the cluster: {e}"))
+}
+
 /// Re-runs the checkers on a saved run directory; rewrites `results.json` and the report.
 pub fn recheck(dir: &Path, exp: Option<&Experiment>) -> Result<RunResults, String> {
     let history = History::read(&dir.join("history.jsonl")).map_err(|e| e.to_string())?;
     let final_state: FinalState = read_json(&dir.join("final.json"))?;
-    let previous: Option<RunResults> = read_json(&dir.join("results.json")).ok();
+    let previous = RunResults::read(dir).ok();
     let checkers: Vec<String> = match exp {
         Some(e) => e.checkers(),
         None => match &previous {
@@ -757,6 +823,7 @@ async fn redecrypt(client: &Client, history: &History) -> BTreeMap<String, Redec
 
 fn conclude(
     exp: &Experiment,
+    nodes: u64,
     started_unix_ms: u64,
     took: Duration,
     checks: Vec<CheckResult>,
@@ -769,7 +836,7 @@ fn conclude(
     RunResults {
         experiment: exp.name.clone(),
         seed: exp.seed,
-        nodes: exp.cluster.nodes as u64,
+        nodes,
         started_unix_ms,
         duration_ms: took.as_millis() as u64,
         verdict,

@@ -11,6 +11,13 @@
 //! `CreateKey` made during it. Every operation carries a tag unique in the run, placed
 //! where the audit log shows it (see [`crate::history::Op`]).
 //!
+//! Key-policy changes flip a key between two policies (see [`policy_document`]): an
+//! *open* one like the default, and a *deny-crypto* one that also denies everyone
+//! Encrypt, Decrypt and GenerateDataKey, so the workload's own cryptography on that key
+//! is refused until an open policy replaces it. Open is picked twice as often, so
+//! cryptography keeps flowing. Both let the account administer the key, so no policy
+//! the workload puts ever locks it out.
+//!
 //! The SDK retries within its own budget, exactly as an application's calls would; the
 //! history records the application's view: one invoke, one completion per call.
 
@@ -28,7 +35,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use keyraft_client::types::CreateKeyRequest;
+use keyraft_client::types::{CreateKeyRequest, PutKeyPolicyRequest};
 use keyraft_client::{Client, EncryptionContext, Error};
 
 use crate::history::{Event, EventKind, History, Op, Phase, Value};
@@ -82,6 +89,8 @@ pub struct Mix {
     pub decrypt: u32,
     pub generate_data_key: u32,
     pub list: u32,
+    pub put_policy: u32,
+    pub get_policy: u32,
 }
 
 impl Default for Mix {
@@ -98,12 +107,14 @@ impl Default for Mix {
             decrypt: 20,
             generate_data_key: 6,
             list: 3,
+            put_policy: 3,
+            get_policy: 4,
         }
     }
 }
 
 impl Mix {
-    fn weights(&self) -> [(OpKind, u32); 11] {
+    fn weights(&self) -> [(OpKind, u32); 13] {
         [
             (OpKind::Create, self.create),
             (OpKind::Describe, self.describe),
@@ -116,6 +127,8 @@ impl Mix {
             (OpKind::Decrypt, self.decrypt),
             (OpKind::GenerateDataKey, self.generate_data_key),
             (OpKind::List, self.list),
+            (OpKind::PutPolicy, self.put_policy),
+            (OpKind::GetPolicy, self.get_policy),
         ]
     }
 
@@ -149,6 +162,8 @@ enum OpKind {
     Decrypt,
     GenerateDataKey,
     List,
+    PutPolicy,
+    GetPolicy,
 }
 
 /// Durations in experiment files are written as humantime strings ("30s", "250ms").
@@ -283,9 +298,19 @@ struct Shared {
     next_tag: AtomicU64,
     keys: Mutex<Vec<String>>,
     sealed: Mutex<Vec<Sealed>>,
+    /// The run's account, learned from the ARN of the first key a CreateKey returned
+    /// (key policies name it).
+    account: Mutex<Option<String>>,
 }
 
 impl Shared {
+    fn account(&self) -> Option<String> {
+        self.account
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn tag(&self) -> String {
         let n = self.next_tag.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.run_id)
@@ -356,6 +381,7 @@ impl Workload {
                 next_tag: AtomicU64::new(0),
                 keys: Mutex::new(Vec::new()),
                 sealed: Mutex::new(Vec::new()),
+                account: Mutex::new(None),
             }),
             seed,
         }
@@ -505,6 +531,16 @@ fn make_op(shared: &Shared, kind: OpKind, rng: &mut StdRng) -> Option<Op> {
                 OpKind::ScheduleDeletion => Op::ScheduleDeletion { tag, key_id },
                 OpKind::CancelDeletion => Op::CancelDeletion { tag, key_id },
                 OpKind::GenerateDataKey => Op::GenerateDataKey { tag, key_id },
+                OpKind::PutPolicy => {
+                    // A policy names the account; it is known once a key was created.
+                    shared.account()?;
+                    Op::PutKeyPolicy {
+                        tag,
+                        key_id,
+                        deny_crypto: rng.gen_range(0..3) == 0,
+                    }
+                }
+                OpKind::GetPolicy => Op::GetKeyPolicy { tag, key_id },
                 _ => {
                     let plaintext = plaintext_of(&tag);
                     Op::Encrypt {
@@ -534,12 +570,101 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The `Id` of the default key policy CreateKey installs.
+pub const DEFAULT_POLICY_ID: &str = "key-default-1";
+
+/// The `Sid` of the deny-crypto statement.
+pub const DENY_CRYPTO_SID: &str = "ChaosDenyCrypto";
+
+/// The actions a deny-crypto policy denies: every cryptographic call the workload makes.
+pub const DENIED_CRYPTO_ACTIONS: &[&str] = &["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"];
+
+/// The key policy a PutKeyPolicy tagged `tag` puts in `account` (12 digits).
+///
+/// Both variants keep the default policy's statement, which lets the account (and so
+/// its administrator) do everything with the key, so the server's lockout check accepts
+/// them and the workload can always put the next one. The deny-crypto variant adds an
+/// explicit `Deny` of [`DENIED_CRYPTO_ACTIONS`] for everyone; an explicit deny wins over
+/// every allow, and leaves every other action (PutKeyPolicy, GetKeyPolicy, DescribeKey,
+/// EnableKey, ...) allowed. The document's `Id` is the tag, so a GetKeyPolicy tells
+/// which put it saw.
+pub fn policy_document(account: &str, tag: &str, deny_crypto: bool) -> String {
+    let mut statements = vec![serde_json::json!({
+        "Sid": "Enable IAM User Permissions",
+        "Effect": "Allow",
+        "Principal": {"AWS": format!("arn:keyraft:iam::{account}:root")},
+        "Action": "kms:*",
+        "Resource": "*",
+    })];
+    if deny_crypto {
+        statements.push(serde_json::json!({
+            "Sid": DENY_CRYPTO_SID,
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": DENIED_CRYPTO_ACTIONS,
+            "Resource": "*",
+        }));
+    }
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Id": tag,
+        "Statement": statements,
+    })
+    .to_string()
+}
+
+/// What a GetKeyPolicy's document says: which put wrote it (its `Id`; `None` for the
+/// default policy) and whether it denies cryptography (a `Deny` statement naming
+/// `kms:Encrypt`). A document that is not a JSON object with a string `Id` gets a tag
+/// that says so, which no operation has.
+pub fn read_policy(document: &str) -> Value {
+    let json: serde_json::Value = match serde_json::from_str(document) {
+        Ok(json) => json,
+        Err(e) => {
+            return Value::Policy {
+                tag: Some(format!("(unreadable policy: {e})")),
+                deny_crypto: false,
+            }
+        }
+    };
+    let tag = match json.get("Id").and_then(|id| id.as_str()) {
+        Some(DEFAULT_POLICY_ID) => None,
+        Some(id) => Some(id.to_string()),
+        None => Some("(policy without an Id)".to_string()),
+    };
+    let statements = match json.get("Statement") {
+        Some(serde_json::Value::Array(items)) => items.iter().collect(),
+        Some(one) => vec![one],
+        None => vec![],
+    };
+    let deny_crypto = statements.iter().any(|s| {
+        let denies = s.get("Effect").and_then(|e| e.as_str()) == Some("Deny");
+        let names_encrypt = match s.get("Action") {
+            Some(serde_json::Value::String(a)) => a == "kms:Encrypt",
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().any(|a| a.as_str() == Some("kms:Encrypt"))
+            }
+            _ => false,
+        };
+        denies && names_encrypt
+    });
+    Value::Policy { tag, deny_crypto }
+}
+
+/// The account of a key ARN (`arn:keyraft:<region>:<account>:key/<id>`), if it has one.
+fn account_of_key_arn(arn: &str) -> Option<&str> {
+    let (head, _) = arn.rsplit_once(":key/")?;
+    let account = head.rsplit(':').next()?;
+    (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
+}
+
 async fn execute(shared: &Shared, op: &Op) -> Result<Value, Error> {
     let c = match op {
         Op::DescribeKey { .. }
         | Op::Encrypt { .. }
         | Op::Decrypt { .. }
         | Op::GenerateDataKey { .. }
+        | Op::GetKeyPolicy { .. }
         | Op::ListKeys { .. } => &shared.reads,
         _ => &shared.client,
     };
@@ -552,6 +677,12 @@ async fn execute(shared: &Shared, op: &Op) -> Result<Value, Error> {
                     ..Default::default()
                 })
                 .await?;
+            if let Some(account) = account_of_key_arn(&meta.arn) {
+                let mut known = shared.account.lock().unwrap_or_else(|p| p.into_inner());
+                if known.is_none() {
+                    *known = Some(account.to_string());
+                }
+            }
             Value::Created {
                 key_id: meta.key_id,
             }
@@ -623,6 +754,25 @@ async fn execute(shared: &Shared, op: &Op) -> Result<Value, Error> {
         Op::ListKeys { .. } => Value::Count {
             count: count_keys(c).await?,
         },
+        Op::PutKeyPolicy {
+            tag,
+            key_id,
+            deny_crypto,
+        } => {
+            // make_op only builds a put once the account is known.
+            let account = shared
+                .account()
+                .ok_or_else(|| Error::Config("the run's account is not known yet".into()))?;
+            c.put_key_policy_with(PutKeyPolicyRequest {
+                key_id: key_id.clone(),
+                policy: policy_document(&account, tag, *deny_crypto),
+                request_id: tag.clone(),
+                ..Default::default()
+            })
+            .await?;
+            Value::Done
+        }
+        Op::GetKeyPolicy { key_id, .. } => read_policy(&c.get_key_policy(key_id).await?),
     })
 }
 
@@ -692,8 +842,101 @@ mod tests {
             seen.insert(format!("{:?}", mix.pick(&mut rng)));
         }
         assert!(seen.contains("Create"));
+        assert!(seen.contains("PutPolicy"));
+        assert!(seen.contains("GetPolicy"));
         assert!(!seen.contains("List"));
-        assert_eq!(seen.len(), 10);
+        assert_eq!(seen.len(), 12);
+    }
+
+    #[test]
+    fn a_mix_without_the_policy_weights_gets_the_defaults() {
+        let mix: Mix = toml::from_str("create = 1\nencrypt = 2").unwrap();
+        assert_eq!(mix.put_policy, Mix::default().put_policy);
+        assert_eq!(mix.get_policy, Mix::default().get_policy);
+        let mix: Mix = toml::from_str("put_policy = 0\nget_policy = 9").unwrap();
+        assert_eq!((mix.put_policy, mix.get_policy), (0, 9));
+    }
+
+    #[test]
+    fn put_policies_read_back_as_their_tag_and_variant() {
+        for deny in [false, true] {
+            let text = policy_document("111122223333", "run-7", deny);
+            assert_eq!(
+                read_policy(&text),
+                Value::Policy {
+                    tag: Some("run-7".into()),
+                    deny_crypto: deny
+                }
+            );
+        }
+        let account = keyraft_types::AccountId::parse("111122223333").unwrap();
+        let default = keyraft_types::PolicyDocument::default_key_policy(&account);
+        assert_eq!(
+            read_policy(default.text()),
+            Value::Policy {
+                tag: None,
+                deny_crypto: false
+            }
+        );
+        let Value::Policy { tag, .. } = read_policy("not json") else {
+            panic!("not a policy value");
+        };
+        assert!(tag.unwrap().contains("unreadable"));
+    }
+
+    /// The documents parse as key policies, and the server's evaluator, asked for the
+    /// workload's caller (the account root, as the dev administrator is evaluated),
+    /// refuses cryptography only under the deny-crypto variant and allows every
+    /// administrative call under both, PutKeyPolicy included (the lockout check).
+    #[test]
+    fn deny_crypto_refuses_only_cryptography_and_never_locks_the_account_out() {
+        use keyraft_types::policy::{evaluate, AuthzPrincipal, AuthzRequest, Decision};
+        use keyraft_types::{PolicyDocument, PolicyKind};
+        let caller = AuthzPrincipal::parse("arn:keyraft:iam::111122223333:root").unwrap();
+        let admin = [
+            "kms:PutKeyPolicy",
+            "kms:GetKeyPolicy",
+            "kms:DescribeKey",
+            "kms:EnableKey",
+            "kms:DisableKey",
+            "kms:UpdateKeyDescription",
+            "kms:ScheduleKeyDeletion",
+            "kms:CancelKeyDeletion",
+        ];
+        for deny in [false, true] {
+            let text = policy_document("111122223333", "run-1", deny);
+            let doc = PolicyDocument::parse(&text, PolicyKind::Key).unwrap();
+            assert_eq!(doc.id(), Some("run-1"));
+            let decide = |action: &str| {
+                let req = AuthzRequest::new(
+                    caller.clone(),
+                    action,
+                    "arn:keyraft:dev-1:111122223333:key/k1",
+                );
+                evaluate(Some(&doc), &[], false, &req)
+            };
+            for action in admin {
+                assert!(decide(action).is_allowed(), "{action} deny={deny}");
+            }
+            for action in DENIED_CRYPTO_ACTIONS {
+                let d = decide(action);
+                if deny {
+                    assert!(matches!(d, Decision::ExplicitDeny(_)), "{action}: {d:?}");
+                } else {
+                    assert!(d.is_allowed(), "{action}: {d:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_account_comes_from_a_key_arn() {
+        assert_eq!(
+            account_of_key_arn("arn:keyraft:dev-1:111122223333:key/abc"),
+            Some("111122223333")
+        );
+        assert_eq!(account_of_key_arn("abc"), None);
+        assert_eq!(account_of_key_arn("arn:keyraft:dev-1:x:key/abc"), None);
     }
 
     #[test]

@@ -60,16 +60,11 @@ async fn leader(c: &LocalCluster) -> u64 {
 }
 
 async fn key_ids(client: &Client) -> BTreeSet<String> {
-    let mut ids = BTreeSet::new();
-    let mut marker = String::new();
-    loop {
-        let page = client.list_keys(1000, &marker).await.unwrap();
-        ids.extend(page.keys.into_iter().map(|k| k.key_id));
-        if !page.truncated {
-            return ids;
-        }
-        marker = page.next_marker;
-    }
+    keyraft_chaos::workload::list_all_keys(client)
+        .await
+        .expect("listing keys")
+        .into_iter()
+        .collect()
 }
 
 /// Fails the test clearly if the nodes' binary was built without fail points.

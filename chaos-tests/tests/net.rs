@@ -1,5 +1,5 @@
-//! The fault proxies against a plain TCP echo server, and one real three-node cluster
-//! whose leader is cut off through them.
+//! The fault proxies against a plain TCP echo server, and real three-node clusters: one
+//! whose leader is cut off through them, one whose leader is replaced by a new node.
 //!
 //! The cluster test runs the `keyraft` binary built next to this test executable
 //! (`cargo test --workspace` builds it; otherwise `cargo build -p keyraft-cli`).
@@ -15,7 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use keyraft_chaos::cluster::{ChaosCluster, ClusterOptions};
-use keyraft_chaos::net::{node_ip, shapes, LinkFault, Network, NodeId, Proxy, LOSS_RTO};
+use keyraft_chaos::net::{
+    node_ip, shapes, LinkFault, Network, NodeId, Proxy, LOSS_RTO, MAX_LOSS_DELAY,
+};
 
 /// An echo server on a free port; runs until the test's runtime ends.
 async fn echo_server() -> SocketAddr {
@@ -64,14 +66,16 @@ async fn expect_refused(network: &Network, from: NodeId, to: NodeId) {
     }
 }
 
-/// Sends `msg` and reads the echo; the time it took.
+/// Sends `msg` and reads the echo; the time it took. The deadline outlasts the longest
+/// a lossy link may hold one chunk.
 async fn round_trip(stream: &mut TcpStream, msg: &[u8]) -> Duration {
     let started = Instant::now();
     stream.write_all(msg).await.unwrap();
     let mut got = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
+    let deadline = MAX_LOSS_DELAY + Duration::from_secs(10);
+    tokio::time::timeout(deadline, stream.read_exact(&mut got))
         .await
-        .expect("an echo within 10 s")
+        .unwrap_or_else(|_| panic!("no echo within {deadline:?}"))
         .unwrap();
     assert_eq!(got, msg);
     started.elapsed()
@@ -316,12 +320,15 @@ async fn an_isolated_leader_is_replaced_and_follows_after_healing() {
     let old = cluster.leader(Duration::from_secs(10)).await.unwrap();
     let others: Vec<NodeId> = ids.iter().copied().filter(|id| *id != old).collect();
     // Raft traffic runs through the proxies.
-    let before = cluster.network().link_stats(old, others[0]);
+    let before = cluster.network().unwrap().link_stats(old, others[0]);
     assert!(before.bytes > 0, "{before:?}");
 
     let cut = Instant::now();
     let partition = shapes::isolate(&ids, old).unwrap();
-    cluster.network().apply(&partition, LinkFault::Blackhole);
+    cluster
+        .network()
+        .unwrap()
+        .apply(&partition, LinkFault::Blackhole);
 
     let new = eventually(Duration::from_secs(15), "a new leader", || {
         let cluster = &cluster;
@@ -354,10 +361,10 @@ async fn an_isolated_leader_is_replaced_and_follows_after_healing() {
     )
     .await;
     // The fault met traffic: the old leader's messages were held.
-    let held = cluster.network().link_stats(old, new);
+    let held = cluster.network().unwrap().link_stats(old, new);
     assert!(held.held_chunks + held.held_connections > 0, "{held:?}");
 
-    cluster.network().heal();
+    cluster.network().unwrap().heal();
     let healed = Instant::now();
     let old_client = cluster.client_of(old).unwrap();
     eventually(Duration::from_secs(15), "the old leader to follow", || {
@@ -378,4 +385,68 @@ async fn an_isolated_leader_is_replaced_and_follows_after_healing() {
         "new leader {new} elected {elected:?} after the cut; old leader {old} followed {followed:?} after the heal; {:?} in all",
         started.elapsed()
     );
+}
+
+/// Replacing the leader: leadership moves, the old node is removed and wiped, a new node
+/// with a fresh id joins behind a proxy of its own, decrypts what was encrypted before
+/// it existed, and its Raft traffic runs through its proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_leader_is_wiped_and_its_successor_serves_the_old_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ChaosCluster::start(ClusterOptions {
+        nodes: 3,
+        dir: dir.path().join("cluster"),
+        binary: keyraft_binary(),
+        ready_timeout: Duration::from_secs(30),
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = cluster.client().unwrap();
+    let key = client.create_key("from before").await.unwrap();
+    let context = keyraft_client::EncryptionContext::new();
+    let sealed = client
+        .encrypt(&key.key_id, b"older than node 4", &context)
+        .await
+        .unwrap();
+
+    let old = cluster.leader(Duration::from_secs(10)).await.unwrap();
+    let new = cluster.replace(old, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(new, 4, "a removed id is never reused");
+    assert!(!cluster.ids().contains(&old));
+    assert!(cluster.ids().contains(&new));
+    assert_eq!(cluster.retired(), vec![old]);
+    assert!(
+        !cluster.data_dir(old).exists(),
+        "the old node's data is wiped"
+    );
+
+    let status = cluster.client().unwrap().cluster_status().await.unwrap();
+    let mut members: Vec<u64> = status.members.iter().map(|m| m.id).collect();
+    members.sort_unstable();
+    let mut expected = cluster.ids();
+    expected.sort_unstable();
+    assert_eq!(members, expected);
+    assert_ne!(status.leader, old);
+
+    let fresh = cluster.client_of(new).unwrap();
+    let opened = fresh
+        .decrypt(&sealed.ciphertext_blob, &context, None)
+        .await
+        .unwrap();
+    assert_eq!(opened.plaintext, b"older than node 4");
+    let leader = cluster.leader(Duration::from_secs(10)).await.unwrap();
+    // The leader's connections to a follower run through the follower's proxy.
+    let link = if leader == new {
+        (
+            new,
+            cluster.ids().into_iter().find(|id| *id != new).unwrap(),
+        )
+    } else {
+        (leader, new)
+    };
+    let through_proxy = cluster.network().unwrap().link_stats(link.0, link.1);
+    assert!(through_proxy.bytes > 0, "{through_proxy:?}");
+    // No node but the current members is counted as crashed.
+    assert!(cluster.crashed().is_empty());
 }

@@ -29,6 +29,7 @@ async fn smoke(file: &str) {
             out: out.clone(),
             binary: keyraft_binary(),
             progress: true,
+            attach: None,
         },
     )
     .await
@@ -36,18 +37,12 @@ async fn smoke(file: &str) {
     for name in ["history.jsonl", "final.json", "results.json", "report.html"] {
         assert!(out.join(name).is_file(), "{name} missing");
     }
-    let report: Vec<String> = results
-        .checks
-        .iter()
-        .map(|c| format!("{} {:?}: {}", c.checker, c.verdict, c.details.join(" | ")))
-        .collect();
     assert_eq!(
         results.verdict,
         Verdict::Pass,
-        "{} did not pass (aborted: {:?}):\n{}",
+        "{} did not pass:\n{}",
         exp.name,
-        results.aborted,
-        report.join("\n")
+        results.evidence()
     );
     // The saved run re-checks to the same verdicts.
     let again = keyraft_chaos::run::recheck(&out, Some(&exp)).expect("recheck");

@@ -12,20 +12,25 @@
 //!   unknown left at most one.
 //!
 //! Events are matched to operations by the workload's tag where the request carries one
-//! (CreateKey's request id, the `chaos-op` encryption context of Encrypt and
-//! GenerateDataKey, the new description of UpdateKeyDescription). A Decrypt carries the
-//! context of the ciphertext it decrypts, so its events are matched by the tag of that
-//! Encrypt. Operations that carry no tag (EnableKey, DisableKey, ScheduleKeyDeletion,
-//! CancelKeyDeletion, DescribeKey, ListKeys) are counted per event name and key: with
-//! `#ok` and `#unknown` such operations, a node must hold between `#ok` and
-//! `#ok + #unknown` success events. Mutations carry one request id for all the SDK's
-//! attempts and the state machine answers a repeated id from its first result, so a
-//! retried mutation is audited once.
+//! (the request id of CreateKey and PutKeyPolicy, the `chaos-op` encryption context of
+//! Encrypt and GenerateDataKey, the new description of UpdateKeyDescription). A Decrypt
+//! carries the context of the ciphertext it decrypts, so its events are matched by the
+//! tag of that Encrypt. Operations that carry no tag (EnableKey, DisableKey,
+//! ScheduleKeyDeletion, CancelKeyDeletion, DescribeKey, GetKeyPolicy, ListKeys) are
+//! counted per event name and key: with `#ok` and `#unknown` such operations, a node
+//! must hold between `#ok` and `#ok + #unknown` success events. Mutations carry one
+//! request id for all the SDK's attempts and the state machine answers a repeated id
+//! from its first result, so a retried mutation (PutKeyPolicy included) is audited once.
+//!
+//! A refusal is audited with its error code and never counts as a success: an Encrypt
+//! a deny-crypto key policy refused (`AccessDeniedException`, whether the serving node
+//! refused it or apply decided again on a policy changed since) is a definite failure
+//! and must leave no success event.
 //!
 //! Some events are not the workload's: the harness reads every node's keys after the
 //! run and decrypts every acknowledged ciphertext once more. So reads (DescribeKey,
-//! ListKeys — which also audits each page) are held to the lower bound only, and a
-//! Decrypt tag with a re-decryption result may have one event more.
+//! GetKeyPolicy, ListKeys — which also audits each page) are held to the lower bound
+//! only, and a Decrypt tag with a re-decryption result may have one event more.
 
 use std::collections::BTreeMap;
 
@@ -42,10 +47,11 @@ const TAGGED: &[&str] = &[
     "GenerateDataKey",
     "Decrypt",
     "UpdateKeyDescription",
+    "PutKeyPolicy",
 ];
 
 /// Event names of reads (only the lower bound is checked).
-const READS: &[&str] = &["DescribeKey", "ListKeys"];
+const READS: &[&str] = &["DescribeKey", "GetKeyPolicy", "ListKeys"];
 
 /// What a node's success events for one (event name, tag or key) must number.
 #[derive(Debug, Default, Clone, Copy)]
@@ -53,8 +59,6 @@ struct Expect {
     ok: u64,
     unknown: u64,
     failed: u64,
-    /// Events the harness may have added after the run.
-    extra: u64,
 }
 
 /// The (event name, tag or key id) an operation's events are found under.
@@ -62,10 +66,7 @@ fn group_of(op: &Op) -> (&'static str, String) {
     let name = op.event_name();
     let id = match op {
         Op::Decrypt { of, .. } => of.clone(),
-        Op::CreateKey { tag, .. }
-        | Op::Encrypt { tag, .. }
-        | Op::GenerateDataKey { tag, .. }
-        | Op::UpdateDescription { tag, .. } => tag.clone(),
+        _ if TAGGED.contains(&name) => op.tag().to_string(),
         other => other
             .key_id()
             .map(key_id_of)
@@ -92,11 +93,6 @@ pub fn check(history: &History, final_state: &FinalState) -> CheckResult {
             Class::Ok(_) => e.ok += 1,
             Class::Unknown => e.unknown += 1,
             Class::Fail(_) => e.failed += 1,
-        }
-    }
-    for ((name, id), e) in expected.iter_mut() {
-        if *name == "Decrypt" && final_state.redecrypt.contains_key(id.as_str()) {
-            e.extra = 1;
         }
     }
     let nodes: Vec<_> = answering(final_state).collect();
@@ -143,7 +139,10 @@ pub fn check(history: &History, final_state: &FinalState) -> CheckResult {
             } else {
                 format!("{name} of key {id}")
             };
-            let high = e.ok + e.unknown + e.extra;
+            // The harness decrypts each acknowledged ciphertext once more after the run.
+            let extra =
+                u64::from(*name == "Decrypt" && final_state.redecrypt.contains_key(id.as_str()));
+            let high = e.ok + e.unknown + extra;
             if got < e.ok {
                 violations.push(format!(
                     "node {}: {got} success events for {what}, but {} operations completed ok",
@@ -294,6 +293,75 @@ mod tests {
             crate::history::Redecrypt::Plaintext { sha256: "h".into() },
         );
         assert_eq!(check(&history().build(), &f).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn policy_puts_are_matched_by_tag_and_policy_reads_are_a_lower_bound() {
+        let mut b = history();
+        b.ok(1, put_policy("p1", "k1", true), 80, 90, done());
+        b.info(2, put_policy("p2", "k1", false), 80, 90);
+        b.fail(
+            3,
+            put_policy("p3", "k1", false),
+            80,
+            90,
+            "MalformedPolicyDocumentException",
+        );
+        b.ok(1, get_policy("k1"), 100, 110, policy(Some("p1"), true));
+        // A crypto call the policy refused: audited, but as a refusal.
+        b.fail(
+            1,
+            encrypt("e4", "k1", "h"),
+            120,
+            130,
+            "AccessDeniedException",
+        );
+        let mut ev = events();
+        ev.push(event("PutKeyPolicy", "k1", "", Some("p1")));
+        ev.push(event(
+            "PutKeyPolicy",
+            "k1",
+            "MalformedPolicyDocumentException",
+            None,
+        ));
+        ev.push(event("GetKeyPolicy", "k1", "", None));
+        ev.push(event("Encrypt", "k1", "AccessDeniedException", Some("e4")));
+        let pass =
+            |ev: &[crate::history::AuditEntry]| check(&b.build(), &nodes(audit_log(ev), 2)).verdict;
+        assert_eq!(pass(&ev), Verdict::Pass);
+
+        // The unknown put may have been audited once; the harness may read more.
+        let mut more = ev.clone();
+        more.push(event("PutKeyPolicy", "k1", "", Some("p2")));
+        more.push(event("GetKeyPolicy", "k1", "", None));
+        assert_eq!(pass(&more), Verdict::Pass);
+
+        // An acknowledged put audited twice (a retry applied again), or not at all.
+        let mut twice = ev.clone();
+        twice.push(event("PutKeyPolicy", "k1", "", Some("p1")));
+        assert_eq!(pass(&twice), Verdict::Violation);
+        let missing: Vec<_> = ev
+            .iter()
+            .filter(|e| e.event_name != "PutKeyPolicy")
+            .cloned()
+            .collect();
+        assert_eq!(pass(&missing), Verdict::Violation);
+
+        // A refused put, or a refused Encrypt, recorded as a success.
+        let mut refused_put = ev.clone();
+        refused_put.push(event("PutKeyPolicy", "k1", "", Some("p3")));
+        assert_eq!(pass(&refused_put), Verdict::Violation);
+        let mut let_past = ev.clone();
+        let_past.push(event("Encrypt", "k1", "", Some("e4")));
+        assert_eq!(pass(&let_past), Verdict::Violation);
+
+        // A policy read that completed ok must be audited.
+        let no_read: Vec<_> = ev
+            .iter()
+            .filter(|e| e.event_name != "GetKeyPolicy")
+            .cloned()
+            .collect();
+        assert_eq!(pass(&no_read), Verdict::Violation);
     }
 
     #[test]

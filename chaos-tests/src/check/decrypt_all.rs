@@ -10,10 +10,11 @@
 //!   GenerateDataKey, the hash of the data key it returned);
 //! - one that was refused is explained by its key's state: `DisabledException` for a
 //!   `Disabled` key, `KMSInvalidStateException` for a key `PendingDeletion` (or
-//!   `PendingImport`). A refusal the key's state does not explain — including
-//!   `NotFoundException`, since no key can reach the end of its waiting period during a
-//!   run — is a violation, as is a refusal for a state no answering node holds the key
-//!   in.
+//!   `PendingImport`); or by its key's policy: `AccessDeniedException` when the policy
+//!   in force after the run may be a deny-crypto one (see [`may_end_denying`]). A
+//!   refusal neither explains — including `NotFoundException`, since no key can reach
+//!   the end of its waiting period during a run — is a violation, as is a refusal for a
+//!   state no answering node holds the key in.
 //!
 //! During the run, every `ok` Decrypt must return the plaintext hash of the Encrypt or
 //! GenerateDataKey whose ciphertext it decrypted.
@@ -24,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{answering, classify, describe_op, key_id_of, verdict, CheckResult, Class};
-use crate::history::{FinalState, History, Op, Redecrypt, Value};
+use crate::history::{FinalState, History, Op, Operation, Redecrypt, Value};
 
 /// The checker's name.
 pub const NAME: &str = "decrypt_all";
@@ -37,6 +38,38 @@ pub fn refusal_explained(code: &str, state: &str) -> bool {
             | ("KMSInvalidStateException", "PendingDeletion")
             | ("KMSInvalidStateException", "PendingImport")
     )
+}
+
+/// Whether the policy in force on `key` after the run may deny cryptography, as far as
+/// the history tells: one of the PutKeyPolicy calls that may have been the last to take
+/// effect put the deny-crypto variant. Those are the `ok` puts no other `ok` put began
+/// after, and every put whose outcome is unknown (it may take effect at any time). With
+/// no `ok` put, the default policy (which allows) may still be in force too.
+pub fn may_end_denying(ops: &[Operation], key: &str) -> bool {
+    let puts: Vec<(&Operation, bool, bool)> = ops
+        .iter()
+        .filter_map(|op| match (&op.op, classify(op)) {
+            (
+                Op::PutKeyPolicy {
+                    key_id,
+                    deny_crypto,
+                    ..
+                },
+                class,
+            ) if key_id_of(key_id) == key => match class {
+                Class::Ok(_) => Some((op, *deny_crypto, true)),
+                Class::Unknown => Some((op, *deny_crypto, false)),
+                Class::Fail(_) => None,
+            },
+            _ => None,
+        })
+        .collect();
+    puts.iter().any(|&(op, deny, ok)| {
+        deny && (!ok
+            || !puts.iter().any(|&(later, _, later_ok)| {
+                later_ok && op.complete_ns.is_some_and(|done| later.invoke_ns > done)
+            }))
+    })
 }
 
 /// Checks the re-decryptions and the run's decryptions.
@@ -56,6 +89,8 @@ pub fn check(history: &History, final_state: &FinalState) -> CheckResult {
             sealed.insert(tag, (i, key_id_of(key_id), plaintext_sha256));
         }
     }
+    // Key -> whether its policy may deny cryptography after the run (computed once).
+    let mut denying: BTreeMap<&str, bool> = BTreeMap::new();
     for (tag, &(i, key, hash)) in &sealed {
         let what = || describe_op(&ops[i]);
         match final_state.redecrypt.get(*tag) {
@@ -66,7 +101,11 @@ pub fn check(history: &History, final_state: &FinalState) -> CheckResult {
             )),
             Some(Redecrypt::Plaintext { .. }) => {}
             Some(Redecrypt::Refused { code, key_state }) => {
-                if !refusal_explained(code, key_state) {
+                let by_policy = code == "AccessDeniedException"
+                    && *denying
+                        .entry(key)
+                        .or_insert_with(|| may_end_denying(&ops, key));
+                if !by_policy && !refusal_explained(code, key_state) {
                     violations.push(format!(
                         "refused after the run with {code} while the key was {key_state:?}: {}",
                         what()
@@ -212,6 +251,31 @@ mod tests {
         let r = check(&b.build(), &f);
         assert_eq!(r.verdict, Verdict::Violation);
         assert!(r.details[0].contains("d4"));
+    }
+
+    #[test]
+    fn access_denied_after_the_run_needs_a_deny_policy_that_may_be_last() {
+        let denied = || state(refused("AccessDeniedException", "Enabled"), pt("hg"));
+        // No policy was ever put: the default allows, the refusal is unexplained.
+        assert_eq!(
+            check(&history().build(), &denied()).verdict,
+            Verdict::Violation
+        );
+        // The last put denies.
+        let mut b = history();
+        b.ok(5, put_policy("p1", "k1", false), 20, 30, done());
+        b.ok(5, put_policy("p2", "k1", true), 40, 50, done());
+        assert_eq!(check(&b.build(), &denied()).verdict, Verdict::Pass);
+        // An open put began after the deny put completed: it is in force.
+        b.ok(6, put_policy("p3", "k1", false), 60, 70, done());
+        assert_eq!(check(&b.build(), &denied()).verdict, Verdict::Violation);
+        // A deny put whose outcome is unknown may take effect after it.
+        b.info(7, put_policy("p4", "k1", true), 20, 25);
+        assert_eq!(check(&b.build(), &denied()).verdict, Verdict::Pass);
+        // A deny put on another key explains nothing.
+        let mut b = history();
+        b.ok(5, put_policy("p5", "k2", true), 20, 30, done());
+        assert_eq!(check(&b.build(), &denied()).verdict, Verdict::Violation);
     }
 
     #[test]

@@ -9,29 +9,43 @@
 //! key is checked on its own, which keeps the search small.
 //!
 //! The model of one key is its state (`Enabled`, `Disabled`, `PendingDeletion`, or not
-//! existing) and its description, with the transitions of Keyraft's state machine:
+//! existing), its description and its key policy (which PutKeyPolicy wrote it, or the
+//! default CreateKey installs, and whether it denies cryptography), with the transitions
+//! of Keyraft's state machine:
 //!
 //! | operation            | allowed in            | effect                  | refused with                        |
 //! |----------------------|-----------------------|-------------------------|-------------------------------------|
-//! | CreateKey            | (no key)              | Enabled, description    | —                                   |
+//! | CreateKey            | (no key)              | Enabled, description, default policy (allows crypto) | —      |
 //! | EnableKey            | Enabled, Disabled     | Enabled                 | KMSInvalidStateException (pending)  |
 //! | DisableKey           | Enabled, Disabled     | Disabled                | KMSInvalidStateException (pending)  |
 //! | UpdateKeyDescription | Enabled, Disabled     | description := tag      | KMSInvalidStateException (pending)  |
 //! | ScheduleKeyDeletion  | Enabled, Disabled     | PendingDeletion         | KMSInvalidStateException (pending)  |
 //! | CancelKeyDeletion    | PendingDeletion       | Disabled                | KMSInvalidStateException (not pending) |
-//! | Encrypt, GenerateDataKey, Decrypt | Enabled  | —                       | DisabledException (Disabled), KMSInvalidStateException (pending) |
+//! | PutKeyPolicy         | Enabled, Disabled, PendingDeletion | policy := (tag, denies crypto or not) | — (never KMSInvalidStateException) |
+//! | GetKeyPolicy         | Enabled, Disabled, PendingDeletion | — (sees the policy's tag and variant) | — (never KMSInvalidStateException) |
+//! | Encrypt, GenerateDataKey, Decrypt | Enabled, under a policy that allows crypto | — | DisabledException (Disabled), KMSInvalidStateException (pending), AccessDeniedException (any state, under a deny-crypto policy) |
 //!
 //! Every operation on a key that does not exist is refused with `NotFoundException`.
+//! PutKeyPolicy is allowed on a key pending deletion, as in AWS: apply changes the
+//! policy of a key in any state. The server authorizes before it looks at the key's
+//! state, so cryptography under a deny-crypto policy is refused with
+//! `AccessDeniedException` whatever the state; a state refusal under such a policy is
+//! legal too (a node whose view still allowed the call checks the state on a fresh view
+//! without deciding access again), so state refusals say nothing about the policy.
 //!
 //! An `ok` write must find its key in a state that allows it and moves the model. An
 //! `ok` read is an observation: `DescribeKey` must see exactly the model's state and
-//! description, and cryptography that succeeded must find the key `Enabled`. A
+//! description, `GetKeyPolicy` exactly the model's policy, and cryptography that
+//! succeeded must find the key `Enabled` under a policy that allows it (an `ok`
+//! Encrypt while a deny-crypto policy is in force let someone past the policy). A
 //! definite refusal with one of the codes above is an observation too (the key was in a
-//! state that refuses) and changes nothing; refusals with other codes (validation,
-//! access) say nothing about the key and are left out. A write whose outcome is unknown
-//! may take effect at any point after its invocation, or never: its response is placed
-//! after everything else and its step either applies or does nothing. Reads whose
-//! outcome is unknown observed nothing and are left out.
+//! state, or under a policy, that refuses) and changes nothing: an `AccessDeniedException`
+//! for cryptography while only policies that allow it can be in force means the service
+//! refused what its policy allowed. Refusals with other codes (validation, access to
+//! anything but cryptography) say nothing about the key and are left out. A write whose
+//! outcome is unknown may take effect at any point after its invocation, or never: its
+//! response is placed after everything else and its step either applies or does
+//! nothing. Reads whose outcome is unknown observed nothing and are left out.
 //!
 //! The search is the Wing–Gong algorithm with Lowe's memoization, as in Knossos and
 //! Porcupine: walk the operations in time order, linearize any operation whose
@@ -117,17 +131,46 @@ const ALL: &[KeyState] = &[
     KeyState::PendingDeletion,
 ];
 const CHANGEABLE: &[KeyState] = &[KeyState::Enabled, KeyState::Disabled];
-const ONLY_ENABLED: &[KeyState] = &[KeyState::Enabled];
 const ONLY_DISABLED: &[KeyState] = &[KeyState::Disabled];
 const ONLY_PENDING: &[KeyState] = &[KeyState::PendingDeletion];
 const ONLY_ABSENT: &[KeyState] = &[KeyState::Absent];
+const NONE: &[KeyState] = &[];
 
-/// One possible concrete state of the key: its state and description (`None`: not yet
-/// known, for a key whose creation is not in the history). Descriptions are interned.
+/// Which key policy is in force: the default CreateKey installs, or the one the
+/// PutKeyPolicy with this (interned) tag wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Policy {
+    Default,
+    Put(u32),
+}
+
+/// One possible concrete state of the key: its state, description and policy (`None`:
+/// not yet known, for a key whose creation is not in the history). Descriptions and
+/// policy tags are interned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Concrete {
     state: KeyState,
     description: Option<u32>,
+    policy: Option<Policy>,
+    /// Whether the policy in force denies cryptography.
+    deny_crypto: Option<bool>,
+}
+
+impl Concrete {
+    /// Whether the key exists (every operation but CreateKey needs it).
+    fn exists(&self) -> bool {
+        self.state != KeyState::Absent
+    }
+
+    /// This state with the policy learned to deny cryptography or not, if it can.
+    fn with_deny(self, deny: bool) -> Option<Concrete> {
+        self.deny_crypto
+            .is_none_or(|have| have == deny)
+            .then_some(Concrete {
+                deny_crypto: Some(deny),
+                ..self
+            })
+    }
 }
 
 /// The set of states the key may be in (sorted, without duplicates, never empty while
@@ -143,6 +186,8 @@ enum Write {
     Describe(u32),
     Schedule,
     Cancel,
+    /// PutKeyPolicy: (interned tag, denies crypto).
+    PutPolicy(u32, bool),
 }
 
 impl Write {
@@ -153,6 +198,13 @@ impl Write {
             Write::Create(d) => (c.state == KeyState::Absent).then_some(Concrete {
                 state: KeyState::Enabled,
                 description: Some(d),
+                policy: Some(Policy::Default),
+                deny_crypto: Some(false),
+            }),
+            Write::PutPolicy(tag, deny) => c.exists().then_some(Concrete {
+                policy: Some(Policy::Put(tag)),
+                deny_crypto: Some(deny),
+                ..c
             }),
             Write::Enable => changeable.then(|| state(KeyState::Enabled)),
             Write::Disable => changeable.then(|| state(KeyState::Disabled)),
@@ -179,6 +231,13 @@ enum Kind {
     Observe(&'static [KeyState]),
     /// DescribeKey saw this state (`None`: one the model never has) and description.
     Read(Option<KeyState>, u32),
+    /// Cryptography succeeded: the key was Enabled under a policy that allows it.
+    CryptoOk,
+    /// Cryptography was refused with AccessDeniedException: the key existed under a
+    /// policy that denies it.
+    CryptoDenied,
+    /// GetKeyPolicy saw this policy, which denies cryptography or not.
+    ReadPolicy(Policy, bool),
 }
 
 /// One operation of a key's history.
@@ -219,6 +278,25 @@ fn step_states(states: &[Concrete], kind: Kind) -> Option<States> {
                 ..*c
             })
             .collect(),
+        Kind::CryptoOk => states
+            .iter()
+            .filter(|c| c.state == KeyState::Enabled)
+            .filter_map(|c| c.with_deny(false))
+            .collect(),
+        Kind::CryptoDenied => states
+            .iter()
+            .filter(|c| c.exists())
+            .filter_map(|c| c.with_deny(true))
+            .collect(),
+        Kind::ReadPolicy(policy, deny) => states
+            .iter()
+            .filter(|c| c.exists() && c.policy.is_none_or(|have| have == policy))
+            .filter_map(|c| c.with_deny(deny))
+            .map(|c| Concrete {
+                policy: Some(policy),
+                ..c
+            })
+            .collect(),
     };
     next.sort_unstable();
     next.dedup();
@@ -228,24 +306,33 @@ fn step_states(states: &[Concrete], kind: Kind) -> Option<States> {
 /// The refusal `code` of an operation as an observation of the key's state, if the
 /// state machine gives that code only in some states.
 fn refusal(op: &Op, code: &str) -> Option<&'static [KeyState]> {
-    let crypto = matches!(
-        op,
-        Op::Encrypt { .. } | Op::GenerateDataKey { .. } | Op::Decrypt { .. }
-    );
+    let crypto = is_crypto(op);
     match code {
         "NotFoundException" => Some(ONLY_ABSENT),
         "DisabledException" if crypto => Some(ONLY_DISABLED),
         "KMSInvalidStateException" => match op {
             Op::CancelDeletion { .. } => Some(CHANGEABLE),
             Op::DescribeKey { .. } | Op::CreateKey { .. } | Op::ListKeys { .. } => None,
+            // Every state a key can be in allows its policy to be put or read.
+            Op::PutKeyPolicy { .. } | Op::GetKeyPolicy { .. } => Some(NONE),
             _ => Some(ONLY_PENDING),
         },
         _ => None,
     }
 }
 
+/// Whether an operation is one of the cryptographic calls a key policy may deny.
+fn is_crypto(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Encrypt { .. } | Op::GenerateDataKey { .. } | Op::Decrypt { .. }
+    )
+}
+
 /// Splits the history into per-key histories of model steps.
 fn per_key(ops: &[Operation]) -> BTreeMap<String, Vec<Step>> {
+    // Descriptions and policy tags share one table; they are compared within their own
+    // field only.
     let mut descriptions: HashMap<String, u32> = HashMap::new();
     let mut intern = |d: &str| -> u32 {
         let next = descriptions.len() as u32;
@@ -260,6 +347,12 @@ fn per_key(ops: &[Operation]) -> BTreeMap<String, Vec<Step>> {
                 Kind::Write(Write::Create(intern(description))),
             ),
             (Op::CreateKey { .. } | Op::ListKeys { .. }, _) => continue,
+            (op_kind, Class::Fail("AccessDeniedException")) if is_crypto(op_kind) => {
+                let Some(key) = op_kind.key_id() else {
+                    continue;
+                };
+                (key_id_of(key), Kind::CryptoDenied)
+            }
             (op_kind, Class::Fail(code)) => {
                 let (Some(key), Some(states)) = (op_kind.key_id(), refusal(op_kind, code)) else {
                     continue;
@@ -280,9 +373,20 @@ fn per_key(ops: &[Operation]) -> BTreeMap<String, Vec<Step>> {
                 | Op::GenerateDataKey { key_id, .. }
                 | Op::Decrypt { key_id, .. },
                 Class::Ok(_),
-            ) => (key_id_of(key_id), Kind::Observe(ONLY_ENABLED)),
+            ) => (key_id_of(key_id), Kind::CryptoOk),
+            (Op::GetKeyPolicy { key_id, .. }, Class::Ok(value)) => {
+                let Value::Policy { tag, deny_crypto } = value else {
+                    continue;
+                };
+                let policy = match tag {
+                    None => Policy::Default,
+                    Some(t) => Policy::Put(intern(t)),
+                };
+                (key_id_of(key_id), Kind::ReadPolicy(policy, *deny_crypto))
+            }
             (
                 Op::DescribeKey { .. }
+                | Op::GetKeyPolicy { .. }
                 | Op::Encrypt { .. }
                 | Op::GenerateDataKey { .. }
                 | Op::Decrypt { .. },
@@ -295,6 +399,9 @@ fn per_key(ops: &[Operation]) -> BTreeMap<String, Vec<Step>> {
                     Op::UpdateDescription { tag, .. } => Write::Describe(intern(tag)),
                     Op::ScheduleDeletion { .. } => Write::Schedule,
                     Op::CancelDeletion { .. } => Write::Cancel,
+                    Op::PutKeyPolicy {
+                        tag, deny_crypto, ..
+                    } => Write::PutPolicy(intern(tag), *deny_crypto),
                     _ => continue,
                 };
                 let Some(key) = write.key_id() else { continue };
@@ -427,6 +534,8 @@ fn search(steps: &[Step], budget: u64) -> Search {
         .map(|&state| Concrete {
             state,
             description: None,
+            policy: None,
+            deny_crypto: None,
         })
         .collect();
     let finite_total = steps.iter().filter(|s| s.is_finite()).count();
@@ -752,6 +861,222 @@ mod tests {
         assert_eq!(check(&b.build()).verdict, Verdict::Violation);
     }
 
+    #[test]
+    fn stale_policy_read_after_completed_put_is_a_violation() {
+        let mut b = created();
+        b.ok(1, put_policy("p1", "k1", false), 20, 30, done());
+        b.ok(1, put_policy("p2", "k1", true), 40, 50, done());
+        b.ok(2, get_policy("k1"), 60, 70, policy(Some("p1"), false));
+        let r = verdict_of(&b);
+        assert_eq!(r.verdict, Verdict::Violation);
+        assert!(r.details.iter().any(|l| l.contains("GetKeyPolicy")));
+
+        // The default policy is gone once a put completed.
+        let mut b = created();
+        b.ok(1, put_policy("p1", "k1", false), 20, 30, done());
+        b.ok(2, get_policy("k1"), 40, 50, policy(None, false));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+
+        // The right tag with the wrong variant is not the policy that was put either.
+        let mut b = created();
+        b.ok(1, put_policy("p1", "k1", true), 20, 30, done());
+        b.ok(2, get_policy("k1"), 40, 50, policy(Some("p1"), false));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+    }
+
+    #[test]
+    fn policy_reads_follow_the_puts() {
+        let mut b = created();
+        b.ok(2, get_policy("k1"), 12, 18, policy(None, false));
+        b.ok(1, put_policy("p1", "k1", true), 20, 30, done());
+        b.ok(2, get_policy("k1"), 40, 50, policy(Some("p1"), true));
+        b.ok(1, put_policy("p2", "k1", false), 60, 70, done());
+        b.ok(2, get_policy("k1"), 80, 90, policy(Some("p2"), false));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn crypto_ok_under_a_deny_policy_is_a_violation() {
+        // Encrypt after the deny put completed and before the open put was invoked.
+        let mut b = created();
+        b.ok(1, put_policy("p1", "k1", true), 20, 30, done());
+        b.ok(2, encrypt("e1", "k1", "h"), 40, 50, ciphertext("h"));
+        b.ok(1, put_policy("p2", "k1", false), 60, 70, done());
+        let r = verdict_of(&b);
+        assert_eq!(r.verdict, Verdict::Violation);
+        assert!(r
+            .details
+            .iter()
+            .any(|l| l.contains("Encrypt") && l.contains("cannot place")));
+
+        for op in [generate("g1", "k1"), decrypt("d1", "e0", "k1")] {
+            let mut b = created();
+            b.ok(1, put_policy("p1", "k1", true), 20, 30, done());
+            let value = match op {
+                Op::Decrypt { .. } => plaintext("h"),
+                _ => ciphertext("h"),
+            };
+            b.ok(2, op, 40, 50, value);
+            assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+        }
+    }
+
+    #[test]
+    fn access_denied_crypto_without_a_deny_policy_is_a_violation() {
+        // Only open policies were ever put.
+        let mut b = created();
+        b.ok(1, put_policy("p1", "k1", false), 20, 30, done());
+        b.fail(2, encrypt("e1", "k1", "h"), 40, 50, "AccessDeniedException");
+        b.ok(1, put_policy("p2", "k1", false), 60, 70, done());
+        assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+
+        // None at all: the default policy allows.
+        let mut b = created();
+        b.fail(
+            2,
+            decrypt("d1", "e0", "k1"),
+            40,
+            50,
+            "AccessDeniedException",
+        );
+        assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+
+        // A deny put that completed, then an open one that completed: denied after both.
+        let mut b = created();
+        b.ok(1, put_policy("p1", "k1", true), 20, 30, done());
+        b.ok(1, put_policy("p2", "k1", false), 40, 50, done());
+        b.fail(2, generate("g1", "k1"), 60, 70, "AccessDeniedException");
+        assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+    }
+
+    #[test]
+    fn access_denied_under_a_deny_policy_passes_in_any_state() {
+        let mut b = created();
+        b.ok(1, put_policy("p1", "k1", true), 20, 30, done());
+        b.fail(2, encrypt("e1", "k1", "h"), 40, 50, "AccessDeniedException");
+        b.ok(1, disable("k1"), 60, 70, done());
+        // Authorization comes first: denied although disabled; a state refusal is
+        // legal too.
+        b.fail(2, encrypt("e2", "k1", "h"), 80, 90, "AccessDeniedException");
+        b.fail(2, encrypt("e3", "k1", "h"), 100, 110, "DisabledException");
+        b.ok(1, enable("k1"), 120, 130, done());
+        b.ok(1, put_policy("p2", "k1", false), 140, 150, done());
+        b.ok(2, encrypt("e4", "k1", "h"), 160, 170, ciphertext("h"));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn concurrent_put_and_crypto_may_order_either_way() {
+        // The deny put overlaps an Encrypt that succeeded and one that was refused: the
+        // success goes before the put, the refusal after.
+        let mut b = created();
+        b.ok(1, put_policy("p1", "k1", true), 20, 80, done());
+        b.ok(2, encrypt("e1", "k1", "h"), 30, 40, ciphertext("h"));
+        b.fail(3, encrypt("e2", "k1", "h"), 50, 60, "AccessDeniedException");
+        b.ok(2, get_policy("k1"), 90, 100, policy(Some("p1"), true));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Pass);
+
+        // An open put overlapping: a refusal first (the old deny), then a success.
+        let mut b = created();
+        b.ok(1, put_policy("p1", "k1", true), 10, 15, done());
+        b.ok(1, put_policy("p2", "k1", false), 20, 80, done());
+        b.fail(2, encrypt("e1", "k1", "h"), 30, 40, "AccessDeniedException");
+        b.ok(3, encrypt("e2", "k1", "h"), 50, 60, ciphertext("h"));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Pass);
+
+        // But not the other way round: with one deny put and no open one, a success
+        // cannot follow a refusal.
+        let mut b = created();
+        b.ok(1, put_policy("p1", "k1", true), 20, 80, done());
+        b.fail(2, encrypt("e1", "k1", "h"), 30, 40, "AccessDeniedException");
+        b.ok(3, encrypt("e2", "k1", "h"), 50, 60, ciphertext("h"));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+    }
+
+    #[test]
+    fn unknown_put_may_be_seen_or_not() {
+        for seen in [true, false] {
+            let mut b = created();
+            b.info(1, put_policy("p1", "k1", true), 20, 30);
+            b.ok(2, encrypt("e1", "k1", "h"), 40, 50, ciphertext("h"));
+            let read = if seen {
+                policy(Some("p1"), true)
+            } else {
+                policy(None, false)
+            };
+            b.ok(2, get_policy("k1"), 60, 70, read);
+            if seen {
+                b.fail(2, encrypt("e2", "k1", "h"), 80, 90, "AccessDeniedException");
+            } else {
+                b.ok(2, encrypt("e2", "k1", "h"), 80, 90, ciphertext("h"));
+            }
+            assert_eq!(verdict_of(&b).verdict, Verdict::Pass, "seen: {seen}");
+        }
+
+        // Once seen, it stays: crypto cannot succeed again without an open put.
+        let mut b = created();
+        b.info(1, put_policy("p1", "k1", true), 20, 30);
+        b.fail(2, encrypt("e1", "k1", "h"), 40, 50, "AccessDeniedException");
+        b.ok(2, encrypt("e2", "k1", "h"), 60, 70, ciphertext("h"));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+    }
+
+    #[test]
+    fn policy_puts_and_reads_work_on_a_key_pending_deletion() {
+        let mut b = created();
+        b.ok(1, schedule("k1"), 20, 30, done());
+        b.ok(1, put_policy("p1", "k1", true), 40, 50, done());
+        b.ok(1, get_policy("k1"), 60, 70, policy(Some("p1"), true));
+        b.fail(
+            2,
+            encrypt("e1", "k1", "h"),
+            80,
+            90,
+            "KMSInvalidStateException",
+        );
+        b.fail(3, encrypt("e2", "k1", "h"), 80, 90, "AccessDeniedException");
+        b.ok(1, cancel("k1"), 100, 110, done());
+        b.ok(1, get_policy("k1"), 120, 130, policy(Some("p1"), true));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Pass);
+
+        // The server never refuses a policy change for the key's state.
+        let mut b = created();
+        b.ok(1, schedule("k1"), 20, 30, done());
+        b.fail(
+            1,
+            put_policy("p1", "k1", false),
+            40,
+            50,
+            "KMSInvalidStateException",
+        );
+        assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+
+        // A key that does not exist has no policy.
+        let mut b = HistoryBuilder::new();
+        b.fail(1, put_policy("p1", "k9", false), 0, 10, "NotFoundException");
+        b.fail(1, get_policy("k9"), 20, 30, "NotFoundException");
+        assert_eq!(verdict_of(&b).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn policy_of_a_key_created_before_the_history_is_learned() {
+        let mut b = HistoryBuilder::new();
+        b.ok(1, get_policy("k0"), 0, 10, policy(Some("old"), true));
+        b.fail(2, encrypt("e1", "k0", "h"), 20, 30, "AccessDeniedException");
+        b.ok(1, get_policy("k0"), 40, 50, policy(Some("old"), true));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Pass);
+
+        let mut b = HistoryBuilder::new();
+        b.ok(1, get_policy("k0"), 0, 10, policy(Some("old"), true));
+        b.ok(2, encrypt("e1", "k0", "h"), 20, 30, ciphertext("h"));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+
+        let mut b = HistoryBuilder::new();
+        b.fail(2, encrypt("e1", "k0", "h"), 0, 10, "AccessDeniedException");
+        b.ok(1, get_policy("k0"), 20, 30, policy(None, false));
+        assert_eq!(verdict_of(&b).verdict, Verdict::Violation);
+    }
+
     /// Random concurrent histories produced by a real key (each operation takes effect
     /// at a random instant inside its interval; some answers are lost) are linearizable.
     #[test]
@@ -771,13 +1096,14 @@ mod tests {
                 for _ in 0..20 {
                     let effect = t + 1 + next(40);
                     let complete = effect + 1 + next(40);
-                    planned.push((p, t, effect, complete, next(8)));
+                    planned.push((p, t, effect, complete, next(11)));
                     t = complete + 1 + next(5);
                 }
             }
             planned.sort_by_key(|p| p.2);
             let mut b = created();
             let (mut state, mut desc) = ("Enabled", "d".to_string());
+            let mut in_force: (Option<String>, bool) = (None, false);
             for (i, &(p, invoke, _, complete, kind)) in planned.iter().enumerate() {
                 let changeable = state != "PendingDeletion";
                 let lost = next(10) == 0;
@@ -831,9 +1157,22 @@ mod tests {
                             (cancel("k1"), Ok(done()))
                         }
                     }
+                    8 => {
+                        let t = format!("p{round}-{i}");
+                        let deny = next(3) == 0;
+                        if !lost || next(2) == 0 {
+                            in_force = (Some(t.clone()), deny);
+                        }
+                        (put_policy(&t, "k1", deny), Ok(done()))
+                    }
+                    9 => (
+                        get_policy("k1"),
+                        Ok(policy(in_force.0.as_deref(), in_force.1)),
+                    ),
                     _ => {
                         let op = encrypt(&tag(), "k1", "h");
                         match state {
+                            _ if in_force.1 => (op, Err("AccessDeniedException")),
                             "Enabled" => (op, Ok(ciphertext("h"))),
                             "Disabled" => (op, Err("DisabledException")),
                             _ => (op, Err("KMSInvalidStateException")),

@@ -5,7 +5,7 @@
 //! the same log index, and hold the same keys in the same states; and a write made
 //! after healing (`write_after_heal`) must have succeeded.
 
-use super::{verdict, CheckResult};
+use super::{answering, differing_keys, verdict, CheckResult};
 use crate::history::FinalState;
 
 /// The checker's name.
@@ -25,11 +25,7 @@ pub fn check(final_state: &FinalState) -> CheckResult {
             ));
         }
     }
-    let nodes: Vec<_> = final_state
-        .nodes
-        .iter()
-        .filter(|n| n.error.is_none())
-        .collect();
+    let nodes: Vec<_> = answering(final_state).collect();
     let list = |f: &dyn Fn(&crate::history::NodeFinal) -> String| {
         nodes
             .iter()
@@ -59,12 +55,7 @@ pub fn check(final_state: &FinalState) -> CheckResult {
     }
     if let Some((first, rest)) = nodes.split_first() {
         for other in rest.iter().filter(|n| n.keys != first.keys) {
-            let differing = first
-                .keys
-                .keys()
-                .chain(other.keys.keys())
-                .filter(|k| first.keys.get(*k) != other.keys.get(*k))
-                .count();
+            let differing = differing_keys(first, other).len();
             violations.push(format!(
                 "node {} and node {} hold different keys ({differing} differ)",
                 first.id, other.id

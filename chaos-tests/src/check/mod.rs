@@ -10,13 +10,14 @@
 //! operation's outcome ([`Class`]): `ok` happened; `fail` with a definite code did not
 //! happen; `info`, an operation still open at the end, and a `fail` whose code the SDK
 //! may return after an earlier attempt of the same call reached the cluster
-//! ([`UNKNOWN_OUTCOME_CODES`]) may or may not have happened. Treating those codes as
+//! ([`outcome_unknown_after`]) may or may not have happened. Treating those codes as
 //! unknown can only make a checker more permissive, never make it report a violation
 //! that did not occur.
 
+use keyraft_types::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use crate::history::{FinalState, History, NodeFinal, Operation, Outcome, Value};
+use crate::history::{FinalState, History, NodeFinal, Op, Operation, Outcome, Value};
 
 pub mod audit;
 pub mod coverage;
@@ -77,17 +78,13 @@ pub const CHECKERS: &[&str] = &[
 /// The most detail lines a checker reports; the rest are summarised in one line.
 pub const MAX_DETAILS: usize = 40;
 
-/// Error codes after which an operation's outcome is treated as unknown even though it
-/// ended `fail`: the SDK retries on these, so an earlier attempt of the same call may
-/// have reached the cluster and taken effect (or left an audit event) before the one
-/// whose error the application saw.
-pub const UNKNOWN_OUTCOME_CODES: &[&str] = &[
-    "NotLeaderException",
-    "DependencyTimeoutException",
-    "ThrottlingException",
-    "KeyUnavailableException",
-    "KMSInternalException",
-];
+/// Whether an operation that ended `fail` with `code` still has an unknown outcome: the
+/// SDK retries on these codes ([`ErrorCode::is_retryable`]), so an earlier attempt of
+/// the same call may have reached the cluster and taken effect (or left an audit event)
+/// before the one whose error the application saw.
+pub fn outcome_unknown_after(code: &str) -> bool {
+    ErrorCode::parse(code).is_some_and(ErrorCode::is_retryable)
+}
 
 /// How a checker reads an operation's outcome.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -104,9 +101,7 @@ pub enum Class<'a> {
 pub fn classify(op: &Operation) -> Class<'_> {
     match &op.outcome {
         Outcome::Ok(v) => Class::Ok(v),
-        Outcome::Fail { code, .. } if UNKNOWN_OUTCOME_CODES.contains(&code.as_str()) => {
-            Class::Unknown
-        }
+        Outcome::Fail { code, .. } if outcome_unknown_after(code) => Class::Unknown,
         Outcome::Fail { code, .. } => Class::Fail(code),
         Outcome::Unknown { .. } => Class::Unknown,
     }
@@ -121,6 +116,16 @@ pub fn key_id_of(key_ref: &str) -> &str {
 /// The nodes that answered the final read (those without an `error`).
 pub fn answering(final_state: &FinalState) -> impl Iterator<Item = &NodeFinal> {
     final_state.nodes.iter().filter(|n| n.error.is_none())
+}
+
+/// The key ids two nodes' final reads disagree on: held by one only, or held with a
+/// different state or description.
+pub fn differing_keys<'a>(a: &'a NodeFinal, b: &'a NodeFinal) -> Vec<&'a str> {
+    let ids: std::collections::BTreeSet<&String> = a.keys.keys().chain(b.keys.keys()).collect();
+    ids.into_iter()
+        .filter(|id| a.keys.get(*id) != b.keys.get(*id))
+        .map(String::as_str)
+        .collect()
 }
 
 /// One line describing an operation, for evidence: process, call, interval, outcome.
@@ -139,10 +144,15 @@ pub fn describe_op(op: &Operation) -> String {
         (Outcome::Unknown { .. }, _) | (_, None) => "?".to_string(),
         (_, Some(t)) => fmt_ns(t),
     };
+    let variant = match &op.op {
+        Op::PutKeyPolicy { deny_crypto, .. } => policy_variant(*deny_crypto),
+        _ => "",
+    };
     format!(
-        "p{} {}{} [{}] invoked {} completed {}: {}",
+        "p{} {}{}{} [{}] invoked {} completed {}: {}",
         op.process,
         op.op.event_name(),
+        variant,
         target,
         op.op.tag(),
         fmt_ns(op.invoke_ns),
@@ -161,6 +171,20 @@ fn describe_value(v: &Value) -> String {
         } => format!("plaintext {}", short(plaintext_sha256)),
         Value::Plaintext { plaintext_sha256 } => format!("plaintext {}", short(plaintext_sha256)),
         Value::Count { count } => format!("count {count}"),
+        Value::Policy { tag, deny_crypto } => format!(
+            "policy {}{}",
+            tag.as_deref().unwrap_or("(default)"),
+            policy_variant(*deny_crypto)
+        ),
+    }
+}
+
+/// How evidence names a key policy's variant.
+fn policy_variant(deny_crypto: bool) -> &'static str {
+    if deny_crypto {
+        " (deny-crypto)"
+    } else {
+        " (open)"
     }
 }
 
@@ -173,8 +197,9 @@ pub fn fmt_ns(ns: u64) -> String {
     format!("{}.{:03}s", ns / 1_000_000_000, (ns / 1_000_000) % 1000)
 }
 
-/// Builds a result: `Pass` without details, else the given verdict with the details
-/// capped at [`MAX_DETAILS`] lines.
+/// Builds a result: `Violation` with the violations if there are any, else `Unknown`
+/// with the unknowns if there are any, else `Pass`; details capped at [`MAX_DETAILS`]
+/// lines.
 pub fn verdict(checker: &str, violations: Vec<String>, unknowns: Vec<String>) -> CheckResult {
     let (verdict, details) = if !violations.is_empty() {
         (Verdict::Violation, violations)
@@ -191,7 +216,7 @@ pub fn verdict(checker: &str, violations: Vec<String>, unknowns: Vec<String>) ->
 }
 
 /// Caps a list of detail lines at [`MAX_DETAILS`], saying how many were left out.
-pub fn cap(mut details: Vec<String>) -> Vec<String> {
+fn cap(mut details: Vec<String>) -> Vec<String> {
     if details.len() > MAX_DETAILS {
         let more = details.len() - (MAX_DETAILS - 1);
         details.truncate(MAX_DETAILS - 1);
@@ -218,14 +243,14 @@ pub fn run(
             "quota" => quota::check(history, final_state),
             "liveness" => liveness::check(final_state),
             "coverage" => coverage::check(history, coverage),
-            other => CheckResult {
-                checker: other.to_string(),
-                verdict: Verdict::Unknown,
-                details: vec![format!(
+            other => verdict(
+                other,
+                Vec::new(),
+                vec![format!(
                     "no checker is named {other:?}; the checkers are {}",
                     CHECKERS.join(", ")
                 )],
-            },
+            ),
         })
         .collect()
 }

@@ -21,7 +21,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{answering, classify, describe_op, key_id_of, verdict, CheckResult, Class};
+use super::{
+    answering, classify, describe_op, differing_keys, key_id_of, verdict, CheckResult, Class,
+};
 use crate::history::{FinalState, History, Op, Value};
 
 /// The checker's name.
@@ -114,23 +116,19 @@ pub fn check(history: &History, final_state: &FinalState) -> CheckResult {
         }
     }
     if let Some((first, rest)) = nodes.split_first() {
+        let show = |k: Option<&crate::history::FinalKey>| match k {
+            Some(k) => format!("{} {:?}", k.state, k.description),
+            None => "absent".to_string(),
+        };
         for other in rest {
-            let ids: BTreeSet<&String> = first.keys.keys().chain(other.keys.keys()).collect();
-            for id in ids {
-                let (a, b) = (first.keys.get(id), other.keys.get(id));
-                if a != b {
-                    let show = |k: Option<&crate::history::FinalKey>| match k {
-                        Some(k) => format!("{} {:?}", k.state, k.description),
-                        None => "absent".to_string(),
-                    };
-                    violations.push(format!(
-                        "nodes disagree on key {id}: node {} has {}, node {} has {}",
-                        first.id,
-                        show(a),
-                        other.id,
-                        show(b)
-                    ));
-                }
+            for id in differing_keys(first, other) {
+                violations.push(format!(
+                    "nodes disagree on key {id}: node {} has {}, node {} has {}",
+                    first.id,
+                    show(first.keys.get(id)),
+                    other.id,
+                    show(other.keys.get(id))
+                ));
             }
         }
     }

@@ -54,8 +54,7 @@ pub fn check(history: &History, final_state: &FinalState) -> CheckResult {
                 let could_exist = ops
                     .iter()
                     .filter(|o| {
-                        !std::ptr::eq(*o, op)
-                            && matches!(o.op, Op::CreateKey { .. })
+                        matches!(o.op, Op::CreateKey { .. })
                             && !matches!(classify(o), Class::Fail(_))
                             && o.invoke_ns < done
                     })

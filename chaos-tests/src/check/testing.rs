@@ -178,6 +178,30 @@ pub(crate) fn list() -> Op {
     Op::ListKeys { tag: tag() }
 }
 
+/// A PutKeyPolicy tagged `tag`: the deny-crypto variant when `deny_crypto`.
+pub(crate) fn put_policy(tag: &str, key: &str, deny_crypto: bool) -> Op {
+    Op::PutKeyPolicy {
+        tag: tag.to_string(),
+        key_id: key.to_string(),
+        deny_crypto,
+    }
+}
+
+pub(crate) fn get_policy(key: &str) -> Op {
+    Op::GetKeyPolicy {
+        tag: tag(),
+        key_id: key.to_string(),
+    }
+}
+
+/// What a GetKeyPolicy saw: the policy the put tagged `tag` wrote (`None`: the default).
+pub(crate) fn policy(tag: Option<&str>, deny_crypto: bool) -> Value {
+    Value::Policy {
+        tag: tag.map(str::to_string),
+        deny_crypto,
+    }
+}
+
 pub(crate) fn created(key: &str) -> Value {
     Value::Created {
         key_id: key.to_string(),
