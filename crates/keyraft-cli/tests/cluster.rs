@@ -1626,3 +1626,53 @@ async fn key_pairs_sign_on_one_node_verify_on_another_and_rsa_decrypts_what_its_
         Some(ErrorCode::UnsupportedOperation)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_acts_once_although_a_node_whose_clock_runs_hours_ahead_took_requests() {
+    const HOUR_MS: u64 = 60 * 60 * 1000;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = LocalCluster::prepare(dir.path(), binary(), 3, 0, "test-1").unwrap();
+    c.configure(|cfg| cfg.tick_interval_ms = 100).unwrap();
+    c.start_all().unwrap();
+    c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let clients: Vec<Client> = (1..=3).map(|i| c.client_of(i).unwrap()).collect();
+    let req = keyraft_client::types::CreateKeyRequest {
+        description: "exactly once".into(),
+        request_id: "create-exactly-once".into(),
+        ..Default::default()
+    };
+    let first = clients[0].create_key_with(req.clone()).await.unwrap();
+
+    // Node 3's clock runs two hours ahead, and the mutations it takes carry its time.
+    clients[2].advance_clock(2 * HOUR_MS).await.unwrap();
+    for i in 0..3 {
+        clients[2]
+            .create_key(&format!("stamped two hours ahead {i}"))
+            .await
+            .unwrap();
+    }
+    // The cluster's time has not moved an hour: the retry gets the first answer.
+    for n in &clients {
+        let again = n.create_key_with(req.clone()).await.unwrap();
+        assert_eq!(again.key_id, first.key_id, "the retry created a second key");
+    }
+    let keys = clients[0].list_keys(100, "").await.unwrap();
+    assert_eq!(keys.keys.len(), 4, "{:?}", keys.keys);
+
+    // Once a majority of the clocks passed the hour, a tick forgets the id: the same id
+    // is a new request.
+    for n in &clients[..2] {
+        n.advance_clock(2 * HOUR_MS).await.unwrap();
+    }
+    let fresh = eventually(Duration::from_secs(20), || async {
+        match clients[1].create_key_with(req.clone()).await {
+            Ok(k) if k.key_id != first.key_id => Ok(k),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(fresh.description, "exactly once");
+}

@@ -182,9 +182,10 @@ impl Node {
 }
 
 /// The leader's time-driven work: when a scheduled deletion, an expiry of imported key
-/// material or an automatic rotation is due, propose a tick carrying the time and the
-/// new key versions this node's HSM prepared. Apply decides with that command alone, so
-/// every replica destroys and rotates the same keys.
+/// material, the end of a request id's TTL or an automatic rotation is due, propose a
+/// tick carrying the time and the new key versions this node's HSM prepared. Apply
+/// decides with that command alone, so every replica destroys, forgets and rotates the
+/// same things.
 ///
 /// The time is not the leader's clock alone but one a majority of the voters' clocks
 /// has reached ([`NodeCore::quorum_time_ms`]): a leader whose clock jumped ten days
@@ -239,15 +240,22 @@ fn tick_due(core: &NodeCore, now: u64) -> bool {
     tick_due_removal(core, now) || !rotation_candidates(core, now).is_empty()
 }
 
-/// Whether a scheduled deletion or an expiry of imported material is due at `now`.
+/// Whether a scheduled deletion, an expiry of imported material or the end of a
+/// remembered request id's TTL is due at `now`.
 fn tick_due_removal(core: &NodeCore, now: u64) -> bool {
-    match (core.state.next_deletion_due(), core.state.next_expiry_due()) {
-        (Ok(d), Ok(e)) => d.is_some_and(|d| d <= now) || e.is_some_and(|e| e <= now),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "reading scheduled deletions and expiries");
+    let state = &core.state;
+    let due = [
+        state.next_deletion_due(),
+        state.next_expiry_due(),
+        state.next_request_id_expiry(),
+    ];
+    due.into_iter().any(|next| match next {
+        Ok(next) => next.is_some_and(|t| t <= now),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the due-time indexes");
             false
         }
-    }
+    })
 }
 
 /// The enabled keys whose automatic rotation is due at `now`, up to 50 (a disabled

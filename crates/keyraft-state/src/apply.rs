@@ -97,6 +97,58 @@ impl<'a> Txn<'a> {
         self.writes.insert(key, None);
     }
 
+    /// The records under `prefix` in key order, as this transaction sees them: the tree
+    /// overlaid with the pending writes.
+    ///
+    /// Apply must never scan the tree alone: it would miss what earlier commands of the
+    /// same batch wrote and see what they deleted, so the outcome would depend on where
+    /// the batch ends, and replicas batch differently (the leader applies what committed
+    /// together, a follower what arrived together, a restarted node what it replays).
+    fn scan_prefix<'t>(&'t self, prefix: &[u8]) -> Overlaid<'t> {
+        let pending = self
+            .writes
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .collect::<Vec<_>>();
+        Overlaid {
+            tree: self.tree.scan_prefix(prefix).peekable(),
+            pending: pending.into_iter().peekable(),
+        }
+    }
+
+    /// The entries of a due-time index (deletions, rotations, expiries) due by
+    /// `now_ms`, in due order, at most `limit` of them. Malformed entries are skipped.
+    fn due_entries(
+        &self,
+        prefix: &[u8],
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<keys::DueEntry>, StateError> {
+        let mut out = Vec::new();
+        for item in self.scan_prefix(prefix) {
+            let (k, _) = item?;
+            let Some(entry) = keys::parse_due(prefix, &k) else {
+                continue;
+            };
+            if entry.due_ms > now_ms || out.len() == limit {
+                break;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// The earliest due time in a due-time index.
+    fn first_due(&self, prefix: &[u8]) -> Result<Option<u64>, StateError> {
+        for item in self.scan_prefix(prefix) {
+            let (k, _) = item?;
+            if let Some(entry) = keys::parse_due(prefix, &k) {
+                return Ok(Some(entry.due_ms));
+            }
+        }
+        Ok(None)
+    }
+
     fn into_batch(self) -> sled::Batch {
         let mut batch = sled::Batch::default();
         for (k, v) in self.writes {
@@ -106,6 +158,53 @@ impl<'a> Txn<'a> {
             }
         }
         batch
+    }
+}
+
+/// A prefix scan of the tree merged with a transaction's pending writes under the same
+/// prefix: a pending write replaces the tree's record of its key, a pending delete hides
+/// it.
+struct Overlaid<'t> {
+    tree: std::iter::Peekable<sled::Iter>,
+    pending: std::iter::Peekable<std::vec::IntoIter<PendingWrite<'t>>>,
+}
+
+/// A pending write as [`Txn::writes`] holds it: the key, and the value or `None` for a
+/// delete.
+type PendingWrite<'t> = (&'t Vec<u8>, &'t Option<Vec<u8>>);
+
+impl Iterator for Overlaid<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>), StateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::cmp::Ordering;
+        loop {
+            let next = match (self.tree.peek(), self.pending.peek()) {
+                (None, None) => return None,
+                // A read error comes out as the tree's next item.
+                (Some(Err(_)), _) | (Some(Ok(_)), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(Ok((stored, _))), Some((written, _))) => {
+                    stored.as_ref().cmp(written.as_slice())
+                }
+            };
+            match next {
+                Ordering::Less => {
+                    return self.tree.next().map(|item| {
+                        item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                            .map_err(StateError::from)
+                    })
+                }
+                // Rewritten (or deleted) in this transaction: the pending write decides.
+                Ordering::Equal => {
+                    self.tree.next();
+                }
+                Ordering::Greater => {}
+            }
+            if let Some((k, Some(v))) = self.pending.next() {
+                return Some(Ok((k.clone(), v.clone())));
+            }
+        }
     }
 }
 
@@ -314,7 +413,7 @@ impl StateMachine {
 
     /// Keys whose automatic rotation is due by `now_ms` (up to `limit`), in due order.
     pub fn due_rotations(&self, now_ms: u64, limit: usize) -> Result<Vec<KeyId>, StateError> {
-        let due = keys::due_entries(&self.tree, keys::ROTATION_PREFIX, now_ms, limit)?;
+        let due = Txn::new(&self.tree).due_entries(keys::ROTATION_PREFIX, now_ms, limit)?;
         Ok(due.into_iter().map(|e| e.key_id).collect())
     }
 
@@ -325,12 +424,24 @@ impl StateMachine {
 
     /// When the earliest imported material expires, if any.
     pub fn next_expiry_due(&self) -> Result<Option<u64>, StateError> {
-        Ok(keys::first_due(&self.tree, keys::EXPIRY_PREFIX)?)
+        Txn::new(&self.tree).first_due(keys::EXPIRY_PREFIX)
     }
 
     /// When the earliest scheduled deletion falls due, if any.
     pub fn next_deletion_due(&self) -> Result<Option<u64>, StateError> {
-        Ok(keys::first_due(&self.tree, keys::DELETION_PREFIX)?)
+        Txn::new(&self.tree).first_due(keys::DELETION_PREFIX)
+    }
+
+    /// When a tick first has a remembered request id to forget (the oldest id's time
+    /// plus [`REQUEST_ID_TTL_MS`]), if any id is remembered.
+    pub fn next_request_id_expiry(&self) -> Result<Option<u64>, StateError> {
+        for item in self.tree.scan_prefix(keys::REQUEST_TIME_PREFIX) {
+            let (k, _) = item?;
+            if let Some((time_ms, _)) = keys::parse_request_time(&k) {
+                return Ok(Some(time_ms.saturating_add(REQUEST_ID_TTL_MS)));
+            }
+        }
+        Ok(None)
     }
 
     /// A grant, by id.
@@ -480,7 +591,6 @@ impl StateMachine {
 
 /// Applies one command. `Err` only for storage faults; decisions are in the `Response`.
 fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateError> {
-    expire_request_ids(txn, cmd.time_ms)?;
     let idempotent = !cmd.request_id.is_empty();
     if idempotent {
         if let Some(stored) = txn.get::<StoredResponse>(&keys::request(&cmd.request_id))? {
@@ -741,24 +851,29 @@ fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateErro
     Ok(response)
 }
 
-/// Forgets request ids older than the TTL, measured in command time.
+/// Most request ids one tick forgets; the rest wait for the next tick.
+const REQUEST_EXPIRY_BATCH: usize = 1000;
+
+/// Forgets the request ids remembered longer than the TTL by `now_ms`, oldest first.
+///
+/// Only a tick does this, at a time a majority of the voters' clocks has reached: any
+/// other command carries the time of the node that took the request, and a node whose
+/// clock ran an hour ahead would make the whole cluster forget every id, so that a retry
+/// of an unknown outcome acts twice.
 fn expire_request_ids(txn: &mut Txn<'_>, now_ms: u64) -> Result<(), StateError> {
     let cutoff = now_ms.saturating_sub(REQUEST_ID_TTL_MS);
     let mut expired = Vec::new();
-    for item in txn.tree.scan_prefix(keys::REQUEST_TIME_PREFIX) {
+    for item in txn.scan_prefix(keys::REQUEST_TIME_PREFIX) {
         let (k, _) = item?;
-        let Some(time_bytes) = k.get(5..13) else {
+        let Some((time_ms, id)) = keys::parse_request_time(&k) else {
             continue;
         };
-        let mut t = [0u8; 8];
-        t.copy_from_slice(time_bytes);
-        if u64::from_be_bytes(t) >= cutoff || expired.len() >= 64 {
+        if time_ms >= cutoff || expired.len() == REQUEST_EXPIRY_BATCH {
             break;
         }
-        expired.push(k.to_vec());
+        expired.push((k, id));
     }
-    for k in expired {
-        let id = String::from_utf8_lossy(&k[13..]).into_owned();
+    for (k, id) in expired {
         txn.delete(keys::request(&id));
         txn.delete(k);
     }
@@ -1464,15 +1579,18 @@ fn cancel_deletion(txn: &mut Txn<'_>, key_id: &KeyId) -> Result<Response, StateE
 /// Most keys one tick destroys; the rest wait for the next tick.
 const TICK_BATCH: usize = 100;
 
-/// Destroys the keys whose waiting period ended by the command's time: the key record
-/// with its wrapped material, its aliases and its quota slot go, and each destruction is
-/// a service event in the audit chain. Deterministic: only the command's time is used.
+/// The time-driven work, at the command's time: rotations the leader prepared, expiries
+/// of imported material, request ids remembered longer than their TTL, and destruction
+/// of the keys whose waiting period ended (the key record with its wrapped material, its
+/// aliases and its quota slot go, each destruction a service event in the audit chain).
+/// Deterministic: only the command's time is used.
 fn tick(
     txn: &mut Txn<'_>,
     cmd: &Command,
     node_id: NodeId,
     rotations: &[PreparedRotation],
 ) -> Result<Response, StateError> {
+    expire_request_ids(txn, cmd.time_ms)?;
     for prepared in rotations {
         // Only a rotation still due at the command's time, for the key's next version.
         let due = txn
@@ -1488,17 +1606,12 @@ fn tick(
             }
         }
     }
-    let due: Vec<keys::DueEntry> =
-        keys::due_entries(txn.tree, keys::DELETION_PREFIX, cmd.time_ms, TICK_BATCH)?
-            .into_iter()
-            // An entry removed earlier in this batch is already handled.
-            .filter(|e| txn.writes.get(&e.index_key) != Some(&None))
-            .collect();
-    let expired: Vec<KeyId> =
-        keys::due_entries(txn.tree, keys::EXPIRY_PREFIX, cmd.time_ms, TICK_BATCH)?
-            .into_iter()
-            .map(|e| e.key_id)
-            .collect();
+    let due = txn.due_entries(keys::DELETION_PREFIX, cmd.time_ms, TICK_BATCH)?;
+    let expired: Vec<KeyId> = txn
+        .due_entries(keys::EXPIRY_PREFIX, cmd.time_ms, TICK_BATCH)?
+        .into_iter()
+        .map(|e| e.key_id)
+        .collect();
     for key_id in expired {
         if let Ok(Reply::Key(k)) = delete_imported_material(txn, &key_id)? {
             let mut record = service_event(cmd, node_id, "DeleteExpiredKeyMaterial", &k.account);
@@ -1531,7 +1644,7 @@ fn tick(
         let count: u64 = txn.get(&count_key)?.unwrap_or(0);
         txn.put(count_key, &count.saturating_sub(1))?;
         let mut aliases = Vec::new();
-        for item in txn.tree.scan_prefix(keys::alias_prefix(&account)) {
+        for item in txn.scan_prefix(&keys::alias_prefix(&account)) {
             let (k, v) = item?;
             let alias: AliasRecord = decode(&k, &v)?;
             if alias.target_key_id == key_id {

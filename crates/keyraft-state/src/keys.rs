@@ -55,6 +55,7 @@ pub(crate) fn request(id: &str) -> Vec<u8> {
     format!("req/{id}").into_bytes()
 }
 
+/// Index of remembered request ids, oldest first.
 pub(crate) fn request_time(time_ms: u64, id: &str) -> Vec<u8> {
     [
         REQUEST_TIME_PREFIX,
@@ -62,6 +63,14 @@ pub(crate) fn request_time(time_ms: u64, id: &str) -> Vec<u8> {
         id.as_bytes(),
     ]
     .concat()
+}
+
+/// The time and request id of a [`request_time`] key; `None` if it is malformed.
+pub(crate) fn parse_request_time(k: &[u8]) -> Option<(u64, String)> {
+    let at = REQUEST_TIME_PREFIX.len();
+    let time: [u8; 8] = k.get(at..at + 8)?.try_into().ok()?;
+    let id = std::str::from_utf8(k.get(at + 8..)?).ok()?;
+    Some((u64::from_be_bytes(time), id.to_string()))
 }
 
 pub(crate) fn audit(seq: u64) -> Vec<u8> {
@@ -132,40 +141,8 @@ pub(crate) struct DueEntry {
     pub(crate) key_id: KeyId,
 }
 
-/// Reads a due-time index (deletions, rotations, expiries) in due order: the entries
-/// due by `now_ms`, at most `limit` of them. Malformed entries are skipped.
-pub(crate) fn due_entries(
-    tree: &sled::Tree,
-    prefix: &[u8],
-    now_ms: u64,
-    limit: usize,
-) -> Result<Vec<DueEntry>, sled::Error> {
-    let mut out = Vec::new();
-    for item in tree.scan_prefix(prefix) {
-        let (k, _) = item?;
-        let Some(entry) = parse_due(prefix, &k) else {
-            continue;
-        };
-        if entry.due_ms > now_ms || out.len() == limit {
-            break;
-        }
-        out.push(entry);
-    }
-    Ok(out)
-}
-
-/// The earliest due time in a due-time index.
-pub(crate) fn first_due(tree: &sled::Tree, prefix: &[u8]) -> Result<Option<u64>, sled::Error> {
-    for item in tree.scan_prefix(prefix) {
-        let (k, _) = item?;
-        if let Some(entry) = parse_due(prefix, &k) {
-            return Ok(Some(entry.due_ms));
-        }
-    }
-    Ok(None)
-}
-
-fn parse_due(prefix: &[u8], k: &[u8]) -> Option<DueEntry> {
+/// Parses one key of the due-time index under `prefix`; `None` if it is malformed.
+pub(crate) fn parse_due(prefix: &[u8], k: &[u8]) -> Option<DueEntry> {
     let at = prefix.len();
     let time: [u8; 8] = k.get(at..at + 8)?.try_into().ok()?;
     let key_id = KeyId::parse(std::str::from_utf8(k.get(at + 8..)?).ok()?).ok()?;

@@ -24,7 +24,7 @@ use keyraft_types::{
 
 use crate::command::{
     AccessKeyRecord, ApplyEntry, Bootstrap, Command, IamChange, NodeRecord, Op, PreparedRotation,
-    PrincipalKind, PrincipalRecord, Reply,
+    PrincipalKind, PrincipalRecord, Reply, Response,
 };
 use crate::{keys, Durable, StateMachine};
 
@@ -64,6 +64,11 @@ struct Runner {
     _dir: tempfile::TempDir,
     sm: StateMachine,
     index: u64,
+    /// Every command applied, each in a batch of its own, and its response.
+    log: Vec<(Command, Response)>,
+    /// The tree was changed behind apply's back (`tamper` and the like), so a replay
+    /// of `log` cannot reach the same state.
+    tampered: bool,
 }
 
 impl Runner {
@@ -75,6 +80,8 @@ impl Runner {
             _dir: dir,
             sm,
             index: 0,
+            log: Vec::new(),
+            tampered: false,
         }
     }
 
@@ -88,11 +95,14 @@ impl Runner {
         let out = self
             .sm
             .apply(
-                &[ApplyEntry { command: Some(cmd) }],
+                &[ApplyEntry {
+                    command: Some(cmd.clone()),
+                }],
                 self.index.to_be_bytes().to_vec(),
                 None,
             )
             .unwrap();
+        self.log.push((cmd, out[0].clone()));
         match &out[0] {
             Ok(Reply::Unit) => "ok".into(),
             Ok(Reply::Alias(a)) => format!(
@@ -805,6 +815,7 @@ impl Runner {
                 Err(seq) => format!("chain broken at {seq}"),
             },
             "tamper" => {
+                self.tampered = true;
                 let seq: u64 = arg("seq", "1").parse().unwrap();
                 let k = keys::audit(seq);
                 let mut e: keyraft_types::AuditEvent =
@@ -817,6 +828,7 @@ impl Runner {
                 "tampered".into()
             }
             "delete-event" => {
+                self.tampered = true;
                 self.sm
                     .tree
                     .remove(keys::audit(arg("seq", "1").parse().unwrap()))
@@ -824,6 +836,7 @@ impl Runner {
                 "deleted".into()
             }
             "swap-events" => {
+                self.tampered = true;
                 // Two events exchange places (each keeps its own sequence field).
                 let (a, b): (u64, u64) = (
                     arg("a", "1").parse().unwrap(),
@@ -913,6 +926,64 @@ fn run_file(name: &str) {
         return;
     }
     assert!(mismatches.is_empty(), "{name}:\n{}", mismatches.join("\n"));
+    if !runner.tampered {
+        assert_batching_changes_nothing(name, &runner);
+    }
+}
+
+/// Replays a scenario's commands in batches of other sizes and checks that every
+/// response and the final state are the ones of one command per batch.
+///
+/// Replicas batch differently (a leader applies what committed together, a follower what
+/// arrived together, a restarted node what it replays), so apply must not depend on
+/// where a batch ends: a read that missed an earlier command of the same batch would let
+/// replicas drift apart.
+fn assert_batching_changes_nothing(name: &str, runner: &Runner) {
+    let (expected_state, _) = runner.sm.export().unwrap();
+    for size in [2, 3, 7, usize::MAX] {
+        let replay = Runner::new();
+        let mut responses = Vec::new();
+        for (i, chunk) in runner.log.chunks(size).enumerate() {
+            let entries: Vec<ApplyEntry> = chunk
+                .iter()
+                .map(|(cmd, _)| ApplyEntry {
+                    command: Some(cmd.clone()),
+                })
+                .collect();
+            responses.extend(
+                replay
+                    .sm
+                    .apply(&entries, i.to_be_bytes().to_vec(), None)
+                    .unwrap(),
+            );
+        }
+        for ((cmd, expected), got) in runner.log.iter().zip(&responses) {
+            assert_eq!(
+                got, expected,
+                "{name}, batches of {size}: the response to {cmd:?} differs"
+            );
+        }
+        let (state, _) = replay.sm.export().unwrap();
+        let differing: Vec<String> = differing_records(&expected_state.records, &state.records);
+        assert!(
+            differing.is_empty(),
+            "{name}, batches of {size}: the state differs at {differing:?}"
+        );
+    }
+}
+
+/// The keys whose records differ between two exports (present in one only, or with other
+/// bytes).
+fn differing_records(a: &[(Vec<u8>, Vec<u8>)], b: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
+    let a: BTreeMap<_, _> = a.iter().cloned().collect();
+    let b: BTreeMap<_, _> = b.iter().cloned().collect();
+    a.keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 #[test]
