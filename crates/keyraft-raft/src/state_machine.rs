@@ -2,8 +2,14 @@
 //! [`keyraft_state::StateMachine`].
 //!
 //! openraft hands `apply` a stream of committed entries; we drain what is ready into one
-//! batch, let the state machine apply it in one atomic, fsync'd sled batch together with
-//! the last applied log id and the newest membership, and only then send the responses.
+//! batch, let the state machine apply it in one atomic sled batch together with the last
+//! applied log id and the newest membership, and only then send the responses.
+//!
+//! Apply does not fsync: the entries are durable in the Raft log already, the log
+//! store's next sync covers the state too (they share one sled database), and after a
+//! crash openraft applies the committed entries after the recovered `last_applied` again
+//! (see [`keyraft_state::StateMachine::apply`]). Installing a snapshot does sync, since
+//! the log it replaces is purged after it.
 //!
 //! Snapshots are the state machine's records (everything but the Raft metadata) encoded
 //! with bincode. A built or installed snapshot is also written to

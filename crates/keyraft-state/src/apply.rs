@@ -239,10 +239,18 @@ impl StateMachine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Applies a batch of entries atomically and durably: the state changes, the applied
-    /// log id (`last_applied`, opaque bytes of the Raft layer) and, if the batch holds a
-    /// membership entry, the membership (`membership`) are written in one sled batch and
-    /// synced before the responses, one per entry, are returned.
+    /// Applies a batch of entries atomically: the state changes, the applied log id
+    /// (`last_applied`, opaque bytes of the Raft layer) and, if the batch holds a
+    /// membership entry, the membership (`membership`) are written in one sled batch,
+    /// and the responses, one per entry, are returned.
+    ///
+    /// The batch is not synced here. What the responses acknowledge is already durable:
+    /// the entries were committed, so a quorum synced them in its Raft log. The next sync
+    /// of the shared [`Durable`] (the log store's, at the latest with the next append)
+    /// covers this batch too, and sled recovers a prefix of its batches, so a crash can
+    /// only leave the state at an earlier `last_applied`, from which Raft applies the same
+    /// committed entries again. That replay reaches the same state and the same responses
+    /// because apply depends on the commands alone, not on how they were batched.
     pub fn apply(
         &self,
         entries: &[ApplyEntry],
@@ -264,7 +272,6 @@ impl StateMachine {
             txn.put_raw(keys::MEMBERSHIP.to_vec(), m);
         }
         self.tree.apply_batch(txn.into_batch())?;
-        self.durable.sync()?;
         Ok(responses)
     }
 
