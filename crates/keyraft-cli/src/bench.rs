@@ -10,6 +10,7 @@
 //! keyraft bench --workload noop-rpc --concurrency 64          # the bare RPC bound
 //! keyraft bench --workload etcd-put --etcd-endpoints http://127.0.0.1:2379
 //! keyraft bench failover --runs 5                             # see `failover`
+//! keyraft bench growth --ops 1000000                          # see `growth`
 //! ```
 //!
 //! ## How it measures
@@ -69,6 +70,7 @@
 
 mod etcd;
 mod failover;
+mod growth;
 mod noop;
 mod stats;
 
@@ -107,6 +109,9 @@ enum BenchCommand {
     /// Start a cluster, kill -9 its leader under write load, and time until the next
     /// write succeeds; repeated --runs times.
     Failover(failover::FailoverArgs),
+    /// Start a cluster, run audited Encrypts, and sample the nodes' memory and data
+    /// directories before and after the audit retention (prune) is applied.
+    Growth(growth::GrowthArgs),
 }
 
 /// The flags of a load run.
@@ -381,6 +386,7 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, String> {
 pub(crate) async fn run(conn: &Connection, args: BenchArgs) -> ExitCode {
     let result = match args.command {
         Some(BenchCommand::Failover(f)) => failover::run(f).await,
+        Some(BenchCommand::Growth(g)) => growth::run(g).await,
         None => load(conn, args.load).await,
     };
     match result {
@@ -1044,6 +1050,7 @@ mod tests {
                 assert_eq!((f.runs, f.nodes, f.concurrency), (3, 5, 4));
                 assert!(f.json);
             }
+            Some(BenchCommand::Growth(_)) => panic!("not failover"),
             None => panic!("no subcommand"),
         }
     }

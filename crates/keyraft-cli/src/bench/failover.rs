@@ -27,7 +27,7 @@
 //! schedule, plus the backoff of the probe that won). The report also gives, per run,
 //! the load callers' errors and their slowest call.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -180,29 +180,14 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<ExitCode, String> {
     if args.runs == 0 || args.concurrency == 0 {
         return Err("--runs and --concurrency must be at least 1".into());
     }
-    let temp = tempfile::Builder::new()
-        .prefix("keyraft-bench-failover-")
-        .tempdir()
-        .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
-    let dir = match &args.dir {
-        Some(d) => {
-            let busy = std::fs::read_dir(d).is_ok_and(|mut entries| entries.next().is_some());
-            if busy {
-                return Err(format!("--dir {} is not empty", d.display()));
-            }
-            d.clone()
-        }
-        None => temp.path().to_path_buf(),
-    };
+    let dir = BenchDir::new(args.dir.as_deref(), "keyraft-bench-failover-")?;
     let mut cluster = match args.system {
-        System::Keyraft => {
-            let binary = std::env::current_exe()
-                .map_err(|e| format!("cannot find the keyraft binary: {e}"))?;
-            let c = LocalCluster::prepare(&dir, &binary, args.nodes, 0, "bench-1")
-                .map_err(|e| e.to_string())?;
-            Cluster::Keyraft(Box::new(c))
-        }
-        System::Etcd => Cluster::Etcd(EtcdCluster::prepare(&dir, &args.etcd_bin, args.nodes)?),
+        System::Keyraft => Cluster::Keyraft(Box::new(prepare_keyraft(dir.path(), args.nodes)?)),
+        System::Etcd => Cluster::Etcd(EtcdCluster::prepare(
+            dir.path(),
+            &args.etcd_bin,
+            args.nodes,
+        )?),
     };
     eprintln!(
         "keyraft bench failover: starting {} {} nodes ...",
@@ -289,6 +274,58 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<ExitCode, String> {
         print!("{}", report.table());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a bench that starts its own cluster keeps it: `--dir` (which must be new or
+/// empty, and is kept), or a temporary directory that is removed when this is dropped.
+/// Drop the cluster first, so that no node still writes into the directory.
+pub(crate) struct BenchDir {
+    /// The directory.
+    path: PathBuf,
+    /// The temporary directory, if it is one; removes it when dropped.
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl BenchDir {
+    /// `dir` if given (refused unless it is missing or empty), else a new temporary
+    /// directory named `prefix...`.
+    pub(crate) fn new(dir: Option<&Path>, prefix: &str) -> Result<BenchDir, String> {
+        match dir {
+            Some(d) => {
+                let busy = std::fs::read_dir(d).is_ok_and(|mut entries| entries.next().is_some());
+                if busy {
+                    return Err(format!("--dir {} is not empty", d.display()));
+                }
+                Ok(BenchDir {
+                    path: d.to_path_buf(),
+                    _temp: None,
+                })
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix(prefix)
+                    .tempdir()
+                    .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+                Ok(BenchDir {
+                    path: temp.path().to_path_buf(),
+                    _temp: Some(temp),
+                })
+            }
+        }
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Lays out a Keyraft cluster of `nodes` nodes in `dir`, run by the `keyraft` binary
+/// that is running now (not started yet).
+pub(crate) fn prepare_keyraft(dir: &Path, nodes: usize) -> Result<LocalCluster, String> {
+    let binary =
+        std::env::current_exe().map_err(|e| format!("cannot find the keyraft binary: {e}"))?;
+    LocalCluster::prepare(dir, &binary, nodes, 0, "bench-1").map_err(|e| e.to_string())
 }
 
 /// What the callers and probes report to the coordinator.
