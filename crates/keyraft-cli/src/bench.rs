@@ -383,6 +383,23 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, String> {
 }
 
 /// Runs `keyraft bench`.
+/// Prints a bench's report: one JSON object with `json`, else its table.
+pub(crate) fn print_report<R: serde::Serialize>(
+    json: bool,
+    report: &R,
+    table: impl FnOnce() -> String,
+) -> Result<ExitCode, String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) async fn run(conn: &Connection, args: BenchArgs) -> ExitCode {
     let result = match args.command {
         Some(BenchCommand::Failover(f)) => failover::run(f).await,
@@ -647,15 +664,7 @@ async fn load(conn: &Connection, args: LoadArgs) -> Result<ExitCode, String> {
         std::fs::write(path, stats::csv(&outcome.ticks))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        );
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(ExitCode::SUCCESS)
+    print_report(args.json, &report, || report.table())
 }
 
 /// The client settings from the connection flags and `KEYRAFT_*`, with the bench's

@@ -18,7 +18,20 @@ fn binary() -> &'static Path {
 }
 
 async fn cluster(dir: &Path) -> LocalCluster {
+    started(LocalCluster::prepare(dir, binary(), 3, 0, "test-1").expect("prepare")).await
+}
+
+/// A 3-node cluster whose leader looks for time-driven work every 100 ms, for tests
+/// that move the service clocks.
+async fn ticking_cluster(dir: &Path) -> LocalCluster {
     let mut c = LocalCluster::prepare(dir, binary(), 3, 0, "test-1").expect("prepare");
+    c.configure(|cfg| cfg.tick_interval_ms = 100)
+        .expect("configure");
+    started(c).await
+}
+
+/// Starts every node of `c` and waits until all three serve.
+async fn started(mut c: LocalCluster) -> LocalCluster {
     c.start_all().expect("start");
     c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
         .await
@@ -903,12 +916,7 @@ async fn a_key_is_destroyed_on_every_node_once_its_waiting_period_has_passed() {
     const DAY_MS: u64 = 24 * 60 * 60 * 1000;
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = LocalCluster::prepare(dir.path(), binary(), 3, 0, "test-1").unwrap();
-    c.configure(|cfg| cfg.tick_interval_ms = 100).unwrap();
-    c.start_all().unwrap();
-    c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
-        .await
-        .unwrap();
+    let c = ticking_cluster(dir.path()).await;
     let clients: Vec<Client> = (1..=3).map(|i| c.client_of(i).unwrap()).collect();
     let doomed = clients[0].create_key("doomed").await.unwrap();
     let kept = clients[0].create_key("kept").await.unwrap();
@@ -1081,12 +1089,7 @@ async fn rotated_keys_decrypt_every_older_ciphertext_on_every_node() {
     const DAY_MS: u64 = 24 * 60 * 60 * 1000;
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = LocalCluster::prepare(dir.path(), binary(), 3, 0, "test-1").unwrap();
-    c.configure(|cfg| cfg.tick_interval_ms = 100).unwrap();
-    c.start_all().unwrap();
-    c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
-        .await
-        .unwrap();
+    let c = ticking_cluster(dir.path()).await;
     let clients: Vec<Client> = (1..=3).map(|i| c.client_of(i).unwrap()).collect();
     let key = clients[0].create_key("rotating").await.unwrap();
     let version_of = |blob: &[u8]| u32::from_be_bytes(blob[5 + 36..5 + 40].try_into().unwrap());
@@ -1632,12 +1635,7 @@ async fn a_retry_acts_once_although_a_node_whose_clock_runs_hours_ahead_took_req
     const HOUR_MS: u64 = 60 * 60 * 1000;
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = LocalCluster::prepare(dir.path(), binary(), 3, 0, "test-1").unwrap();
-    c.configure(|cfg| cfg.tick_interval_ms = 100).unwrap();
-    c.start_all().unwrap();
-    c.wait_ready(&[1, 2, 3], Duration::from_secs(60))
-        .await
-        .unwrap();
+    let c = ticking_cluster(dir.path()).await;
     let clients: Vec<Client> = (1..=3).map(|i| c.client_of(i).unwrap()).collect();
     let req = keyraft_client::types::CreateKeyRequest {
         description: "exactly once".into(),

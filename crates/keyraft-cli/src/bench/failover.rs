@@ -40,8 +40,8 @@ use tokio::task::JoinSet;
 use keyraft_client::Client;
 use keyraft_testkit::LocalCluster;
 
-use super::error_code;
 use super::etcd::{put_with_retry, EtcdClient, EtcdCluster};
+use super::{error_code, print_report};
 
 /// `keyraft bench failover` flags.
 #[derive(Args, Debug, Clone)]
@@ -265,15 +265,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<ExitCode, String> {
     outcome?;
 
     let report = FailoverReport::new(args.system, args.nodes, args.concurrency, runs);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        );
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(ExitCode::SUCCESS)
+    print_report(args.json, &report, || report.table())
 }
 
 /// Where a bench that starts its own cluster keeps it: `--dir` (which must be new or

@@ -58,8 +58,8 @@ use tokio::task::JoinSet;
 use keyraft_client::{Client, EncryptionContext};
 use keyraft_testkit::LocalCluster;
 
-use super::error_code;
 use super::failover::{prepare_keyraft, BenchDir};
+use super::{error_code, print_report};
 
 /// The retention the prune asks for: the least the server accepts.
 const RETENTION_DAYS: u32 = 1;
@@ -471,15 +471,7 @@ pub(crate) async fn run(args: GrowthArgs) -> Result<ExitCode, String> {
     };
     drop(cluster);
     let report = outcome?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        );
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(ExitCode::SUCCESS)
+    print_report(args.json, &report, || report.table())
 }
 
 /// The callers' shared setup.
