@@ -62,10 +62,11 @@ struct Inner {
 /// sled's segment size: values over a quarter of it are written as unsynced blob files.
 const SEGMENT_SIZE: usize = 8 << 20;
 
-/// The most memory sled's page cache holds (its own accounting, so RSS runs somewhat
-/// above it). sled's default is 1 GiB, which a node filled with audit events it rarely
-/// reads again: `keyraft bench growth` saw memory climb with every audited call. The
-/// hot data (keys, the log tail being replicated) is a few MiB.
+/// The most memory sled's page cache holds, by its own accounting. sled's default is
+/// 1 GiB, mostly spent on audit events that are rarely read again; the hot data (keys,
+/// the log tail being replicated) is a few MiB. This does not bound a node's memory on
+/// its own: under `keyraft bench growth` RSS still grows with audited calls (see
+/// BENCHMARKS.md).
 const CACHE_CAPACITY: u64 = 64 << 20;
 
 impl Durable {
