@@ -63,8 +63,7 @@ struct Inner {
 const SEGMENT_SIZE: usize = 8 << 20;
 
 /// The most memory sled's page cache holds, by its own accounting. sled's default is
-/// 1 GiB, mostly spent on audit events that are rarely read again; the hot data (keys,
-/// the log tail being replicated) is a few MiB. This does not bound a node's memory on
+/// 1 GiB; the hot data (keys, the log tail being replicated) is a few MiB. This does not bound a node's memory on
 /// its own: under `keyraft bench growth` RSS still grows with audited calls (see
 /// BENCHMARKS.md).
 const CACHE_CAPACITY: u64 = 64 << 20;
