@@ -102,6 +102,19 @@ async fn expect_reset(stream: &mut TcpStream) {
     }
 }
 
+/// A 3-node cluster of real nodes behind the proxies, in `dir/cluster`.
+async fn three_nodes(dir: &std::path::Path) -> ChaosCluster {
+    ChaosCluster::start(ClusterOptions {
+        nodes: 3,
+        dir: dir.join("cluster"),
+        binary: keyraft_binary(),
+        ready_timeout: Duration::from_secs(30),
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
 async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -307,15 +320,7 @@ async fn a_partition_applies_exactly_its_links() {
 async fn an_isolated_leader_is_replaced_and_follows_after_healing() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let cluster = ChaosCluster::start(ClusterOptions {
-        nodes: 3,
-        dir: dir.path().join("cluster"),
-        binary: keyraft_binary(),
-        ready_timeout: Duration::from_secs(30),
-        ..ClusterOptions::default()
-    })
-    .await
-    .unwrap();
+    let cluster = three_nodes(dir.path()).await;
     let ids = cluster.ids();
     let old = cluster.leader(Duration::from_secs(10)).await.unwrap();
     let others: Vec<NodeId> = ids.iter().copied().filter(|id| *id != old).collect();
@@ -393,15 +398,7 @@ async fn an_isolated_leader_is_replaced_and_follows_after_healing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_leader_is_wiped_and_its_successor_serves_the_old_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = ChaosCluster::start(ClusterOptions {
-        nodes: 3,
-        dir: dir.path().join("cluster"),
-        binary: keyraft_binary(),
-        ready_timeout: Duration::from_secs(30),
-        ..ClusterOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut cluster = three_nodes(dir.path()).await;
     let client = cluster.client().unwrap();
     let key = client.create_key("from before").await.unwrap();
     let context = keyraft_client::EncryptionContext::new();

@@ -77,7 +77,7 @@ mod stats;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -89,6 +89,7 @@ use tokio::task::JoinSet;
 
 use keyraft_client::envelope::{encrypt_stream, EncryptOptions, EnvelopeError};
 use keyraft_client::{Client, ClientConfig, EncryptionContext, Error};
+use keyraft_testkit::LocalCluster;
 
 use crate::Connection;
 use etcd::EtcdClient;
@@ -383,6 +384,58 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, String> {
 }
 
 /// Runs `keyraft bench`.
+/// Where a bench that starts its own cluster keeps it: `--dir` (which must be new or
+/// empty, and is kept), or a temporary directory that is removed when this is dropped.
+/// Drop the cluster first, so that no node still writes into the directory.
+pub(crate) struct BenchDir {
+    /// The directory.
+    path: PathBuf,
+    /// The temporary directory, if it is one; removes it when dropped.
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl BenchDir {
+    /// `dir` if given (refused unless it is missing or empty), else a new temporary
+    /// directory named `prefix...`.
+    pub(crate) fn new(dir: Option<&Path>, prefix: &str) -> Result<BenchDir, String> {
+        match dir {
+            Some(d) => {
+                let busy = std::fs::read_dir(d).is_ok_and(|mut entries| entries.next().is_some());
+                if busy {
+                    return Err(format!("--dir {} is not empty", d.display()));
+                }
+                Ok(BenchDir {
+                    path: d.to_path_buf(),
+                    _temp: None,
+                })
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix(prefix)
+                    .tempdir()
+                    .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+                Ok(BenchDir {
+                    path: temp.path().to_path_buf(),
+                    _temp: Some(temp),
+                })
+            }
+        }
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Lays out a Keyraft cluster of `nodes` nodes in `dir`, run by the `keyraft` binary
+/// that is running now (not started yet).
+pub(crate) fn prepare_keyraft(dir: &Path, nodes: usize) -> Result<LocalCluster, String> {
+    let binary =
+        std::env::current_exe().map_err(|e| format!("cannot find the keyraft binary: {e}"))?;
+    LocalCluster::prepare(dir, &binary, nodes, 0, "bench-1").map_err(|e| e.to_string())
+}
+
 /// Prints a bench's report: one JSON object with `json`, else its table.
 pub(crate) fn print_report<R: serde::Serialize>(
     json: bool,

@@ -27,7 +27,7 @@
 //! schedule, plus the backoff of the probe that won). The report also gives, per run,
 //! the load callers' errors and their slowest call.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ use keyraft_client::Client;
 use keyraft_testkit::LocalCluster;
 
 use super::etcd::{put_with_retry, EtcdClient, EtcdCluster};
-use super::{error_code, print_report};
+use super::{error_code, prepare_keyraft, print_report, BenchDir};
 
 /// `keyraft bench failover` flags.
 #[derive(Args, Debug, Clone)]
@@ -266,58 +266,6 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<ExitCode, String> {
 
     let report = FailoverReport::new(args.system, args.nodes, args.concurrency, runs);
     print_report(args.json, &report, || report.table())
-}
-
-/// Where a bench that starts its own cluster keeps it: `--dir` (which must be new or
-/// empty, and is kept), or a temporary directory that is removed when this is dropped.
-/// Drop the cluster first, so that no node still writes into the directory.
-pub(crate) struct BenchDir {
-    /// The directory.
-    path: PathBuf,
-    /// The temporary directory, if it is one; removes it when dropped.
-    _temp: Option<tempfile::TempDir>,
-}
-
-impl BenchDir {
-    /// `dir` if given (refused unless it is missing or empty), else a new temporary
-    /// directory named `prefix...`.
-    pub(crate) fn new(dir: Option<&Path>, prefix: &str) -> Result<BenchDir, String> {
-        match dir {
-            Some(d) => {
-                let busy = std::fs::read_dir(d).is_ok_and(|mut entries| entries.next().is_some());
-                if busy {
-                    return Err(format!("--dir {} is not empty", d.display()));
-                }
-                Ok(BenchDir {
-                    path: d.to_path_buf(),
-                    _temp: None,
-                })
-            }
-            None => {
-                let temp = tempfile::Builder::new()
-                    .prefix(prefix)
-                    .tempdir()
-                    .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
-                Ok(BenchDir {
-                    path: temp.path().to_path_buf(),
-                    _temp: Some(temp),
-                })
-            }
-        }
-    }
-
-    /// The directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// Lays out a Keyraft cluster of `nodes` nodes in `dir`, run by the `keyraft` binary
-/// that is running now (not started yet).
-pub(crate) fn prepare_keyraft(dir: &Path, nodes: usize) -> Result<LocalCluster, String> {
-    let binary =
-        std::env::current_exe().map_err(|e| format!("cannot find the keyraft binary: {e}"))?;
-    LocalCluster::prepare(dir, &binary, nodes, 0, "bench-1").map_err(|e| e.to_string())
 }
 
 /// What the callers and probes report to the coordinator.

@@ -58,8 +58,7 @@ use tokio::task::JoinSet;
 use keyraft_client::{Client, EncryptionContext};
 use keyraft_testkit::LocalCluster;
 
-use super::failover::{prepare_keyraft, BenchDir};
-use super::{error_code, print_report};
+use super::{error_code, prepare_keyraft, print_report, BenchDir};
 
 /// The retention the prune asks for: the least the server accepts.
 const RETENTION_DAYS: u32 = 1;
