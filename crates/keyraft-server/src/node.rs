@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use keyraft_hsm::{Hsm, SoftHsm};
 use keyraft_proto::v1::admin_service_server::AdminServiceServer;
@@ -152,23 +152,18 @@ impl Node {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let raft_server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(RaftServer::new(raft.clone(), core.cluster_auth().clone()).into_service())
             .add_service(
                 NodeServiceServer::new(NodeApi::new(core.clone()))
                     .max_decoding_message_size(MAX_MESSAGE),
             )
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(raft_listener),
-                stop(shutdown_rx.clone()),
-            );
+            .serve_with_incoming_shutdown(no_delay(raft_listener), stop(shutdown_rx.clone()));
         let api_server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(KeyServiceServer::new(KeyApi::new(core.clone())))
             .add_service(AdminServiceServer::new(AdminApi::new(core.clone())))
             .add_service(IamServiceServer::new(crate::iam::IamApi::new(core.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), stop(shutdown_rx));
+            .serve_with_incoming_shutdown(no_delay(api_listener), stop(shutdown_rx));
         let servers = vec![tokio::spawn(raft_server), tokio::spawn(api_server)];
         tracing::info!(node = core.id, api = %core.config.api_endpoint(), raft = %core.config.raft_endpoint(), "node started");
         Ok(NodeHandle {
@@ -179,6 +174,17 @@ impl Node {
             tasks,
         })
     }
+}
+
+/// The connections `listener` accepts, with `TCP_NODELAY` set on each.
+///
+/// tonic applies its own `tcp_nodelay` setting only to listeners it binds itself, not to
+/// an incoming stream it is given. Without it, Nagle's algorithm holds a small response
+/// written in two pieces (HTTP/2 headers, then data and trailers) until the peer's
+/// delayed ACK, about 40 ms on Linux: a follower's AppendEntries answer, and so the
+/// leader's commit, waited that long now and then.
+pub fn no_delay(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// The leader's time-driven work: when a scheduled deletion, an expiry of imported key
@@ -367,5 +373,25 @@ impl NodeHandle {
     /// Signals the node to stop; `wait` then returns.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = no_delay(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "an accepted connection must have TCP_NODELAY, or small responses wait ~40 ms"
+        );
     }
 }

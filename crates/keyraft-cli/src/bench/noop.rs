@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use keyraft_server::node::no_delay;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
 use tonic::transport::{Channel, Endpoint};
@@ -75,9 +75,8 @@ impl NoopServer {
                         }
                     };
                     let served = tonic::transport::Server::builder()
-                        .tcp_nodelay(true)
                         .add_service(NoopService)
-                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                        .serve_with_incoming_shutdown(no_delay(listener), async {
                             let _ = stopped.await;
                         })
                         .await;
