@@ -71,14 +71,16 @@ pub(crate) async fn run(args: DevArgs) -> ExitCode {
         })
     );
     eprintln!(
-        "keyraft dev: ready. In another shell:\n  set -a; . {}; set +a\n  keyraft key create --description demo\nCtrl-C stops all nodes.",
+        "keyraft dev: ready. In another shell:\n  set -a; . {}; set +a\n  keyraft key create --description demo\nCtrl-C (or SIGTERM) stops all nodes.",
         cluster.dir().join("cluster.env").display()
     );
     // Nodes that die stay dead (chaos experiments rely on that); report them.
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let stop = crate::stop_requested();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut stop => break,
             _ = tick.tick() => {
                 for (id, status) in cluster.reap() {
                     eprintln!("keyraft dev: node {id} exited ({status}); not restarting it");

@@ -318,19 +318,8 @@ async fn server(args: ServerArgs) -> ExitCode {
         Ok(h) => h,
         Err(e) => return fail_start(e.to_string()),
     };
-    let stop = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
     let code = tokio::select! {
-        _ = stop => ExitCode::SUCCESS,
+        () = stop_requested() => ExitCode::SUCCESS,
         fatal = handle.fatal() => {
             tracing::error!("stopping after a fatal error: {fatal}");
             ExitCode::FAILURE
@@ -339,6 +328,24 @@ async fn server(args: ServerArgs) -> ExitCode {
     tracing::info!("stopping");
     handle.shutdown().await;
     code
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM, the signal
+/// `kill`, systemd and `docker stop` send.
+pub(crate) async fn stop_requested() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            // Without a SIGTERM handler, Ctrl-C still works.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 fn fail_start(message: String) -> ExitCode {

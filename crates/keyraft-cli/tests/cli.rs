@@ -103,9 +103,10 @@ impl Dev {
         }
     }
 
-    /// Ctrl-C, then waits for `dev` and every node to be gone.
-    fn stop(mut self) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).unwrap();
+    /// Sends `signal` (Ctrl-C is SIGINT; `kill`, systemd and `docker stop` send SIGTERM),
+    /// then waits for `dev` and every node to be gone.
+    fn stop(mut self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "keyraft dev did not stop");
@@ -321,7 +322,7 @@ fn dev_cluster_and_client_commands() {
     assert_eq!(quota["Aliases"]["Used"], 1);
 
     // Ctrl-C stops every node.
-    dev.stop();
+    dev.stop(Signal::SIGINT);
 }
 
 #[test]
@@ -492,7 +493,7 @@ fn imported_key_material_wrapped_with_openssl() {
     );
     assert!(!ok);
     assert_eq!(err["Error"]["Code"], "UnsupportedOperationException");
-    dev.stop();
+    dev.stop(Signal::SIGTERM);
 }
 
 /// Key pairs as a user meets them with OpenSSL: a signature from `keyraft sign` verifies
@@ -681,5 +682,5 @@ fn key_pairs_interoperate_with_openssl() {
     assert!(ok, "{dec}");
     assert_eq!(b64(dec["Plaintext"].as_str().unwrap()), b"the launch code");
     assert_eq!(dec["EncryptionAlgorithm"], "RSAES_OAEP_SHA_256");
-    dev.stop();
+    dev.stop(Signal::SIGINT);
 }
