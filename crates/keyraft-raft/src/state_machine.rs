@@ -84,13 +84,19 @@ impl StateMachineStore {
 
     fn write_snapshot_file(&self, file: &SnapshotFile) -> io::Result<()> {
         let _guard = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let bytes = to_bytes(file)?;
         let tmp = self.snapshot_dir.join(format!("{CURRENT_SNAPSHOT}.tmp"));
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
+            // Encoded straight into the file: the data can be hundreds of MiB, and an
+            // encoded copy in memory would double what a snapshot costs.
+            let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
+            bincode::serialize_into(&mut out, file).map_err(|e| match *e {
+                // A full disk stays a full disk, not "invalid data".
+                bincode::ErrorKind::Io(e) => e,
+                other => io::Error::new(io::ErrorKind::InvalidData, other),
+            })?;
+            out.flush()?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         std::fs::rename(&tmp, self.snapshot_dir.join(CURRENT_SNAPSHOT))?;
         std::fs::File::open(&self.snapshot_dir)?.sync_all()?;
