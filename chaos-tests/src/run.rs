@@ -275,6 +275,8 @@ async fn start_cluster(
         binary: opts.binary.clone(),
         raft: exp.cluster.snapshot_every.map(|n| RaftConfig {
             snapshot_every_logs: n,
+            // An experiment that asks for frequent snapshots gets them at any state size.
+            snapshot_log_percent: 0,
             keep_logs_after_snapshot: n / 10,
             ..RaftConfig::default()
         }),

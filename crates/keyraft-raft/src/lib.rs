@@ -8,6 +8,8 @@
 //!   `fdatasync` before openraft is told an append is flushed.
 //! - [`state_machine::StateMachineStore`]: the adapter that feeds committed entries to
 //!   [`keyraft_state::StateMachine`] in batches and builds, stores and installs snapshots.
+//! - [`compaction`]: when a node snapshots, so that snapshot costs stay proportional to
+//!   the writes as the state grows.
 //! - [`network`]: the node-to-node transport over tonic, every call signed with the
 //!   cluster secret; snapshots are streamed in chunks.
 //! - [`failpoints`]: named places where a fault can be injected (compiled in only with
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod compaction;
 pub mod failpoints;
 pub mod log_store;
 pub mod network;

@@ -51,6 +51,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
@@ -98,6 +99,9 @@ struct Shared {
     lock: RwLock<()>,
     /// The sync thread.
     syncer: Syncer,
+    /// Encoded bytes of every entry appended since the store was opened (see
+    /// [`LogStore::appended_bytes`]).
+    appended: Arc<AtomicU64>,
 }
 
 /// The handle of the thread that syncs the database and completes the requests waiting
@@ -244,8 +248,15 @@ impl LogStore {
             shared: Arc::new(Shared {
                 lock: RwLock::new(()),
                 syncer: Syncer::start(durable.clone())?,
+                appended: Arc::new(AtomicU64::new(0)),
             }),
         })
+    }
+
+    /// A counter of the encoded bytes of every entry appended since the store was
+    /// opened; [`crate::compaction`] paces snapshots by it.
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.shared.appended.clone()
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -342,6 +353,7 @@ impl LogStore {
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> io::Result<()> {
         let mut batch = sled::Batch::default();
         let mut prev: Option<u64> = None;
+        let mut bytes = 0u64;
         for entry in entries {
             let index = entry.index();
             if let Some(prev) = prev {
@@ -353,10 +365,14 @@ impl LogStore {
                 }
             }
             prev = Some(index);
-            batch.insert(&index_key(index), to_bytes(&entry)?);
+            let value = to_bytes(&entry)?;
+            bytes = bytes.saturating_add(value.len() as u64);
+            batch.insert(&index_key(index), value);
         }
         let _guard = self.write_guard();
-        self.log.apply_batch(batch).map_err(sled_err)
+        self.log.apply_batch(batch).map_err(sled_err)?;
+        self.shared.appended.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Deletes every entry from index `from` on, in one batch.

@@ -18,6 +18,7 @@
 
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, TryStreamExt};
@@ -42,6 +43,9 @@ pub struct StateMachineStore {
     snapshot_dir: PathBuf,
     /// Serialises writes of the snapshot file.
     snapshot_lock: Arc<Mutex<()>>,
+    /// The size of the state in the last snapshot built or installed (see
+    /// [`StateMachineStore::snapshot_bytes`]).
+    snapshot_bytes: Arc<AtomicU64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,11 +61,25 @@ impl StateMachineStore {
     pub fn new(sm: Arc<StateMachine>, dir: &Path) -> io::Result<StateMachineStore> {
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)?;
+        // Until the next snapshot, the stored one's file size stands for its state's.
+        let stored = match std::fs::metadata(snapshot_dir.join(CURRENT_SNAPSHOT)) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
         Ok(StateMachineStore {
             sm,
             snapshot_dir,
             snapshot_lock: Arc::new(Mutex::new(())),
+            snapshot_bytes: Arc::new(AtomicU64::new(stored)),
         })
+    }
+
+    /// The size in bytes of the state in the node's last snapshot (built, installed or,
+    /// after a restart, found on disk); 0 before the first. [`crate::compaction`] paces
+    /// snapshots by it.
+    pub fn snapshot_bytes(&self) -> Arc<AtomicU64> {
+        self.snapshot_bytes.clone()
     }
 
     /// The state machine, for queries.
@@ -149,6 +167,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 data,
             };
             this.write_snapshot_file(&file)?;
+            this.snapshot_bytes
+                .store(file.data.len() as u64, Ordering::Relaxed);
             Ok(Snapshot {
                 meta,
                 snapshot: Cursor::new(file.data),
@@ -231,7 +251,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             this.sm
                 .install(&state, applied, membership)
                 .map_err(io::Error::from)?;
-            this.write_snapshot_file(&SnapshotFile { meta, data })
+            let size = data.len() as u64;
+            this.write_snapshot_file(&SnapshotFile { meta, data })?;
+            this.snapshot_bytes.store(size, Ordering::Relaxed);
+            Ok(())
         })
         .await
     }

@@ -121,8 +121,12 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the election timeout.
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many log entries.
+    /// Build a snapshot after at least this many log entries...
     pub snapshot_every_logs: u64,
+    /// ...and once the log written since the last snapshot is at least this percentage
+    /// of that snapshot's size, so snapshot costs stay proportional to the writes as the
+    /// state grows (0: the entry count alone). See `keyraft_raft::compaction`.
+    pub snapshot_log_percent: u64,
     /// Log entries kept behind a snapshot for slow followers.
     pub keep_logs_after_snapshot: u64,
 }
@@ -192,6 +196,7 @@ impl Default for RaftConfig {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             snapshot_every_logs: 10_000,
+            snapshot_log_percent: 50,
             keep_logs_after_snapshot: 1_000,
         }
     }
@@ -246,6 +251,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("raft.election_timeout_min_ms", FieldKind::Int),
     ("raft.election_timeout_max_ms", FieldKind::Int),
     ("raft.snapshot_every_logs", FieldKind::Int),
+    ("raft.snapshot_log_percent", FieldKind::Int),
     ("raft.keep_logs_after_snapshot", FieldKind::Int),
     ("audit.max_batch", FieldKind::Int),
     ("audit.max_in_flight", FieldKind::Int),

@@ -17,6 +17,7 @@ use keyraft_proto::v1::admin_service_server::AdminServiceServer;
 use keyraft_proto::v1::iam_service_server::IamServiceServer;
 use keyraft_proto::v1::internal::node_service_server::NodeServiceServer;
 use keyraft_proto::v1::key_service_server::KeyServiceServer;
+use keyraft_raft::compaction::{self, CompactionPolicy};
 use keyraft_raft::log_store::LogStore;
 use keyraft_raft::network::{source_ip, ClusterAuth, Network, RaftServer, MAX_MESSAGE};
 use keyraft_raft::state_machine::StateMachineStore;
@@ -82,6 +83,11 @@ impl Node {
         let state = Arc::new(StateMachine::open(&durable)?);
         let log_store = LogStore::open(&durable)?;
         let sm_store = StateMachineStore::new(state.clone(), &data_dir)?;
+        let compaction = CompactionPolicy {
+            every_logs: config.raft.snapshot_every_logs,
+            log_percent: config.raft.snapshot_log_percent,
+        };
+        let (log_bytes, snapshot_bytes) = (log_store.appended_bytes(), sm_store.snapshot_bytes());
 
         let raft_config = openraft::Config {
             cluster_name: format!("keyraft-{region}"),
@@ -90,9 +96,8 @@ impl Node {
             election_timeout_max: config.raft.election_timeout_max_ms,
             enable_pre_vote: Some(true),
             max_payload_entries: 300,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
-                config.raft.snapshot_every_logs,
-            ),
+            // `keyraft_raft::compaction` decides when to snapshot (see below).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.raft.keep_logs_after_snapshot,
             replication_lag_threshold: config.raft.snapshot_every_logs * 2,
             ..Default::default()
@@ -144,6 +149,12 @@ impl Node {
             tokio::spawn(crate::join::fetch_domain_key(core.clone())),
         ];
         tasks.push(tokio::spawn(run_ticker(core.clone())));
+        tasks.push(tokio::spawn(compaction::run(
+            raft.clone(),
+            compaction,
+            log_bytes,
+            snapshot_bytes,
+        )));
         if let Some(boot) = bootstrap {
             tasks.push(tokio::spawn(crate::join::bootstrap(core.clone(), boot)));
         }
