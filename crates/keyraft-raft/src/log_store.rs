@@ -77,8 +77,12 @@ const COMMITTED_KEY: &[u8] = b"committed";
 
 /// At most this many entries are returned by one `limited_get_log_entries`.
 const READ_LIMIT_ENTRIES: usize = 1024;
-/// `limited_get_log_entries` stops after this many encoded bytes.
-const READ_LIMIT_BYTES: usize = 8 << 20;
+/// `limited_get_log_entries` stops after this many encoded bytes. openraft replicates
+/// what one call returns in one AppendEntries, and times that RPC out after the
+/// heartbeat interval (100 ms by default); a follower catching up under load must
+/// decode, write and sync a whole request within it. Audit entries can hold hundreds of
+/// records, so the bound is in bytes, and small.
+const READ_LIMIT_BYTES: usize = 1 << 20;
 
 /// openraft's log storage for Keyraft: the Raft log and vote in sled, made durable with
 /// [`Durable::sync`] before openraft is told they are.
