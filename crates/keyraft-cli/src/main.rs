@@ -14,18 +14,18 @@ mod envelope_cmd;
 mod iam_cmd;
 mod output;
 
-/// jemalloc instead of glibc's malloc for every `keyraft` process, nodes included. A node
-/// allocates and frees many short-lived buffers on several threads (sled's page copies,
-/// request and audit encodings). Under audited Encrypts glibc's allocator took about a
-/// fifth of the CPU, and a node's memory grew with the calls (542 MiB after 100 000);
-/// with jemalloc it stays near 170 MiB (see BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+/// jemalloc instead of glibc's malloc for every `keyraft` process, nodes included. A node
+/// allocates and frees many short-lived buffers on several threads (sled's page copies,
+/// request and audit encodings). Under audited Encrypts glibc's allocator took about a
+/// fifth of the CPU, and a node's memory grew with the calls: 542 MiB after 100 000,
+/// against 172 MiB with jemalloc (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Keyraft: a Raft-replicated key management service.
 #[derive(Parser)]

@@ -2,9 +2,8 @@
 //!
 //! A snapshot copies the whole state, so its cost grows with the state, and most of the
 //! state is the audit trail until the retention prunes it. A snapshot every fixed number
-//! of entries therefore costs more and more per write as the trail grows: with one every
-//! 10 000 entries, audited Encrypts on 3 nodes fell from ~2 900/s over the first 250 000
-//! calls to ~500/s near a million, every node copying gigabytes every few seconds.
+//! of entries therefore costs more and more per write as the trail grows: near a million
+//! unpruned audit events every node copied a ~3 GB state every few seconds.
 //!
 //! So a node snapshots once both hold:
 //!
@@ -14,8 +13,9 @@
 //!   size.
 //!
 //! The second rule makes a snapshot's cost proportional to the writes that paid for it:
-//! with 50%, the bytes a node copies for snapshots are at most twice the bytes it wrote
-//! to its log, whatever the size of the state. The price is a longer log on disk (up to
+//! with 50%, a snapshot of S bytes waits for at least S/2 bytes of log, and the next
+//! state is at most S plus that log, so each snapshot copies at most about three times
+//! the log written since the one before, whatever the size of the state. The price is a longer log on disk (up to
 //! `log_percent` percent of the state, plus `keep_logs_after_snapshot` entries), which
 //! also lets a lagging follower catch up from the log more often instead of receiving a
 //! whole snapshot.

@@ -105,8 +105,8 @@ impl StateMachineStore {
         let tmp = self.snapshot_dir.join(format!("{CURRENT_SNAPSHOT}.tmp"));
         {
             use std::io::Write;
-            // Encoded straight into the file: the data can be hundreds of MiB, and an
-            // encoded copy in memory would double what a snapshot costs.
+            // Encoded straight into the file: the data can be gigabytes, and an encoded
+            // copy in memory would be one more copy of the whole state.
             let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
             bincode::serialize_into(&mut out, file).map_err(|e| match *e {
                 // A full disk stays a full disk, not "invalid data".

@@ -6,7 +6,7 @@
 //! node's clock) and its nonce unseen by this node within that window.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Arc, Mutex};
 
 use tonic::Request;
@@ -161,11 +161,7 @@ impl Authenticator {
     fn check_nonce(&self, access_key_id: &str, nonce: &str, now: u64) -> Result<(), KmsError> {
         let mut seen = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
         seen.forget_expired(now);
-        if !seen.insert(
-            &format!("{access_key_id}/{nonce}"),
-            now,
-            now + 2 * auth::MAX_SKEW_MS,
-        ) {
+        if !seen.insert(&(access_key_id, nonce), now, now + 2 * auth::MAX_SKEW_MS) {
             return Err(KmsError::new(
                 ErrorCode::InvalidSignature,
                 "The request was replayed: its nonce was already used.",
@@ -183,9 +179,9 @@ impl Authenticator {
 /// request O(n) when more than that were live, and under a few thousand calls a second
 /// they always were: authentication grew to nearly half of a node's CPU.
 ///
-/// A nonce is kept as a 128-bit keyed hash of `access key id/nonce`, not the string:
-/// the window holds ten minutes of requests (600 000 at 1 000 calls a second), and the
-/// strings took about three times the memory. The hash keys are random per process, so
+/// A nonce is kept as a 128-bit keyed hash of its access key id and value, not as a
+/// string: the window holds ten minutes of requests (600 000 at 1 000 calls a second),
+/// and by their sizes the strings would take about three times the memory. The hash keys are random per process, so
 /// a caller cannot aim for a collision; an accidental one (odds about n²/2¹²⁹) would
 /// refuse one request as a replay, never accept a replay.
 #[derive(Default)]
@@ -198,7 +194,7 @@ struct SeenNonces {
 }
 
 impl SeenNonces {
-    fn key(&self, nonce: &str) -> u128 {
+    fn key(&self, nonce: &(impl Hash + ?Sized)) -> u128 {
         let high = self.hashers.0.hash_one(nonce);
         let low = self.hashers.1.hash_one(nonce);
         (u128::from(high) << 64) | u128::from(low)
@@ -208,21 +204,20 @@ impl SeenNonces {
     /// front may not have expired yet while later ones have; those wait their turn,
     /// which keeps them refused a little longer, never shorter.
     fn forget_expired(&mut self, now: u64) {
-        while let Some((expiry, _)) = self.order.front() {
-            if *expiry > now {
+        while let Some(&(expiry, key)) = self.order.front() {
+            if expiry > now {
                 break;
             }
-            if let Some((expiry, key)) = self.order.pop_front() {
-                if self.expiry.get(&key) == Some(&expiry) {
-                    self.expiry.remove(&key);
-                }
+            self.order.pop_front();
+            if self.expiry.get(&key) == Some(&expiry) {
+                self.expiry.remove(&key);
             }
         }
     }
 
     /// Records `nonce` until `expiry`; false if it is already recorded and unexpired at
     /// `now` (a replay).
-    fn insert(&mut self, nonce: &str, now: u64, expiry: u64) -> bool {
+    fn insert(&mut self, nonce: &(impl Hash + ?Sized), now: u64, expiry: u64) -> bool {
         let key = self.key(nonce);
         if self.expiry.get(&key).is_some_and(|until| *until > now) {
             return false;
