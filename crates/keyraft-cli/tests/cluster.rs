@@ -320,6 +320,67 @@ async fn leader_killed_survivors_serve_and_the_restarted_node_catches_up_by_snap
     );
 }
 
+/// A leader whose process is gone is replaced at once, not after the election timeout:
+/// the survivors find its port refusing connections. A leader that is alive but does not
+/// answer (SIGSTOP: its sockets stay open) is left alone.
+///
+/// The election timeout here is 10–12 s, so a new leader within the 8 s the test allows
+/// after the kill can only come from the dead-leader detection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_is_replaced_before_the_election_timeout_and_a_paused_one_is_not() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = LocalCluster::prepare(dir.path(), binary(), 3, 0, "test-1").unwrap();
+    c.configure(|cfg| {
+        cfg.raft.election_timeout_min_ms = 10_000;
+        cfg.raft.election_timeout_max_ms = 12_000;
+    })
+    .unwrap();
+    let mut c = started(c).await;
+    let status = c.client().unwrap().cluster_status().await.unwrap();
+    let (leader, term) = (status.leader, status.term);
+    let survivor = (1..=3u64).find(|id| *id != leader).unwrap();
+    let client = c.client_of(survivor).unwrap();
+    client.create_key("before").await.unwrap();
+
+    // Paused for ten heartbeats and more: the survivors' probes find the port open.
+    let pid = nix::unistd::Pid::from_raw(c.pid(leader).unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during_pause = client.cluster_status().await.unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    for m in during_pause.members.iter().filter(|m| m.id != leader) {
+        assert_eq!(
+            (m.role.as_str(), m.term),
+            ("Follower", term),
+            "a paused leader was deposed: {during_pause:?}"
+        );
+    }
+    client.create_key("after the pause").await.unwrap();
+
+    c.kill(leader).unwrap();
+    let killed = Instant::now();
+    let created = tokio::time::timeout(Duration::from_secs(8), client.create_key("after the kill"))
+        .await
+        .expect("no new leader within 8 s of the kill, below the election timeout")
+        .unwrap();
+    let after = client.cluster_status().await.unwrap();
+    assert_ne!(after.leader, leader);
+    assert!(after.term > term);
+    eprintln!(
+        "a new leader took the write {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(
+        client
+            .describe_key(&created.key_id)
+            .await
+            .unwrap()
+            .description,
+        "after the kill"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_killed_at_once_loses_nothing_acknowledged() {
     let _serial = SERIAL.lock().await;

@@ -10,6 +10,8 @@
 //!   [`keyraft_state::StateMachine`] in batches and builds, stores and installs snapshots.
 //! - [`compaction`]: when a node snapshots, so that snapshot costs stay proportional to
 //!   the writes as the state grows.
+//! - [`leader_watch`]: a follower that finds its leader's port refusing connections
+//!   gets an election going at once instead of waiting out the election timeout.
 //! - [`network`]: the node-to-node transport over tonic, every call signed with the
 //!   cluster secret; snapshots are streamed in chunks.
 //! - [`failpoints`]: named places where a fault can be injected (compiled in only with
@@ -23,6 +25,7 @@
 
 pub mod compaction;
 pub mod failpoints;
+pub mod leader_watch;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

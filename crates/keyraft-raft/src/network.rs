@@ -42,6 +42,7 @@ use keyraft_proto::v1::internal::raft_service_server::RaftService;
 use keyraft_proto::v1::internal::{snapshot_chunk, RaftMessage, SnapshotChunk};
 use keyraft_types::NodeId;
 
+use crate::leader_watch::LeaderContact;
 use crate::state_machine::SnapshotData;
 use crate::typ::{Snapshot, SnapshotMeta, Vote};
 use crate::{from_bytes, to_bytes, NodeAddr, Raft, TypeConfig};
@@ -167,17 +168,23 @@ fn is_loopback_destination(addr: &str) -> bool {
     }
 }
 
+/// The source IP for a connection to `addr` (`host:port`): `source`, unless it is a
+/// loopback address and the destination is not, which a loopback address cannot reach.
+pub(crate) fn usable_source(addr: &str, source: Option<IpAddr>) -> Option<IpAddr> {
+    source.filter(|ip| !ip.is_loopback() || is_loopback_destination(addr))
+}
+
 /// A lazily connected channel to a peer's node-to-node address.
 ///
 /// With `source` set, the connection's local address is bound to that IP (any port).
 /// Two cases keep the kernel's choice instead: a source of the other address family
 /// than the destination (the connector skips it), and a loopback source with a
-/// destination that is not loopback, which a loopback address cannot reach.
+/// destination that is not loopback (see [`usable_source`]).
 pub fn peer_channel(
     raft_addr: &str,
     source: Option<IpAddr>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let source = source.filter(|ip| !ip.is_loopback() || is_loopback_destination(raft_addr));
+    let source = usable_source(raft_addr, source);
     Ok(Endpoint::from_shared(format!("http://{raft_addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
@@ -448,12 +455,18 @@ impl RaftNetworkV2<TypeConfig> for Connection {
 pub struct RaftServer {
     raft: Raft,
     auth: ClusterAuth,
+    contact: LeaderContact,
 }
 
 impl RaftServer {
-    /// Serves `raft`, accepting calls signed with `auth`'s secret.
-    pub fn new(raft: Raft, auth: ClusterAuth) -> RaftServer {
-        RaftServer { raft, auth }
+    /// Serves `raft`, accepting calls signed with `auth`'s secret, and records in
+    /// `contact` when a leader's AppendEntries or snapshot arrived.
+    pub fn new(raft: Raft, auth: ClusterAuth, contact: LeaderContact) -> RaftServer {
+        RaftServer {
+            raft,
+            auth,
+            contact,
+        }
     }
 
     /// The tonic service.
@@ -491,6 +504,7 @@ impl RaftService for RaftServer {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode_request(&self.auth, &request, methods::APPEND)?;
+        self.contact.touch();
         encode_reply(self.raft.append_entries(rpc).await)
     }
 
@@ -503,8 +517,13 @@ impl RaftService for RaftServer {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode_request(&self.auth, &request, methods::PRE_VOTE)?;
-        encode_reply(self.raft.pre_vote(rpc).await)
+        let rpc: VoteRequest<TypeConfig> = decode_request(&self.auth, &request, methods::PRE_VOTE)?;
+        let candidate_log = rpc.last_log_id;
+        let reply = self.raft.pre_vote(rpc).await;
+        if matches!(&reply, Ok(r) if !r.vote_granted && r.last_log_id > candidate_log) {
+            self.contact.candidate_behind();
+        }
+        encode_reply(reply)
     }
 
     async fn transfer_leader(
@@ -531,12 +550,14 @@ impl RaftService for RaftServer {
         };
         let check = Request::from_parts(metadata, extensions, ());
         self.auth.verify(&check, methods::SNAPSHOT, &meta_bytes)?;
+        self.contact.touch();
         let (vote, meta, digest): (Vote, SnapshotMeta, [u8; 32]) =
             from_bytes(&meta_bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut data = Vec::new();
         while let Some(chunk) = stream.next().await {
             match chunk?.kind {
                 Some(snapshot_chunk::Kind::Data(d)) => {
+                    self.contact.touch();
                     if data.len() + d.len() > (1 << 32) {
                         return Err(Status::resource_exhausted("snapshot too large"));
                     }

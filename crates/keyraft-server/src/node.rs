@@ -18,6 +18,7 @@ use keyraft_proto::v1::iam_service_server::IamServiceServer;
 use keyraft_proto::v1::internal::node_service_server::NodeServiceServer;
 use keyraft_proto::v1::key_service_server::KeyServiceServer;
 use keyraft_raft::compaction::{self, CompactionPolicy};
+use keyraft_raft::leader_watch::{self, LeaderContact};
 use keyraft_raft::log_store::LogStore;
 use keyraft_raft::network::{source_ip, ClusterAuth, Network, RaftServer, MAX_MESSAGE};
 use keyraft_raft::state_machine::StateMachineStore;
@@ -155,6 +156,13 @@ impl Node {
             log_bytes,
             snapshot_bytes,
         )));
+        let contact = LeaderContact::default();
+        tasks.push(tokio::spawn(leader_watch::run(
+            raft.clone(),
+            contact.clone(),
+            core.network.source(),
+            Duration::from_millis(core.config.raft.heartbeat_ms),
+        )));
         if let Some(boot) = bootstrap {
             tasks.push(tokio::spawn(crate::join::bootstrap(core.clone(), boot)));
         }
@@ -163,7 +171,10 @@ impl Node {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let raft_server = tonic::transport::Server::builder()
-            .add_service(RaftServer::new(raft.clone(), core.cluster_auth().clone()).into_service())
+            .add_service(
+                RaftServer::new(raft.clone(), core.cluster_auth().clone(), contact.clone())
+                    .into_service(),
+            )
             .add_service(
                 NodeServiceServer::new(NodeApi::new(core.clone()))
                     .max_decoding_message_size(MAX_MESSAGE),
