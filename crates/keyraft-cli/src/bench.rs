@@ -58,8 +58,8 @@
 //! `keyraft dev` cluster), so minutes of CreateKey do not end in
 //! `LimitExceededException`; `--no-raise-quota` skips that.
 //!
-//! **Targets.** `--target all` sends to every member `ClusterStatus` lists (the client
-//! still sends mutations to the leader); `leader` and `follower` give the clients that
+//! **Targets.** `--target all` sends to every member `ClusterStatus` lists, with the
+//! SDK's discovery on, so mutations go to the leader as in an application; `leader` and `follower` give the clients that
 //! one endpoint only (a follower forwards mutations to the leader itself); an URL
 //! names one node.
 //!
@@ -88,7 +88,7 @@ use rand::Rng;
 use tokio::task::JoinSet;
 
 use keyraft_client::envelope::{encrypt_stream, EncryptOptions, EnvelopeError};
-use keyraft_client::{Client, ClientConfig, EncryptionContext, Error};
+use keyraft_client::{Client, ClientConfig, ClientOptions, EncryptionContext, Error};
 use keyraft_testkit::LocalCluster;
 
 use crate::Connection;
@@ -800,11 +800,19 @@ async fn keyraft_backend(
     if let Some(file) = &args.file {
         std::fs::metadata(file).map_err(|e| format!("--file {}: {e}", file.display()))?;
     }
+    // Over all members the callers' clients are the SDK as applications use it, with
+    // discovery: mutations go to the leader (one hop), reads and cryptography to the
+    // node with the fewest calls in flight. Pinned to one node, they only use that one.
+    let options = match args.target {
+        Target::All => ClientOptions::default(),
+        _ => ClientOptions::pinned(),
+    };
     let mut clients = Vec::new();
     for _ in 0..plan.clients {
         let mut c = config.clone();
         c.endpoints = endpoints.clone();
-        clients.push(Arc::new(Client::new(c).map_err(|e| e.to_string())?));
+        let client = Client::with_options(c, options.clone()).map_err(|e| e.to_string())?;
+        clients.push(Arc::new(client));
     }
     let target = format!("{} ({})", args.target, endpoints.join(","));
     Ok((
