@@ -321,13 +321,14 @@ async fn leader_killed_survivors_serve_and_the_restarted_node_catches_up_by_snap
 }
 
 /// A leader whose process is gone is replaced at once, not after the election timeout:
-/// the survivors find its port refusing connections. A leader that is alive but does not
-/// answer (SIGSTOP: its sockets stay open) is left alone.
+/// the survivors find its port refusing connections. (That a listener which does not
+/// answer, as a paused process's, does not count is `leader_watch`'s unit test.)
 ///
-/// The election timeout here is 10–12 s, so a new leader within the 8 s the test allows
-/// after the kill can only come from the dead-leader detection.
+/// The election timeout here is 10–12 s, and a voter keeps its lease on the old leader
+/// as long again, so a new leader within the 8 s the test allows after the kill comes
+/// from the dead-leader detection, which the survivors' logs also show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_leader_is_replaced_before_the_election_timeout_and_a_paused_one_is_not() {
+async fn a_dead_leader_is_replaced_before_the_election_timeout() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut c = LocalCluster::prepare(dir.path(), binary(), 3, 0, "test-1").unwrap();
@@ -337,26 +338,12 @@ async fn a_dead_leader_is_replaced_before_the_election_timeout_and_a_paused_one_
     })
     .unwrap();
     let mut c = started(c).await;
-    let status = c.client().unwrap().cluster_status().await.unwrap();
+    let client = c.client().unwrap();
+    let before = client.create_key("before").await.unwrap();
+    let status = client.cluster_status().await.unwrap();
     let (leader, term) = (status.leader, status.term);
-    let survivor = (1..=3u64).find(|id| *id != leader).unwrap();
-    let client = c.client_of(survivor).unwrap();
-    client.create_key("before").await.unwrap();
-
-    // Paused for ten heartbeats and more: the survivors' probes find the port open.
-    let pid = nix::unistd::Pid::from_raw(c.pid(leader).unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let during_pause = client.cluster_status().await.unwrap();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    for m in during_pause.members.iter().filter(|m| m.id != leader) {
-        assert_eq!(
-            (m.role.as_str(), m.term),
-            ("Follower", term),
-            "a paused leader was deposed: {during_pause:?}"
-        );
-    }
-    client.create_key("after the pause").await.unwrap();
+    let survivors: Vec<u64> = (1..=3u64).filter(|id| *id != leader).collect();
+    let client = c.client_of(survivors[0]).unwrap();
 
     c.kill(leader).unwrap();
     let killed = Instant::now();
@@ -364,21 +351,25 @@ async fn a_dead_leader_is_replaced_before_the_election_timeout_and_a_paused_one_
         .await
         .expect("no new leader within 8 s of the kill, below the election timeout")
         .unwrap();
-    let after = client.cluster_status().await.unwrap();
-    assert_ne!(after.leader, leader);
-    assert!(after.term > term);
     eprintln!(
         "a new leader took the write {:?} after the kill",
         killed.elapsed()
     );
-    assert_eq!(
-        client
-            .describe_key(&created.key_id)
-            .await
-            .unwrap()
-            .description,
-        "after the kill"
+    let after = client.cluster_status().await.unwrap();
+    assert_ne!(after.leader, leader);
+    assert!(after.term > term);
+    assert!(
+        survivors
+            .iter()
+            .any(|id| c.log_tail(*id, 400).contains("port refuses connections")),
+        "no survivor logged the refused connection"
     );
+    for (key, description) in [(&before, "before"), (&created, "after the kill")] {
+        assert_eq!(
+            client.describe_key(&key.key_id).await.unwrap().description,
+            description
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,6 +202,8 @@ pub async fn run(
 mod tests {
     use super::*;
 
+    /// The listener never accepts: so a paused or overloaded leader, whose kernel still
+    /// completes the handshake, counts as there.
     #[tokio::test]
     async fn a_closed_port_is_refused_and_an_open_one_accepted() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

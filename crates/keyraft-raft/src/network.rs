@@ -179,7 +179,7 @@ pub(crate) fn usable_source(addr: &str, source: Option<IpAddr>) -> Option<IpAddr
 /// With `source` set, the connection's local address is bound to that IP (any port).
 /// Two cases keep the kernel's choice instead: a source of the other address family
 /// than the destination (the connector skips it), and a loopback source with a
-/// destination that is not loopback (see [`usable_source`]).
+/// destination that is not loopback, which a loopback address cannot reach.
 pub fn peer_channel(
     raft_addr: &str,
     source: Option<IpAddr>,
