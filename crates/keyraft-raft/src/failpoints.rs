@@ -32,7 +32,7 @@
 //! or hung disk: every append and vote then waits, and no tokio worker is blocked.
 //! (`fail::cfg` called directly, bypassing `set`, is not checked.)
 
-/// The log store is about to write appended entries to sled (`LogStore::append`, on
+/// The log store is about to write appended entries to its segment (`LogStore::append`, on
 /// openraft's storage task).
 pub const LOG_BEFORE_APPEND: &str = "raft::log::before_append";
 /// The log store's sync thread is about to sync the log (one group commit: every append,

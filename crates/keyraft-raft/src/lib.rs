@@ -4,8 +4,8 @@
 //!
 //! - [`TypeConfig`]: commands are [`keyraft_state::Command`], responses
 //!   [`keyraft_state::Response`], nodes are addressed by [`NodeAddr`].
-//! - [`log_store::LogStore`]: the Raft log and vote in sled, made durable with a real
-//!   `fdatasync` before openraft is told an append is flushed.
+//! - [`log_store::LogStore`]: the Raft log in segment files and the vote in sled, made
+//!   durable with a real `fdatasync` before openraft is told an append is flushed.
 //! - [`state_machine::StateMachineStore`]: the adapter that feeds committed entries to
 //!   [`keyraft_state::StateMachine`] in batches and builds, stores and installs snapshots.
 //! - [`compaction`]: when a node snapshots, so that snapshot costs stay proportional to

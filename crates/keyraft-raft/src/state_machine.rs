@@ -5,11 +5,13 @@
 //! batch, let the state machine apply it in one atomic sled batch together with the last
 //! applied log id and the newest membership, and only then send the responses.
 //!
-//! Apply does not fsync: the entries are durable in the Raft log already, the log
-//! store's next sync covers the state too (they share one sled database), and after a
-//! crash openraft applies the committed entries after the recovered `last_applied` again
-//! (see [`keyraft_state::StateMachine::apply`]). Installing a snapshot does sync, since
-//! the log it replaces is purged after it.
+//! Apply does not fsync: the entries are durable in the Raft log already, sled writes
+//! the state out on its own, and after a crash openraft applies the committed entries
+//! after the recovered `last_applied` again (see
+//! [`keyraft_state::StateMachine::apply`]). For that the state must never be ahead of
+//! the log on disk, so a node's adapter waits until the log store reports the entries
+//! it applies synced ([`StateMachineStore::after_log`]). Installing a snapshot does
+//! sync, since the log it replaces is purged after it.
 //!
 //! Snapshots are the state machine's records (everything but the Raft metadata) encoded
 //! with bincode. A built or installed snapshot is also written to
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use keyraft_state::{ApplyEntry, StateMachine, StateSnapshot};
 
 use crate::failpoints;
+use crate::log_store::Flushed;
 use crate::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::{from_bytes, to_bytes, TypeConfig};
 
@@ -46,6 +49,9 @@ pub struct StateMachineStore {
     /// The size of the state in the last snapshot built or installed (see
     /// [`StateMachineStore::snapshot_bytes`]).
     snapshot_bytes: Arc<AtomicU64>,
+    /// The highest log index on disk, if apply waits for it (see
+    /// [`StateMachineStore::after_log`]).
+    log_flushed: Option<Flushed>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -72,7 +78,16 @@ impl StateMachineStore {
             snapshot_dir,
             snapshot_lock: Arc::new(Mutex::new(())),
             snapshot_bytes: Arc::new(AtomicU64::new(stored)),
+            log_flushed: None,
         })
+    }
+
+    /// Applies an entry only once `flushed` (the log store's
+    /// [`crate::log_store::LogStore::flushed`]) has reached it, so that the state never
+    /// holds an entry the log could lose in a crash.
+    pub fn after_log(mut self, flushed: Flushed) -> StateMachineStore {
+        self.log_flushed = Some(flushed);
+        self
     }
 
     /// The size in bytes of the state in the node's last snapshot (built, installed or,
@@ -215,6 +230,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // treats a state machine error as fatal); after a restart the node applies the
         // same committed entries again, so replicas never diverge.
         failpoints::io_check(failpoints::BEFORE_APPLY)?;
+        if let (Some(flushed), Some(last)) = (&mut self.log_flushed, &last_applied) {
+            flushed.reached(last.index()).await?;
+        }
         let applied_bytes = to_bytes(&last_applied)?;
         let membership_bytes = membership.as_ref().map(to_bytes).transpose()?;
         let sm = self.sm.clone();

@@ -1,4 +1,4 @@
-//! openraft's storage conformance suite, run against Keyraft's sled log store and state
+//! openraft's storage conformance suite, run against Keyraft's log store and state
 //! machine adapter (the same pair a node runs, on one `Durable` in a temp dir).
 
 use std::sync::Arc;

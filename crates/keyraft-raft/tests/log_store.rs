@@ -1,9 +1,10 @@
-//! The sled log store: what openraft was told is durable is still there after a reopen
-//! or a crash, truncation and purging keep the log state right.
+//! The log store: what openraft was told is durable is still there after a reopen or a
+//! crash, truncation and purging keep the log state right.
 //!
 //! A "crash" is simulated by copying the store's directory while the store is still
-//! open: the copy holds exactly what had reached the files, nothing of what sled still
-//! buffered in memory (sled itself only writes out every 500 ms).
+//! open: the copy holds what had reached the files, nothing of what sled still buffered
+//! in memory (sled itself only writes out every 500 ms). Torn writes and damaged
+//! records are tested in the module's unit tests.
 
 use std::collections::BTreeSet;
 use std::path::Path;

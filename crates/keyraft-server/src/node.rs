@@ -83,7 +83,8 @@ impl Node {
         let durable = Durable::open(&data_dir.join("store"))?;
         let state = Arc::new(StateMachine::open(&durable)?);
         let log_store = LogStore::open(&durable)?;
-        let sm_store = StateMachineStore::new(state.clone(), &data_dir)?;
+        let sm_store =
+            StateMachineStore::new(state.clone(), &data_dir)?.after_log(log_store.flushed());
         let compaction = CompactionPolicy {
             every_logs: config.raft.snapshot_every_logs,
             log_percent: config.raft.snapshot_log_percent,

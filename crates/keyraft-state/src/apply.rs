@@ -245,11 +245,10 @@ impl StateMachine {
     /// and the responses, one per entry, are returned.
     ///
     /// The batch is not synced here. What the responses acknowledge is already durable:
-    /// the entries were committed, so a quorum synced them in its Raft log. The next sync
-    /// of the shared [`Durable`] (the log store's, at the latest with the next append)
-    /// covers this batch too, and sled recovers a prefix of its batches, so a crash can
-    /// only leave the state at an earlier `last_applied`, from which Raft applies the same
-    /// committed entries again. That replay reaches the same state and the same responses
+    /// the entries were committed, so a quorum synced them in its Raft log, and the Raft
+    /// layer applies an entry only once this node's own log holds it on disk. sled
+    /// recovers a prefix of its batches, so a crash can only leave the state at an
+    /// earlier `last_applied`, from which Raft applies the same committed entries again. That replay reaches the same state and the same responses
     /// because apply depends on the commands alone, not on how they were batched.
     pub fn apply(
         &self,
