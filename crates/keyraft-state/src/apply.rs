@@ -1,7 +1,7 @@
 //! [`StateMachine`]: deterministic apply over a sled tree, and the queries nodes serve.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,10 @@ pub struct StateMachine {
     pub(crate) tree: sled::Tree,
     /// Serialises apply, snapshot export and install, so an export sees one applied state.
     write_lock: Mutex<()>,
+    /// Held shared by an export while it copies the audit trail after letting apply go
+    /// on, and exclusively by what removes or replaces audit events (a prune, an
+    /// install); see [`StateMachine::export`].
+    trail_lock: RwLock<()>,
 }
 
 /// The Raft layer's metadata as the state machine stores it: opaque bytes of the last
@@ -230,6 +234,7 @@ impl StateMachine {
             durable: durable.clone(),
             tree,
             write_lock: Mutex::new(()),
+            trail_lock: RwLock::new(()),
         })
     }
 
@@ -257,6 +262,11 @@ impl StateMachine {
         membership: Option<Vec<u8>>,
     ) -> Result<Vec<Response>, StateError> {
         let _guard = self.lock();
+        // A prune removes audit events, which an export may be copying.
+        let prunes = entries
+            .iter()
+            .any(|e| matches!(&e.command, Some(c) if matches!(c.op, crate::Op::PruneAudit { .. })));
+        let _trail = prunes.then(|| self.trail_lock.write().unwrap_or_else(|p| p.into_inner()));
         let mut txn = Txn::new(&self.tree);
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -283,17 +293,44 @@ impl StateMachine {
     }
 
     /// Exports the state (without the Raft metadata) and the metadata it corresponds to,
-    /// read under the apply lock so both describe the same point of the log.
+    /// both as of one point of the log, in key order.
+    ///
+    /// Apply waits only while the export copies everything but the audit events (keys,
+    /// policies, aliases, grants, credentials: small next to the trail). The events are
+    /// copied after apply goes on: those up to the head of the trail at that point, which
+    /// is what the snapshot holds. Events are never changed once written, new ones come
+    /// after the head, and a prune (the one thing that removes events) waits for the
+    /// export to finish. So an export of a large unpruned trail no longer stalls every
+    /// write of the node for as long as it takes to read the trail.
     pub fn export(&self) -> Result<(StateSnapshot, AppliedMeta), StateError> {
-        let _guard = self.lock();
-        let mut records = Vec::new();
-        for item in self.tree.iter() {
-            let (k, v) = item?;
-            if !k.starts_with(keys::META_PREFIX) {
+        let (mut records, after, meta, head, _trail) = {
+            let _guard = self.lock();
+            let mut before = Vec::new();
+            for item in self.tree.range(..keys::AUDIT_PREFIX) {
+                let (k, v) = item?;
+                before.push((k.to_vec(), v.to_vec()));
+            }
+            let mut after = Vec::new();
+            for item in self.tree.range(keys::AUDIT_PREFIX_END..) {
+                let (k, v) = item?;
+                if !k.starts_with(keys::META_PREFIX) {
+                    after.push((k.to_vec(), v.to_vec()));
+                }
+            }
+            let head: u64 = self
+                .get::<(u64, String)>(keys::AUDIT_HEAD)?
+                .map_or(0, |(seq, _)| seq);
+            let trail = self.trail_lock.read().unwrap_or_else(|p| p.into_inner());
+            (before, after, self.applied_meta()?, head, trail)
+        };
+        if head > 0 {
+            for item in self.tree.range(keys::audit(0)..=keys::audit(head)) {
+                let (k, v) = item?;
                 records.push((k.to_vec(), v.to_vec()));
             }
         }
-        Ok((StateSnapshot { records }, self.applied_meta()?))
+        records.extend(after);
+        Ok((StateSnapshot { records }, meta))
     }
 
     /// Replaces the whole state with a snapshot, atomically and durably.
@@ -304,6 +341,7 @@ impl StateMachine {
         membership: Vec<u8>,
     ) -> Result<(), StateError> {
         let _guard = self.lock();
+        let _trail = self.trail_lock.write().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
         for item in self.tree.iter() {
             let (k, _) = item?;

@@ -14,6 +14,8 @@ pub(crate) const AUDIT_EXPORTED: &[u8] = b"audit_exported";
 pub(crate) const AUDIT_CHECKPOINT: &[u8] = b"audit_checkpoint";
 pub(crate) const KEY_PREFIX: &[u8] = b"key/";
 pub(crate) const AUDIT_PREFIX: &[u8] = b"audit/";
+/// The first key after every audit event's (`/` + 1 = `0`).
+pub(crate) const AUDIT_PREFIX_END: &[u8] = b"audit0";
 pub(crate) const REQUEST_TIME_PREFIX: &[u8] = b"reqt/";
 pub(crate) const NODE_PREFIX: &[u8] = b"node/";
 
