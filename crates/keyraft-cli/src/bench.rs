@@ -59,7 +59,8 @@
 //! `LimitExceededException`; `--no-raise-quota` skips that.
 //!
 //! **Targets.** `--target all` sends to every member `ClusterStatus` lists, with the
-//! SDK's discovery on, so mutations go to the leader as in an application; `leader` and `follower` give the clients that
+//! SDK's discovery on, so mutations go to the leader as in an application; `leader`
+//! and `follower` give the clients that
 //! one endpoint only (a follower forwards mutations to the leader itself); an URL
 //! names one node.
 //!

@@ -15,7 +15,8 @@
 //! `raft_meta`. Values are bincode.
 //!
 //! Earlier versions kept the entries in sled as well (tree `raft_log`): sled's flush
-//! hands each write to its IO thread pool, and a sync cost three times an `fdatasync`.
+//! hands each write to its IO thread pool, and a sync cost up to three times an
+//! `fdatasync`.
 //! [`LogStore::open`] moves such entries into segments once (see `migrate`).
 //!
 //! # Durability
@@ -30,7 +31,9 @@
 //!   it. The thread drains every request queued while it was busy and covers them with
 //!   one sync per file (group commit), so a burst of appends costs one `fdatasync`.
 //!   A segment that fills up is synced before the next one is created, and the
-//!   directory is synced after a segment is created or removed.
+//!   directory is synced after a segment is created and after truncation removes
+//!   segments. Purging does not sync it: a purged segment that reappears after a crash
+//!   holds only entries the purge point already skips.
 //! - `save_vote` and `purge` write sled and wait for [`Durable::sync`] (a sled flush
 //!   plus a real `fdatasync`; sled's own flush is not one); `truncate_after` waits for
 //!   the segment's sync. All three are rare.
@@ -49,10 +52,13 @@
 //!
 //! # Crash recovery
 //!
-//! Opening reads every segment. A record cut short or failing its CRC at the end of
-//! the newest segment is a write the crash interrupted, never acknowledged: the segment
-//! is cut there. Anywhere else such a record is corruption, and the store refuses to
-//! open. Purging records the new purge point (durably) before removing the segments it
+//! Opening reads every segment and checks every record's CRC. In the newest segment, a
+//! record cut short, empty or failing its CRC is taken for a write the crash
+//! interrupted, never acknowledged: the segment is cut there, with a warning that says
+//! how many bytes were dropped. In any older segment (synced whole before the next one
+//! was started) such a record is corruption, and the store refuses to open. Only the
+//! last entry of each segment is decoded at open (its id is the log's end); every entry
+//! is decoded, and its index checked, when it is read. Purging records the new purge point (durably) before removing the segments it
 //! covers, so a crash in between leaves segments whose entries are skipped and removed
 //! at the next open. Truncation removes later segments before cutting the one that
 //! holds the new end, so a crash leaves a prefix of the log.
@@ -76,7 +82,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -398,6 +404,17 @@ fn decode_entry(index: u64, payload: &[u8]) -> io::Result<Entry> {
 }
 
 impl Segments {
+    /// An empty table over `dir`.
+    fn new(dir: PathBuf, purged: Option<LogId>, segment_bytes: u64) -> Segments {
+        Segments {
+            dir,
+            segment_bytes,
+            segments: BTreeMap::new(),
+            purged,
+            last: None,
+        }
+    }
+
     /// Reads the segments in `dir`: every record, cutting a torn tail off the newest
     /// segment and removing segments wholly purged.
     fn load(dir: PathBuf, purged: Option<LogId>, segment_bytes: u64) -> io::Result<Segments> {
@@ -413,23 +430,19 @@ impl Segments {
             }
         }
         firsts.sort_unstable();
-        let mut log = Segments {
-            dir,
-            segment_bytes,
-            segments: BTreeMap::new(),
-            purged,
-            last: None,
-        };
+        let mut log = Segments::new(dir, purged, segment_bytes);
         let newest = firsts.last().copied();
         for first in firsts {
             let path = log.dir.join(segment_name(first));
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            let bytes = std::fs::read(&path)?;
+            let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
             let mut offsets = Vec::new();
             let mut at = 0usize;
-            let mut last = None;
+            // Where the last whole record's payload is.
+            let mut last_payload = None;
             while at < bytes.len() {
-                let Some((payload, size)) = decode_record(&bytes[at..]) else {
+                let Some((_, size)) = decode_record(&bytes[at..]) else {
                     if Some(first) != newest {
                         return Err(corrupt(format!(
                             "a damaged record at byte {at} of {}",
@@ -442,15 +455,21 @@ impl Segments {
                         dropped = bytes.len() - at,
                         "cutting an unfinished write off the end of the Raft log"
                     );
+                    // Made durable by the sync below.
                     file.set_len(at as u64)?;
-                    file.sync_data()?;
                     break;
                 };
-                let index = first + offsets.len() as u64;
-                last = Some(decode_entry(index, payload)?.log_id());
                 offsets.push(at as u64);
+                last_payload = Some(at + HEADER..at + size);
                 at += size;
             }
+            let last = match last_payload {
+                Some(payload) => {
+                    let index = first + offsets.len() as u64 - 1;
+                    Some(decode_entry(index, &bytes[payload])?.log_id())
+                }
+                None => None,
+            };
             // What a process that crashed wrote may still be only in the page cache;
             // it counts as on disk from here on, so it must be.
             file.sync_data()?;
@@ -492,9 +511,15 @@ impl Segments {
         self.purged.as_ref().map_or(0, |p| p.index() + 1)
     }
 
-    /// Writes encoded records for entries `first..first + offsets.len()`; returns the
-    /// file they are in.
-    fn write(&mut self, first: u64, buf: &[u8], offsets: &[u64]) -> io::Result<Arc<File>> {
+    /// Writes encoded records for entries `first..first + offsets.len()`, the last of
+    /// which is `last`; returns the file they are in.
+    fn write(
+        &mut self,
+        first: u64,
+        last: LogId,
+        buf: &[u8],
+        offsets: &[u64],
+    ) -> io::Result<Arc<File>> {
         let follows = self.next_index() == Some(first);
         if let Some(last) = self.next_index() {
             if first < last {
@@ -541,7 +566,9 @@ impl Segments {
             .offsets
             .extend(offsets.iter().map(|o| segment.len + o));
         segment.len += buf.len() as u64;
-        Ok(segment.file.clone())
+        let file = segment.file.clone();
+        self.last = Some(last);
+        Ok(file)
     }
 
     /// Removes every entry after `last` (all with `None`); returns the segment that now
@@ -799,8 +826,7 @@ impl LogStore {
             return Ok(None);
         };
         let mut log = self.write_log();
-        let file = log.write(first, &buf, &offsets)?;
-        log.last = Some(last_id);
+        let file = log.write(first, last_id, &buf, &offsets)?;
         self.shared.appended.fetch_add(encoded, Ordering::Relaxed);
         let truncations = self.shared.flushed.borrow().truncations;
         Ok(Some((file, last_id.index(), truncations)))
@@ -832,13 +858,7 @@ fn migrate(durable: &Durable, dir: &Path, purged: Option<LogId>) -> io::Result<(
             std::fs::remove_file(path)?;
         }
     }
-    let mut log = Segments {
-        dir: dir.to_path_buf(),
-        segment_bytes: SEGMENT_BYTES,
-        segments: BTreeMap::new(),
-        purged,
-        last: None,
-    };
+    let mut log = Segments::new(dir.to_path_buf(), purged, SEGMENT_BYTES);
     let mut moved = 0u64;
     for item in old.iter() {
         let (_, value) = item.map_err(sled_err)?;
@@ -848,8 +868,7 @@ fn migrate(durable: &Durable, dir: &Path, purged: Option<LogId>) -> io::Result<(
         }
         let mut buf = Vec::new();
         encode_record(&value, &mut buf)?;
-        log.write(entry.index(), &buf, &[0])?;
-        log.last = Some(entry.log_id());
+        log.write(entry.index(), entry.log_id(), &buf, &[0])?;
         moved += 1;
     }
     for segment in log.segments.values() {
@@ -976,8 +995,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        let current: Option<LogId> = get_meta(&self.meta, LAST_PURGED_KEY)?;
-        if current.as_ref() >= Some(&log_id) {
+        if self.read_log().purged.as_ref() >= Some(&log_id) {
             // Already purged that far; never move the purge point back.
             return Ok(());
         }
@@ -1010,8 +1028,7 @@ mod tests {
                 &mut buf,
             )
             .unwrap();
-            log.write(i, &buf, &[0]).unwrap();
-            log.last = Some(lid(term, i));
+            log.write(i, lid(term, i), &buf, &[0]).unwrap();
         }
     }
 

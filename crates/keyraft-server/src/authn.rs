@@ -181,8 +181,8 @@ impl Authenticator {
 ///
 /// A nonce is kept as a 128-bit keyed hash of its access key id and value, not as a
 /// string: the window holds ten minutes of requests (600 000 at 1 000 calls a second),
-/// and by their sizes the strings would take about three times the memory. The hash keys are random per process, so
-/// a caller cannot aim for a collision; an accidental one (odds about n²/2¹²⁹) would
+/// and by their sizes the strings would take about three times the memory. The hash
+/// keys are random per process, so a caller cannot aim for a collision; an accidental one (odds about n²/2¹²⁹) would
 /// refuse one request as a replay, never accept a replay.
 #[derive(Default)]
 struct SeenNonces {

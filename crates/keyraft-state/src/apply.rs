@@ -253,7 +253,8 @@ impl StateMachine {
     /// the entries were committed, so a quorum synced them in its Raft log, and the Raft
     /// layer applies an entry only once this node's own log holds it on disk. sled
     /// recovers a prefix of its batches, so a crash can only leave the state at an
-    /// earlier `last_applied`, from which Raft applies the same committed entries again. That replay reaches the same state and the same responses
+    /// earlier `last_applied`, from which Raft applies the same committed entries
+    /// again. That replay reaches the same state and the same responses
     /// because apply depends on the commands alone, not on how they were batched.
     pub fn apply(
         &self,

@@ -15,8 +15,10 @@
 //!
 //! ## Atomicity and durability
 //! One call to `apply` turns a batch of entries into one atomic sled batch — data, the
-//! applied log id and the membership together — followed by a flush and a real
-//! `fdatasync` ([`storage::Durable::sync`]) before any response is released.
+//! applied log id and the membership together. It does not sync: the entries are
+//! durable in the Raft log, and after a crash the Raft layer applies the committed
+//! entries after the recovered applied log id again (see [`StateMachine::apply`]).
+//! Installing a snapshot does sync ([`storage::Durable::sync`]).
 //!
 //! ## The audit chain
 //! Every request leaves one [`AuditEvent`]. Apply decides its final outcome (re-checking

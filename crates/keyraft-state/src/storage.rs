@@ -8,10 +8,11 @@
 //!
 //! sled writes values larger than a quarter of a segment to separate blob files, which it
 //! never syncs. We open sled with 8 MiB segments, so only values over ~2 MiB become blobs
-//! (Raft entries are bounded well below that), and `sync` still fsyncs any blob file and
-//! the blob directory, so even that path is durable.
+//! (no state record comes near that), and `sync` still fsyncs any blob file and the blob
+//! directory, so even that path is durable.
 //!
-//! The Raft log store and the state machine share one `Durable`, so one sync covers both.
+//! The state machine and the Raft log store's vote and purge point share one `Durable`;
+//! the Raft log itself is in segment files of its own (`keyraft_raft::log_store`).
 
 use std::fs::File;
 use std::io;
@@ -63,7 +64,7 @@ struct Inner {
 const SEGMENT_SIZE: usize = 8 << 20;
 
 /// The most memory sled's page cache holds, by its own accounting. sled's default is
-/// 1 GiB; the hot data (keys, the log tail being replicated) is a few MiB. This bound
+/// 1 GiB; the hot data (keys, credentials, the audit head) is a few MiB. This bound
 /// alone did not keep a node's memory flat under audited calls: with glibc's allocator
 /// it still grew by kilobytes per call. The `keyraft` binary uses jemalloc, with which
 /// it stayed at 200–260 MiB between snapshots through 750 000 unpruned audit events
