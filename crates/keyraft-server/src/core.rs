@@ -37,9 +37,34 @@ pub(crate) mod node_methods {
 
 type AuditVerdict = Result<Option<KmsError>, KmsError>;
 
-pub(crate) struct AuditJob {
-    record: AuditRecord,
-    reply: oneshot::Sender<AuditVerdict>,
+/// What the audit batcher commits.
+// Records are the common job: boxing them would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum AuditJob {
+    /// The record of a request this node served, answered with apply's verdict on it.
+    Record {
+        record: AuditRecord,
+        reply: oneshot::Sender<AuditVerdict>,
+    },
+    /// An audit batch another node forwarded to this one as its leader, answered with
+    /// apply's response to it.
+    Forwarded {
+        cmd: Command,
+        reply: oneshot::Sender<Result<StateResponse, KmsError>>,
+    },
+}
+
+impl AuditJob {
+    /// How many records the job adds to a batch.
+    fn records(&self) -> usize {
+        match self {
+            AuditJob::Record { .. } => 1,
+            AuditJob::Forwarded { cmd, .. } => match &cmd.op {
+                Op::AuditBatch { records } => records.len(),
+                _ => 1,
+            },
+        }
+    }
 }
 
 /// The service clock: the system clock plus an offset that only development mode can
@@ -374,51 +399,142 @@ impl NodeCore {
         failpoints::check(failpoints::BEFORE_AUDIT_APPEND, &record.event_name)?;
         let (tx, rx) = oneshot::channel();
         self.audit_tx
-            .send(AuditJob { record, reply: tx })
+            .send(AuditJob::Record { record, reply: tx })
             .await
             .map_err(|_| KmsError::internal())?;
         rx.await.map_err(|_| KmsError::internal())?
     }
 
-    /// The audit group-commit loop: drains waiting records into one `AuditBatch` entry
-    /// while up to `max_in_flight` earlier entries are still committing. The fuller the
-    /// pipe, the bigger the batches: batching comes from load, not from a timer.
+    /// On the leader: commits an audit batch another node forwarded, in the same entry
+    /// as this node's next batch (see [`NodeCore::run_audit_batcher`]).
+    pub(crate) async fn commit_forwarded_audit(
+        &self,
+        cmd: Command,
+    ) -> Result<StateResponse, KmsError> {
+        let (tx, rx) = oneshot::channel();
+        self.audit_tx
+            .send(AuditJob::Forwarded { cmd, reply: tx })
+            .await
+            .map_err(|_| KmsError::internal())?;
+        rx.await.map_err(|_| KmsError::internal())?
+    }
+
+    /// The audit group-commit loop: drains waiting jobs into one entry while up to
+    /// `max_in_flight` earlier entries are still committing. The fuller the pipe, the
+    /// bigger the batches: batching comes from load, not from a timer.
+    ///
+    /// Other nodes forward their batches to the leader, where they join the leader's own
+    /// in one [`Op::Group`] entry. Without that, every node taking requests had its own
+    /// entries in flight, each a third of the size, and each entry costs the cluster
+    /// about as much again as the records in it (replication, a sync on every node,
+    /// apply).
     pub(crate) async fn run_audit_batcher(self: Arc<Self>, mut rx: mpsc::Receiver<AuditJob>) {
         let slots = Arc::new(Semaphore::new(self.config.audit.max_in_flight));
         while let Some(first) = rx.recv().await {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
+            let mut size = first.records();
             let mut jobs = vec![first];
-            while jobs.len() < self.config.audit.max_batch {
+            while size < self.config.audit.max_batch {
                 match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(job) => {
+                        size += job.records();
+                        jobs.push(job);
+                    }
                     Err(_) => break,
                 }
             }
             let core = self.clone();
             tokio::spawn(async move {
-                let (records, replies): (Vec<_>, Vec<_>) =
-                    jobs.into_iter().map(|j| (j.record, j.reply)).unzip();
-                let n = records.len();
-                let cmd = Command {
-                    request_id: String::new(),
-                    time_ms: core.clock.now_ms(),
-                    op: Op::AuditBatch { records },
-                };
-                let verdicts: Vec<AuditVerdict> = match core.propose(cmd).await {
-                    Ok(Ok(Reply::Audit(v))) if v.len() == n => v.into_iter().map(Ok).collect(),
-                    Ok(other) => {
-                        tracing::error!(?other, "unexpected audit batch response");
-                        (0..n).map(|_| Err(KmsError::internal())).collect()
-                    }
-                    Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-                };
-                for (reply, verdict) in replies.into_iter().zip(verdicts) {
-                    let _ = reply.send(verdict);
-                }
+                core.commit_audit_jobs(jobs).await;
                 drop(permit);
             });
+        }
+    }
+
+    /// Commits one batch of audit jobs and answers each.
+    async fn commit_audit_jobs(&self, jobs: Vec<AuditJob>) {
+        let mut records = Vec::new();
+        let mut replies = Vec::new();
+        let mut forwarded = Vec::new();
+        let mut forwarded_replies = Vec::new();
+        for job in jobs {
+            match job {
+                AuditJob::Record { record, reply } => {
+                    records.push(record);
+                    replies.push(reply);
+                }
+                AuditJob::Forwarded { cmd, reply } => {
+                    forwarded.push(cmd);
+                    forwarded_replies.push(reply);
+                }
+            }
+        }
+        // Its own request id makes the batch safe to propose again after an unknown
+        // outcome, alone or inside a group.
+        let own = (!records.is_empty()).then(|| Command {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            time_ms: self.clock.now_ms(),
+            op: Op::AuditBatch { records },
+        });
+        let own_response = if forwarded.is_empty() {
+            match own {
+                Some(cmd) => self.propose(cmd).await,
+                None => return,
+            }
+        } else {
+            let mut commands: Vec<Command> = own.iter().cloned().collect();
+            commands.extend(forwarded);
+            let group = Command {
+                request_id: String::new(),
+                time_ms: self.clock.now_ms(),
+                op: Op::Group { commands },
+            };
+            match self.propose_local(group).await {
+                Ok(Ok(Reply::Group(mut responses)))
+                    if responses.len() == forwarded_replies.len() + usize::from(own.is_some()) =>
+                {
+                    let theirs = responses.split_off(usize::from(own.is_some()));
+                    for (reply, response) in forwarded_replies.into_iter().zip(theirs) {
+                        let _ = reply.send(Ok(response));
+                    }
+                    match responses.pop() {
+                        Some(response) => Ok(response),
+                        None => return,
+                    }
+                }
+                Ok(other) => {
+                    tracing::error!(?other, "unexpected response to a group of audit batches");
+                    for reply in forwarded_replies {
+                        let _ = reply.send(Err(KmsError::internal()));
+                    }
+                    Ok(Err(KmsError::internal()))
+                }
+                Err(e) => {
+                    // The forwarding nodes retry theirs; this node's own batch goes the
+                    // usual way, to whichever node leads now.
+                    for reply in forwarded_replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    match own {
+                        Some(cmd) => self.propose(cmd).await,
+                        None => return,
+                    }
+                }
+            }
+        };
+        let n = replies.len();
+        let verdicts: Vec<AuditVerdict> = match own_response {
+            Ok(Ok(Reply::Audit(v))) if v.len() == n => v.into_iter().map(Ok).collect(),
+            Ok(other) => {
+                tracing::error!(?other, "unexpected audit batch response");
+                (0..n).map(|_| Err(KmsError::internal())).collect()
+            }
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        };
+        for (reply, verdict) in replies.into_iter().zip(verdicts) {
+            let _ = reply.send(verdict);
         }
     }
 

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use keyraft_proto::v1::internal::node_service_server::NodeService;
 use keyraft_proto::v1::internal::*;
 use keyraft_proto::{not_leader_status_for, status_from_error};
+use keyraft_state::{Command, Op};
 use keyraft_types::{ErrorCode, KmsError};
 
 use crate::core::{node_methods, NodeCore};
@@ -41,16 +42,20 @@ impl NodeService for NodeApi {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         verify(&self.core, &request, node_methods::PROPOSE)?;
-        let cmd = bincode::deserialize(&request.get_ref().data)
+        let cmd: Command = bincode::deserialize(&request.get_ref().data)
             .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
         if !self.core.raft.is_leader() {
             return Err(not_leader_status_for(&self.core.leader_hint()));
         }
-        let response = self
-            .core
-            .propose_local(cmd)
-            .await
-            .map_err(|e| status_from_error(&e))?;
+        let response = match cmd.op {
+            // Joins this node's own audit batch, so the cluster commits one audit entry at
+            // a time. Its request id still makes a retry apply once.
+            Op::AuditBatch { .. } if !cmd.request_id.is_empty() => {
+                self.core.commit_forwarded_audit(cmd).await
+            }
+            _ => self.core.propose_local(cmd).await,
+        }
+        .map_err(|e| status_from_error(&e))?;
         let data = bincode::serialize(&response).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(RaftMessage { data }))
     }

@@ -266,7 +266,7 @@ impl StateMachine {
         // A prune removes audit events, which an export may be copying.
         let prunes = entries
             .iter()
-            .any(|e| matches!(&e.command, Some(c) if matches!(c.op, crate::Op::PruneAudit { .. })));
+            .any(|e| e.command.as_ref().is_some_and(prunes_audit));
         let _trail = prunes.then(|| self.trail_lock.write().unwrap_or_else(|p| p.into_inner()));
         let mut txn = Txn::new(&self.tree);
         let mut responses = Vec::with_capacity(entries.len());
@@ -634,6 +634,15 @@ impl StateMachine {
     }
 }
 
+/// Whether `cmd` (or a command of its group) prunes the audit trail.
+fn prunes_audit(cmd: &Command) -> bool {
+    match &cmd.op {
+        Op::PruneAudit { .. } => true,
+        Op::Group { commands } => commands.iter().any(prunes_audit),
+        _ => false,
+    }
+}
+
 /// Applies one command. `Err` only for storage faults; decisions are in the `Response`.
 fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateError> {
     let idempotent = !cmd.request_id.is_empty();
@@ -880,6 +889,19 @@ fn apply_command(txn: &mut Txn<'_>, cmd: &Command) -> Result<Response, StateErro
             Op::RetireNode { node_id, audit } => {
                 let r = retire_node(txn, *node_id)?;
                 audited(txn, audit, r)?
+            }
+            Op::Group { commands } => {
+                let mut responses = Vec::with_capacity(commands.len());
+                for inner in commands {
+                    responses.push(match inner.op {
+                        Op::Group { .. } => Err(KmsError::new(
+                            ErrorCode::Validation,
+                            "a group of commands cannot hold a group",
+                        )),
+                        _ => apply_command(txn, inner)?,
+                    });
+                }
+                Ok(Reply::Group(responses))
             }
         }
     };

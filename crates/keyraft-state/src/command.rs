@@ -287,6 +287,15 @@ pub enum Op {
         /// The request's audit record.
         audit: Box<AuditRecord>,
     },
+    /// Commands committed as one entry, applied in order, each with its own request id
+    /// and its own response ([`Reply::Group`]). The leader groups the audit batch of its
+    /// own requests with the batches other nodes forwarded to it, so the cluster commits
+    /// one audit entry at a time however many nodes take requests. A group never holds a
+    /// group: apply refuses the inner one.
+    Group {
+        /// The commands.
+        commands: Vec<Command>,
+    },
 }
 
 impl Op {
@@ -318,7 +327,7 @@ impl Op {
             | Op::RotateKey { audit, .. }
             | Op::AuthorizeJoin { audit, .. }
             | Op::RetireNode { audit, .. } => Some(audit),
-            Op::Bootstrap(_) | Op::AuditBatch { .. } | Op::Tick { .. } => None,
+            Op::Bootstrap(_) | Op::AuditBatch { .. } | Op::Tick { .. } | Op::Group { .. } => None,
         }
     }
 }
@@ -691,6 +700,8 @@ pub enum Reply {
     /// The access key a CreateAccessKey made (a retry with the same request id gets the
     /// first one's id, so the serving node can return that key, not a new one).
     AccessKey(String),
+    /// The responses to the commands of an [`Op::Group`], in order.
+    Group(Vec<Response>),
 }
 
 /// The response to a command: deterministic errors are values.
@@ -764,6 +775,7 @@ impl std::fmt::Display for Command {
             } => format!("RemoveGrant({key_id}, {grant_id})"),
             Op::AuthorizeJoin { node, .. } => format!("AuthorizeJoin({})", node.node_id),
             Op::RetireNode { node_id, .. } => format!("RetireNode({node_id})"),
+            Op::Group { commands } => format!("Group({})", commands.len()),
         };
         write!(
             f,

@@ -138,6 +138,7 @@ impl Runner {
             Ok(Reply::Principal(p)) => format!("ok: {}", describe_principal(p)),
             Ok(Reply::AccessKey(id)) => format!("ok: {id}"),
             Ok(Reply::Grant { grant_id, .. }) => format!("ok: grant {grant_id}"),
+            Ok(Reply::Group(v)) => format!("group of {}", v.len()),
             Err(e) => format!("error: {}: {}", e.code, e.message),
         }
     }
@@ -1250,4 +1251,92 @@ fn an_export_during_apply_describes_one_point_of_the_log() {
             exports += 1;
         }
     });
+}
+
+/// A group applies its commands in order, each with its own request id: a batch
+/// forwarded again after an unknown outcome (alone, or inside another group) gets its
+/// first response and adds no event; a group inside a group is refused.
+#[test]
+fn a_group_applies_each_command_once() {
+    let mut r = Runner::new();
+    r.run("bootstrap");
+    let batch = |id: &str, names: &[&str]| Command {
+        request_id: id.to_string(),
+        time_ms: 5,
+        op: Op::AuditBatch {
+            records: names.iter().map(|n| record(n)).collect(),
+        },
+    };
+    let group = |commands: Vec<Command>| Command {
+        request_id: String::new(),
+        time_ms: 6,
+        op: Op::Group { commands },
+    };
+    let apply = |r: &Runner, cmd: Command, at: u8| {
+        let mut out =
+            r.sm.apply(&[ApplyEntry { command: Some(cmd) }], vec![at], None)
+                .unwrap();
+        out.pop().unwrap()
+    };
+    let head = |r: &Runner| r.sm.audit_head().unwrap().0;
+    let start = head(&r);
+
+    let first = apply(
+        &r,
+        group(vec![
+            batch("own", &["Encrypt", "Decrypt"]),
+            batch("fwd", &["Sign"]),
+        ]),
+        10,
+    );
+    let Ok(Reply::Group(responses)) = &first else {
+        panic!("{first:?}");
+    };
+    assert_eq!(
+        responses,
+        &vec![
+            Ok(Reply::Audit(vec![None, None])),
+            Ok(Reply::Audit(vec![None]))
+        ]
+    );
+    assert_eq!(head(&r), start + 3);
+    let names: Vec<String> =
+        r.sm.audit_tail(3)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record.event_name)
+            .collect();
+    assert_eq!(names, ["Encrypt", "Decrypt", "Sign"]);
+
+    // The forwarded batch again, alone and inside a new group: its first response, no
+    // new event; the new batch next to it is applied.
+    assert_eq!(
+        apply(&r, batch("fwd", &["Sign"]), 11),
+        Ok(Reply::Audit(vec![None]))
+    );
+    let again = apply(
+        &r,
+        group(vec![batch("fwd", &["Sign"]), batch("new", &["Verify"])]),
+        12,
+    );
+    assert_eq!(
+        again,
+        Ok(Reply::Group(vec![
+            Ok(Reply::Audit(vec![None])),
+            Ok(Reply::Audit(vec![None]))
+        ]))
+    );
+    assert_eq!(head(&r), start + 4);
+
+    let nested = apply(
+        &r,
+        group(vec![group(vec![batch("inner", &["Encrypt"])])]),
+        13,
+    );
+    let Ok(Reply::Group(responses)) = nested else {
+        panic!("{nested:?}");
+    };
+    assert!(matches!(&responses[..], [Err(e)] if e.code == ErrorCode::Validation));
+    assert_eq!(head(&r), start + 4);
+    assert!(r.sm.verify_audit_chain().unwrap().is_ok());
 }
