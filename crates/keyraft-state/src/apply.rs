@@ -1,6 +1,9 @@
 //! [`StateMachine`]: deterministic apply over a sled tree, and the queries nodes serve.
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::{Mutex, RwLock};
 
 use serde::de::DeserializeOwned;
@@ -68,6 +71,9 @@ pub use iam::{MAX_ACCESS_KEYS, MAX_INLINE_POLICIES};
 struct Txn<'a> {
     tree: &'a sled::Tree,
     pub(crate) writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Records [`Txn::get_shared`] decoded, by key. A write or delete of a key drops its
+    /// entry, so the cache never differs from what [`Txn::get`] would read.
+    decoded: RefCell<HashMap<Vec<u8>, Rc<dyn Any>>>,
 }
 
 impl<'a> Txn<'a> {
@@ -75,7 +81,28 @@ impl<'a> Txn<'a> {
         Txn {
             tree,
             writes: BTreeMap::new(),
+            decoded: RefCell::default(),
         }
+    }
+
+    /// [`Txn::get`], decoded once per transaction: the audit records of a batch check the
+    /// same few credentials, principals and keys again and again.
+    fn get_shared<T: DeserializeOwned + 'static>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<Rc<T>>, StateError> {
+        let cached = self.decoded.borrow().get(key).cloned();
+        if let Some(value) = cached.and_then(|v| v.downcast::<T>().ok()) {
+            return Ok(Some(value));
+        }
+        let Some(value) = self.get::<T>(key)? else {
+            return Ok(None);
+        };
+        let value = Rc::new(value);
+        self.decoded
+            .borrow_mut()
+            .insert(key.to_vec(), value.clone());
+        Ok(Some(value))
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
@@ -89,15 +116,17 @@ impl<'a> Txn<'a> {
 
     fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), StateError> {
         let bytes = encode(&key, value)?;
-        self.writes.insert(key, Some(bytes));
+        self.put_raw(key, bytes);
         Ok(())
     }
 
     fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.decoded.get_mut().remove(&key);
         self.writes.insert(key, Some(value));
     }
 
     fn delete(&mut self, key: Vec<u8>) {
+        self.decoded.get_mut().remove(&key);
         self.writes.insert(key, None);
     }
 
@@ -991,7 +1020,7 @@ fn authz_verdict(txn: &Txn<'_>, record: &AuditRecord) -> Result<Option<KmsError>
                 "The security token included in the request is invalid.",
             ))
         };
-        let Some(key) = txn.get::<AccessKeyRecord>(&keys::access_key(key_id))? else {
+        let Some(key) = txn.get_shared::<AccessKeyRecord>(&keys::access_key(key_id))? else {
             return Ok(refused());
         };
         if !key.enabled {
@@ -1000,7 +1029,7 @@ fn authz_verdict(txn: &Txn<'_>, record: &AuditRecord) -> Result<Option<KmsError>
         // As authentication decides on an up-to-date node: the credential's holder (the
         // assumed role, or the key's own principal) must exist and be enabled.
         let holder_arn = key.role_arn.as_ref().unwrap_or(&key.principal_arn);
-        let holder = txn.get::<PrincipalRecord>(&keys::principal(holder_arn))?;
+        let holder = txn.get_shared::<PrincipalRecord>(&keys::principal(holder_arn))?;
         if !holder.is_some_and(|p| p.enabled) {
             return Ok(refused());
         }
@@ -1012,9 +1041,9 @@ fn authz_verdict(txn: &Txn<'_>, record: &AuditRecord) -> Result<Option<KmsError>
         }
     }
     for check in &record.authz_checks {
-        let holder = txn.get::<PrincipalRecord>(&keys::principal(&check.holder_arn))?;
+        let holder = txn.get_shared::<PrincipalRecord>(&keys::principal(&check.holder_arn))?;
         let key = match &check.key {
-            Some((id, _)) => txn.get::<KeyRecord>(&keys::key(id))?,
+            Some((id, _)) => txn.get_shared::<KeyRecord>(&keys::key(id))?,
             None => None,
         };
         let mut grants = Vec::new();
@@ -1023,8 +1052,8 @@ fn authz_verdict(txn: &Txn<'_>, record: &AuditRecord) -> Result<Option<KmsError>
         }
         if let Err(e) = crate::authz::recheck(
             check,
-            holder.as_ref(),
-            key.as_ref(),
+            holder.as_deref(),
+            key.as_deref(),
             &grants,
             record.event_time_ms,
         ) {
@@ -1044,7 +1073,7 @@ fn check_record(txn: &Txn<'_>, record: &AuditRecord) -> Result<Option<KmsError>,
         return Ok(Some(e));
     }
     for check in &record.key_checks {
-        let Some(key) = txn.get::<KeyRecord>(&keys::key(&check.key_id))? else {
+        let Some(key) = txn.get_shared::<KeyRecord>(&keys::key(&check.key_id))? else {
             return Ok(Some(KmsError::key_not_found(check.key_id.as_str())));
         };
         if key.metadata.epoch == check.epoch {
