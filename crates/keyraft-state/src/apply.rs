@@ -74,6 +74,9 @@ struct Txn<'a> {
     /// Records [`Txn::get_shared`] decoded, by key. A write or delete of a key drops its
     /// entry, so the cache never differs from what [`Txn::get`] would read.
     decoded: RefCell<HashMap<Vec<u8>, Rc<dyn Any>>>,
+    /// The audit events the current command appended, written as one chunk when the
+    /// command is done ([`Txn::seal_audit_chunk`]).
+    audit_chunk: Vec<AuditEvent>,
 }
 
 impl<'a> Txn<'a> {
@@ -82,7 +85,33 @@ impl<'a> Txn<'a> {
             tree,
             writes: BTreeMap::new(),
             decoded: RefCell::default(),
+            audit_chunk: Vec::new(),
         }
+    }
+
+    /// The sequence number and hash of the newest audit event, this command's included.
+    fn audit_head(&self) -> Result<(u64, String), StateError> {
+        if let Some(e) = self.audit_chunk.last() {
+            return Ok((e.sequence, e.hash.clone()));
+        }
+        Ok(self
+            .get(keys::AUDIT_HEAD)?
+            .unwrap_or_else(|| (0, GENESIS_HASH.to_string())))
+    }
+
+    /// Writes the events appended since the last call as one chunk, and the new head.
+    ///
+    /// Chunks end where commands (log entries) end, never where an apply batch ends, so
+    /// every replica stores the same records however it batches. One record per entry
+    /// instead of one per event is most of what an audited call costs sled.
+    fn seal_audit_chunk(&mut self) -> Result<(), StateError> {
+        let events = std::mem::take(&mut self.audit_chunk);
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(());
+        };
+        let head = (last.sequence, last.hash.clone());
+        self.put(keys::audit(first.sequence), &events)?;
+        self.put(keys::AUDIT_HEAD.to_vec(), &head)
     }
 
     /// [`Txn::get`], decoded once per transaction: the audit records of a batch check the
@@ -259,6 +288,7 @@ impl StateMachine {
     /// Opens the state tree of `durable`.
     pub fn open(durable: &Durable) -> Result<StateMachine, StateError> {
         let tree = durable.db().open_tree("state")?;
+        upgrade(&tree)?;
         Ok(StateMachine {
             durable: durable.clone(),
             tree,
@@ -304,6 +334,7 @@ impl StateMachine {
                 Some(cmd) => apply_command(&mut txn, cmd)?,
                 None => Ok(Reply::Unit),
             };
+            txn.seal_audit_chunk()?;
             responses.push(response);
         }
         txn.put_raw(keys::LAST_APPLIED.to_vec(), last_applied);
@@ -383,6 +414,8 @@ impl StateMachine {
         batch.insert(keys::LAST_APPLIED, last_applied);
         batch.insert(keys::MEMBERSHIP, membership);
         self.tree.apply_batch(batch)?;
+        // A snapshot from a node of an earlier version has the earlier layout.
+        upgrade(&self.tree)?;
         self.durable.sync()?;
         Ok(())
     }
@@ -601,12 +634,24 @@ impl StateMachine {
     /// Up to `limit` audit events starting at sequence `from`.
     pub fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<AuditEvent>, StateError> {
         let mut out = Vec::new();
-        for item in self.tree.range(keys::audit(from)..keys::audit(u64::MAX)) {
-            if out.len() == limit {
-                break;
-            }
+        // From the chunk that holds `from` (the last one starting at or before it) on.
+        let start = match self
+            .tree
+            .range(keys::audit(0)..=keys::audit(from))
+            .next_back()
+        {
+            Some(item) => item?.0.to_vec(),
+            None => keys::audit(from),
+        };
+        for item in self.tree.range(start..keys::AUDIT_PREFIX_END.to_vec()) {
             let (k, v) = item?;
-            out.push(decode(&k, &v)?);
+            let events: Vec<AuditEvent> = decode(&k, &v)?;
+            for event in events.into_iter().filter(|e| e.sequence >= from) {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                out.push(event);
+            }
         }
         Ok(out)
     }
@@ -624,7 +669,9 @@ impl StateMachine {
     /// The hash of the event at `sequence`, if it exists.
     pub fn audit_hash_at(&self, sequence: u64) -> Result<Option<String>, StateError> {
         Ok(self
-            .get::<AuditEvent>(&keys::audit(sequence))?
+            .audit_events(sequence, 1)?
+            .pop()
+            .filter(|e| e.sequence == sequence)
             .map(|e| e.hash))
     }
 
@@ -648,12 +695,18 @@ impl StateMachine {
         };
         for item in self.tree.scan_prefix(keys::AUDIT_PREFIX) {
             let (k, v) = item?;
-            let event: AuditEvent = decode(&k, &v)?;
-            if event.sequence != expected || !event.verify(&prev) {
+            // A chunk must start where its key says, or lookups by sequence would miss.
+            if keys::parse_audit(&k) != Some(expected) {
                 return Ok(Err(expected));
             }
-            prev = event.hash;
-            expected += 1;
+            let events: Vec<AuditEvent> = decode(&k, &v)?;
+            for event in events {
+                if event.sequence != expected || !event.verify(&prev) {
+                    return Ok(Err(expected));
+                }
+                prev = event.hash;
+                expected += 1;
+            }
         }
         let head = self.audit_head()?;
         if head.0 != expected - 1 || head.1 != prev {
@@ -661,6 +714,37 @@ impl StateMachine {
         }
         Ok(Ok(head))
     }
+}
+
+/// The layout of the state tree this version writes: 2 = audit events in chunks, one
+/// per log entry (1 had one record per event).
+const FORMAT: u32 = 2;
+
+/// Brings a state tree of an earlier layout to [`FORMAT`], in one atomic batch; a tree
+/// of a later one is refused.
+fn upgrade(tree: &sled::Tree) -> Result<(), StateError> {
+    let format: u32 = match tree.get(keys::FORMAT)? {
+        Some(v) => decode(keys::FORMAT, &v)?,
+        None => 1,
+    };
+    if format == FORMAT {
+        return Ok(());
+    }
+    if format > FORMAT {
+        return Err(StateError::Corrupt {
+            key: "format".into(),
+            detail: format!("state layout {format} is newer than this version's {FORMAT}"),
+        });
+    }
+    let mut batch = sled::Batch::default();
+    for item in tree.scan_prefix(keys::AUDIT_PREFIX) {
+        let (k, v) = item?;
+        let event: AuditEvent = decode(&k, &v)?;
+        batch.insert(k.to_vec(), encode(&k, &vec![event])?);
+    }
+    batch.insert(keys::FORMAT, encode(keys::FORMAT, &FORMAT)?);
+    tree.apply_batch(batch)?;
+    Ok(())
 }
 
 /// Whether `cmd` (or a command of its group) prunes the audit trail.
@@ -989,20 +1073,21 @@ fn audited(
     Ok(result)
 }
 
+/// Most events in one audit chunk, so that a large group does not make a record near
+/// sled's blob size.
+const AUDIT_CHUNK_MAX: usize = 256;
+
 fn append_audit(
     txn: &mut Txn<'_>,
     record: AuditRecord,
     error: Option<KmsError>,
 ) -> Result<(), StateError> {
-    let (seq, prev): (u64, String) = txn
-        .get(keys::AUDIT_HEAD)?
-        .unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
+    if txn.audit_chunk.len() == AUDIT_CHUNK_MAX {
+        txn.seal_audit_chunk()?;
+    }
+    let (seq, prev) = txn.audit_head()?;
     let event = AuditEvent::link(seq + 1, &prev, record, error.map(|e| (e.code, e.message)));
-    txn.put(keys::audit(event.sequence), &event)?;
-    txn.put(
-        keys::AUDIT_HEAD.to_vec(),
-        &(event.sequence, event.hash.clone()),
-    )?;
+    txn.audit_chunk.push(event);
     Ok(())
 }
 
@@ -1468,9 +1553,7 @@ fn quota_usage(txn: &Txn<'_>, account: &AccountId) -> Result<QuotaUsage, StateEr
 }
 
 fn audit_exported(txn: &mut Txn<'_>, through: u64) -> Result<Response, StateError> {
-    let (head, _): (u64, String) = txn
-        .get(keys::AUDIT_HEAD)?
-        .unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
+    let (head, _) = txn.audit_head()?;
     let before: u64 = txn.get(keys::AUDIT_EXPORTED)?.unwrap_or(0);
     if through > head {
         return Ok(Err(KmsError::validation(format!(
@@ -1507,7 +1590,30 @@ fn prune_audit(
             cp.through
         ));
     }
-    let Some(last) = txn.get::<AuditEvent>(&keys::audit(cp.through))? else {
+    // The chunks that hold events up to `through` (pruned ones are gone, so they are
+    // the first), and what is left of the last of them.
+    let mut drop_chunks = Vec::new();
+    let mut rest = Vec::new();
+    let mut last = None;
+    for item in txn.scan_prefix(keys::AUDIT_PREFIX) {
+        let (k, v) = item?;
+        if keys::parse_audit(&k).is_none_or(|start| start > cp.through) {
+            break;
+        }
+        let events: Vec<AuditEvent> = decode(&k, &v)?;
+        for event in events {
+            if event.sequence < cp.through {
+                continue;
+            }
+            if event.sequence == cp.through {
+                last = Some(event);
+            } else {
+                rest.push(event);
+            }
+        }
+        drop_chunks.push(k);
+    }
+    let Some(last) = last else {
         return refuse(format!("event {} does not exist", cp.through));
     };
     if last.hash != cp.hash {
@@ -1519,8 +1625,11 @@ fn prune_audit(
             cp.through
         ));
     }
-    for seq in first..=cp.through {
-        txn.delete(keys::audit(seq));
+    for k in drop_chunks {
+        txn.delete(k);
+    }
+    if let Some(next) = rest.first() {
+        txn.put(keys::audit(next.sequence), &rest)?;
     }
     txn.put(keys::AUDIT_CHECKPOINT.to_vec(), cp)?;
     Ok(Ok(Reply::Unit))

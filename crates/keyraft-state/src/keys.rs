@@ -12,7 +12,11 @@ pub(crate) const AUDIT_HEAD: &[u8] = b"audit_head";
 pub(crate) const AUDIT_EXPORTED: &[u8] = b"audit_exported";
 /// The checkpoint that replaces pruned events ([`crate::AuditCheckpoint`]).
 pub(crate) const AUDIT_CHECKPOINT: &[u8] = b"audit_checkpoint";
+/// The layout version of the state tree (`u32`; absent = 1, see
+/// `StateMachine::upgrade`).
+pub(crate) const FORMAT: &[u8] = b"format";
 pub(crate) const KEY_PREFIX: &[u8] = b"key/";
+/// Audit events, in chunks: [`audit`]`(s)` holds consecutive events from sequence `s` on.
 pub(crate) const AUDIT_PREFIX: &[u8] = b"audit/";
 /// The first key after every audit event's (`/` + 1 = `0`).
 pub(crate) const AUDIT_PREFIX_END: &[u8] = b"audit0";
@@ -75,8 +79,15 @@ pub(crate) fn parse_request_time(k: &[u8]) -> Option<(u64, String)> {
     Some((u64::from_be_bytes(time), id.to_string()))
 }
 
+/// The key of the audit chunk whose first event has sequence `seq`.
 pub(crate) fn audit(seq: u64) -> Vec<u8> {
     [AUDIT_PREFIX, &seq.to_be_bytes()[..]].concat()
+}
+
+/// The first sequence of an [`audit`] key; `None` if it is malformed.
+pub(crate) fn parse_audit(k: &[u8]) -> Option<u64> {
+    let seq: [u8; 8] = k.strip_prefix(AUDIT_PREFIX)?.try_into().ok()?;
+    Some(u64::from_be_bytes(seq))
 }
 
 pub(crate) fn alias(account: &AccountId, name: &AliasName) -> Vec<u8> {

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use keyraft_types::{
-    AccountId, AliasName, AuditRecord, CryptoOperation, ErrorCode, EventType, KeyCheck, KeyId,
-    KeyManager, KeyMetadata, KeySpec, KeyState, KeyUsage, Origin, Region, RequestParameters,
+    AccountId, AliasName, AuditEvent, AuditRecord, CryptoOperation, ErrorCode, EventType, KeyCheck,
+    KeyId, KeyManager, KeyMetadata, KeySpec, KeyState, KeyUsage, Origin, Region, RequestParameters,
     UserIdentity,
 };
 
@@ -818,22 +818,19 @@ impl Runner {
             "tamper" => {
                 self.tampered = true;
                 let seq: u64 = arg("seq", "1").parse().unwrap();
-                let k = keys::audit(seq);
-                let mut e: keyraft_types::AuditEvent =
-                    bincode::deserialize(&self.sm.tree.get(&k).unwrap().unwrap()).unwrap();
-                e.record.source_ip = "10.6.6.6".into();
-                self.sm
-                    .tree
-                    .insert(k, bincode::serialize(&e).unwrap())
-                    .unwrap();
+                rewrite_audit(&self.sm, |events| {
+                    for (at, e) in events.iter_mut() {
+                        if *at == seq {
+                            e.record.source_ip = "10.6.6.6".into();
+                        }
+                    }
+                });
                 "tampered".into()
             }
             "delete-event" => {
                 self.tampered = true;
-                self.sm
-                    .tree
-                    .remove(keys::audit(arg("seq", "1").parse().unwrap()))
-                    .unwrap();
+                let seq: u64 = arg("seq", "1").parse().unwrap();
+                rewrite_audit(&self.sm, |events| events.retain(|(at, _)| *at != seq));
                 "deleted".into()
             }
             "swap-events" => {
@@ -843,10 +840,13 @@ impl Runner {
                     arg("a", "1").parse().unwrap(),
                     arg("b", "2").parse().unwrap(),
                 );
-                let ka = self.sm.tree.get(keys::audit(a)).unwrap().unwrap();
-                let kb = self.sm.tree.get(keys::audit(b)).unwrap().unwrap();
-                self.sm.tree.insert(keys::audit(a), kb).unwrap();
-                self.sm.tree.insert(keys::audit(b), ka).unwrap();
+                rewrite_audit(&self.sm, |events| {
+                    let ia = events.iter().position(|(at, _)| *at == a).unwrap();
+                    let ib = events.iter().position(|(at, _)| *at == b).unwrap();
+                    let event_a = events[ia].1.clone();
+                    events[ia].1 = events[ib].1.clone();
+                    events[ib].1 = event_a;
+                });
                 "swapped".into()
             }
             "exported" => self.apply(
@@ -880,6 +880,26 @@ impl Runner {
             }
             other => panic!("unknown command {other}"),
         }
+    }
+}
+
+/// Rewrites the stored audit trail behind apply's back (tampering tests): `f` gets every
+/// event with the sequence its place in the trail stands for, may change, drop or move
+/// them, and each is written back at its place as a chunk of one.
+fn rewrite_audit(sm: &StateMachine, f: impl FnOnce(&mut Vec<(u64, AuditEvent)>)) {
+    let mut events = Vec::new();
+    for item in sm.tree.scan_prefix(keys::AUDIT_PREFIX) {
+        let (k, v) = item.unwrap();
+        let start = keys::parse_audit(&k).unwrap();
+        let chunk: Vec<AuditEvent> = bincode::deserialize(&v).unwrap();
+        events.extend((start..).zip(chunk));
+        sm.tree.remove(k).unwrap();
+    }
+    f(&mut events);
+    for (at, e) in events {
+        sm.tree
+            .insert(keys::audit(at), bincode::serialize(&vec![e]).unwrap())
+            .unwrap();
     }
 }
 
@@ -1241,11 +1261,12 @@ fn an_export_during_apply_describes_one_point_of_the_log() {
             let applied = meta
                 .last_applied
                 .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
-            let events = snapshot
+            let events: u64 = snapshot
                 .records
                 .iter()
-                .filter(|(k, _)| k.starts_with(b"audit/"))
-                .count() as u64;
+                .filter(|(k, _)| k.starts_with(keys::AUDIT_PREFIX))
+                .map(|(_, v)| bincode::deserialize::<Vec<AuditEvent>>(v).unwrap().len() as u64)
+                .sum();
             assert_eq!(events, applied * PER_BATCH, "export {exports}");
             assert!(snapshot.records.windows(2).all(|w| w[0].0 < w[1].0));
             exports += 1;
@@ -1339,4 +1360,83 @@ fn a_group_applies_each_command_once() {
     assert!(matches!(&responses[..], [Err(e)] if e.code == ErrorCode::Validation));
     assert_eq!(head(&r), start + 4);
     assert!(r.sm.verify_audit_chain().unwrap().is_ok());
+}
+
+/// The events of one entry share a stored chunk; a prune that ends inside a chunk keeps
+/// the rest of it, which reads, hashes and verifies as before.
+#[test]
+fn a_prune_inside_a_chunk_keeps_its_later_events() {
+    let mut r = Runner::new();
+    r.run("bootstrap");
+    let before = r.sm.audit_head().unwrap().0;
+    let chunks = |r: &Runner| r.sm.tree.scan_prefix(keys::AUDIT_PREFIX).count();
+    let chunks_before = chunks(&r);
+    let names = ["A", "B", "C", "D", "E"];
+    let records = names.iter().map(|n| record(n)).collect();
+    r.apply("", 10, Op::AuditBatch { records });
+    assert_eq!(r.sm.audit_head().unwrap().0, before + 5);
+    assert_eq!(chunks(&r), chunks_before + 1);
+
+    let through = before + 3; // C
+    let hash_d = r.sm.audit_hash_at(through + 1).unwrap().unwrap();
+    r.run(&format!("exported through={through}"));
+    assert_eq!(r.run(&format!("prune through={through}")), "ok");
+    let left: Vec<(u64, String)> =
+        r.sm.audit_events(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.sequence, e.record.event_name))
+            .collect();
+    let head = r.sm.audit_head().unwrap().0;
+    assert_eq!(
+        left[..2],
+        [(through + 1, "D".into()), (through + 2, "E".into())]
+    );
+    // D, E and the events of the exported and prune commands, each in a chunk of its own.
+    assert_eq!(left.len() as u64, head - through);
+    assert_eq!(chunks(&r), 3);
+    assert_eq!(r.sm.audit_hash_at(through + 1).unwrap(), Some(hash_d));
+    assert_eq!(r.sm.audit_hash_at(through).unwrap(), None);
+    assert_eq!(
+        r.sm.audit_events(through + 2, 1).unwrap()[0]
+            .record
+            .event_name,
+        "E"
+    );
+    assert!(r.sm.verify_audit_chain().unwrap().is_ok());
+}
+
+/// A state tree of the first layout (one record per audit event) is brought to chunks
+/// when it is opened, and reads and verifies as before.
+#[test]
+fn a_state_with_one_record_per_event_is_upgraded_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = Durable::open(dir.path()).unwrap();
+    let (events, head) = {
+        let sm = StateMachine::open(&durable).unwrap();
+        let records = ["A", "B", "C"].iter().map(|n| record(n)).collect();
+        let cmd = Command {
+            request_id: String::new(),
+            time_ms: 1,
+            op: Op::AuditBatch { records },
+        };
+        sm.apply(&[ApplyEntry { command: Some(cmd) }], vec![1], None)
+            .unwrap();
+        let events = sm.audit_events(1, 10).unwrap();
+        // Back to the first layout: one record per event, no format record.
+        for item in sm.tree.scan_prefix(keys::AUDIT_PREFIX) {
+            sm.tree.remove(item.unwrap().0).unwrap();
+        }
+        for e in &events {
+            sm.tree
+                .insert(keys::audit(e.sequence), bincode::serialize(e).unwrap())
+                .unwrap();
+        }
+        sm.tree.remove(keys::FORMAT).unwrap();
+        (events, sm.audit_head().unwrap())
+    };
+    let sm = StateMachine::open(&durable).unwrap();
+    assert_eq!(sm.audit_events(1, 10).unwrap(), events);
+    assert_eq!(sm.verify_audit_chain().unwrap(), Ok(head));
+    assert_eq!(sm.tree.scan_prefix(keys::AUDIT_PREFIX).count(), 3);
 }
