@@ -118,7 +118,7 @@ impl StateMachineStore {
     fn write_snapshot_file(&self, file: &SnapshotFile) -> io::Result<()> {
         let _guard = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         let tmp = self.snapshot_dir.join(format!("{CURRENT_SNAPSHOT}.tmp"));
-        {
+        let written = (|| {
             use std::io::Write;
             // Encoded straight into the file: the data can be gigabytes, and an encoded
             // copy in memory would be one more copy of the whole state.
@@ -130,8 +130,14 @@ impl StateMachineStore {
             })?;
             out.flush()?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, self.snapshot_dir.join(CURRENT_SNAPSHOT))
+        })();
+        if let Err(e) = written {
+            // A half-written snapshot is of no use, and on a full disk it holds the
+            // space the next attempt (or the log) needs.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        std::fs::rename(&tmp, self.snapshot_dir.join(CURRENT_SNAPSHOT))?;
         std::fs::File::open(&self.snapshot_dir)?.sync_all()?;
         Ok(())
     }
