@@ -23,7 +23,10 @@
 //! ## The audit chain
 //! Every request leaves one [`AuditEvent`]. Apply decides its final outcome (re-checking
 //! the key's metadata epoch for cryptographic requests, see [`KeyCheck`]), numbers it and
-//! links it to its predecessor by SHA-256, so every node holds the identical chain.
+//! links it to its predecessor by SHA-256, so every node holds the identical chain. The
+//! events one log entry appends are stored together, as one chunk keyed by the first
+//! event's sequence number: one sled write per entry rather than per event, and chunk
+//! boundaries that depend on the log alone, not on how a replica batched its applies.
 //!
 //! [`AuditEvent`]: keyraft_types::AuditEvent
 //! [`KeyCheck`]: keyraft_types::KeyCheck
