@@ -397,12 +397,7 @@ impl NodeCore {
     /// Commits an audit record (batched with others) and returns apply's verdict.
     pub(crate) async fn audit(&self, record: AuditRecord) -> AuditVerdict {
         failpoints::check(failpoints::BEFORE_AUDIT_APPEND, &record.event_name)?;
-        let (tx, rx) = oneshot::channel();
-        self.audit_tx
-            .send(AuditJob::Record { record, reply: tx })
-            .await
-            .map_err(|_| KmsError::internal())?;
-        rx.await.map_err(|_| KmsError::internal())?
+        self.batch(|reply| AuditJob::Record { record, reply }).await
     }
 
     /// On the leader: commits an audit batch another node forwarded, in the same entry
@@ -411,9 +406,17 @@ impl NodeCore {
         &self,
         cmd: Command,
     ) -> Result<StateResponse, KmsError> {
+        self.batch(|reply| AuditJob::Forwarded { cmd, reply }).await
+    }
+
+    /// Hands a job to the audit batcher and waits for its answer.
+    async fn batch<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, KmsError>>) -> AuditJob,
+    ) -> Result<T, KmsError> {
         let (tx, rx) = oneshot::channel();
         self.audit_tx
-            .send(AuditJob::Forwarded { cmd, reply: tx })
+            .send(job(tx))
             .await
             .map_err(|_| KmsError::internal())?;
         rx.await.map_err(|_| KmsError::internal())?
