@@ -520,9 +520,10 @@ impl ChaosCluster {
         self.check_id(id)?;
         match &mut self.nodes {
             Nodes::Local { cluster, .. } => cluster.start(id)?,
-            Nodes::Attached { spec, .. } => {
-                blocking(|| spec.act("start", id)).map_err(Error::Invalid)?
-            }
+            Nodes::Attached { spec, .. } => blocking(|| {
+                spec.act("start", id).map_err(Error::Invalid)?;
+                wait_started(spec, id)
+            })?,
         }
         self.down.remove(&id);
         Ok(())
@@ -935,12 +936,27 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 /// Waits until an attached node no longer counts as running (after `kill` or `stop`).
 fn wait_stopped(spec: &AttachSpec, id: NodeId) -> Result<(), Error> {
+    wait_attached(spec, id, false)
+}
+
+/// Waits until an attached node counts as running (after `start`). Until then a check for
+/// nodes that are not running would take it for crashed and start it a second time; the
+/// second process fails on the first one's data, but its pid replaces the first one's in
+/// whatever the commands use to find it, so the first could no longer be stopped.
+fn wait_started(spec: &AttachSpec, id: NodeId) -> Result<(), Error> {
+    wait_attached(spec, id, true)
+}
+
+fn wait_attached(spec: &AttachSpec, id: NodeId, running: bool) -> Result<(), Error> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while spec.is_running(id) {
+    while spec.is_running(id) != running {
         if std::time::Instant::now() >= deadline {
-            return Err(Error::Timeout(format!(
-                "node {id} still counts as running 30 s after it was stopped"
-            )));
+            let what = if running {
+                "does not count as running 30 s after it was started"
+            } else {
+                "still counts as running 30 s after it was stopped"
+            };
+            return Err(Error::Timeout(format!("node {id} {what}")));
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -53,10 +53,23 @@ impl Drop for Reaper<'_> {
     }
 }
 
+/// Whether the pid file of node `id` names that node's running server: a node started
+/// twice leaves a process the pid file does not name, which nothing would ever stop.
+fn pid_file_names_the_node(dir: &Path, id: u64) -> bool {
+    let Ok(pid) = std::fs::read_to_string(dir.join(format!("node{id}.pid"))) else {
+        return false;
+    };
+    let config = format!("{}/node{id}.toml", dir.display());
+    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&config))
+}
+
 fn attach_file(cluster: &LocalCluster, dir: &Path) -> String {
     let d = dir.display();
     let bin = keyraft_binary();
     let pid = format!("$(cat {d}/node{{id}}.pid)");
+    // Like a service manager's, the start command returns before the node listens (here
+    // always by half a second), so the harness must wait for it.
     let mut text = format!(
         "region = \"{}\"\nprofile = \"chaos\"\ncredentials_file = \"{d}/credentials\"\n",
         cluster.file().region
@@ -70,7 +83,7 @@ fn attach_file(cluster: &LocalCluster, dir: &Path) -> String {
     }
     text += &format!(
         "[commands]\n\
-         start = \"{bin} server --config {d}/node{{id}}.toml >> {d}/node{{id}}.log 2>&1 & echo $! > {d}/node{{id}}.pid\"\n\
+         start = \"(sleep 0.5; exec {bin} server --config {d}/node{{id}}.toml) >> {d}/node{{id}}.log 2>&1 & echo $! > {d}/node{{id}}.pid\"\n\
          kill = \"kill -KILL {pid}\"\n\
          stop = \"kill -TERM {pid}\"\n\
          pause = \"kill -STOP {pid}\"\n\
@@ -125,6 +138,12 @@ async fn an_attached_cluster_takes_process_faults_through_its_commands() {
         assert!(
             spec.is_running(id),
             "node {id} is not running after the run"
+        );
+    }
+    for id in spec.ids() {
+        assert!(
+            pid_file_names_the_node(&nodes, id),
+            "node {id}'s pid file does not name its running server"
         );
     }
 
