@@ -1133,8 +1133,11 @@ mod tests {
     #[tokio::test]
     async fn entries_kept_in_sled_by_an_earlier_version_move_to_segments() {
         let dir = tempfile::tempdir().unwrap();
+        // One handle throughout: sled releases its file lock only when its background
+        // threads notice the last handle is gone, so opening the directory again at once
+        // can fail. The move happens when the log store opens, which is what is tested.
+        let durable = Durable::open(dir.path()).unwrap();
         {
-            let durable = Durable::open(dir.path()).unwrap();
             let old = durable.db().open_tree(OLD_LOG_TREE).unwrap();
             for i in 1..=8u64 {
                 let entry = Entry::new_blank(lid(1, i));
@@ -1148,7 +1151,6 @@ mod tests {
                 .unwrap();
             durable.sync().unwrap();
         }
-        let durable = Durable::open(dir.path()).unwrap();
         let mut store = LogStore::open(&durable).unwrap();
         assert!(durable.db().open_tree(OLD_LOG_TREE).unwrap().is_empty());
         let state = store.get_log_state().await.unwrap();
