@@ -428,9 +428,8 @@ impl NodeCore {
     ///
     /// Other nodes forward their batches to the leader, where they join the leader's own
     /// in one [`Op::Group`] entry. Without that, every node taking requests had its own
-    /// entries in flight, each a third of the size, and each entry costs the cluster
-    /// about as much again as the records in it (replication, a sync on every node,
-    /// apply).
+    /// entries in flight, each a third of the size, and every entry has its own cost
+    /// (replication, a sync on every node, an apply).
     pub(crate) async fn run_audit_batcher(self: Arc<Self>, mut rx: mpsc::Receiver<AuditJob>) {
         let slots = Arc::new(Semaphore::new(self.config.audit.max_in_flight));
         while let Some(first) = rx.recv().await {
