@@ -221,6 +221,14 @@ pub fn no_delay(listener: TcpListener) -> TcpIncoming {
 /// ahead would otherwise destroy every key pending deletion at once (the chaos suite's
 /// `clock-skew` experiment found this). The leader's own clock only decides whether to
 /// ask.
+/// Writes the state applied in memory to sled once Raft has stopped, so that the next
+/// start need not apply those entries again. A failure only costs that replay.
+fn flush_state(core: &NodeCore) {
+    if let Err(e) = core.state.flush() {
+        tracing::warn!(error = %e, "writing the applied state at shutdown failed");
+    }
+}
+
 async fn run_ticker(core: Arc<NodeCore>) {
     use keyraft_state::{Command, Op, Reply};
     let mut interval = tokio::time::interval(Duration::from_millis(core.config.tick_interval_ms));
@@ -364,6 +372,7 @@ impl NodeHandle {
             let _ = s.await;
         }
         let _ = self.core.raft.shutdown().await;
+        flush_state(&self.core);
     }
 
     /// Runs until the servers stop (e.g. after a shutdown signal).
@@ -376,6 +385,7 @@ impl NodeHandle {
             }
         }
         let _ = self.core.raft.shutdown().await;
+        flush_state(&self.core);
     }
 
     /// Resolves when Raft stopped on a fatal error (a storage fault, say). Such a node

@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::rc::Rc;
 use std::sync::{Mutex, RwLock};
 
@@ -32,7 +33,11 @@ use crate::{
 pub struct StateMachine {
     durable: Durable,
     pub(crate) tree: sled::Tree,
-    /// Serialises apply, snapshot export and install, so an export sees one applied state.
+    /// Applied writes not yet in `tree`; every read sees them first (see [`view`]).
+    /// Changed only under `write_lock`.
+    unflushed: RwLock<Unflushed>,
+    /// Serialises apply, flushes, snapshot export and install, so an export sees one
+    /// applied state.
     write_lock: Mutex<()>,
     /// Held shared by an export while it copies the audit trail after letting apply go
     /// on, and exclusively by what removes or replaces audit events (a prune, an
@@ -64,13 +69,16 @@ struct StoredResponse {
 }
 
 mod iam;
+mod view;
+
+use view::{prefix_range, Unflushed, View, Writes};
 
 pub use iam::{MAX_ACCESS_KEYS, MAX_INLINE_POLICIES};
 
 /// Reads through pending writes, so the commands of one batch see each other.
 struct Txn<'a> {
-    tree: &'a sled::Tree,
-    pub(crate) writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    view: View<'a>,
+    pub(crate) writes: Writes,
     /// Records [`Txn::get_shared`] decoded, by key. A write or delete of a key drops its
     /// entry, so the cache never differs from what [`Txn::get`] would read.
     decoded: RefCell<HashMap<Vec<u8>, Rc<dyn Any>>>,
@@ -80,9 +88,9 @@ struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
-    fn new(tree: &'a sled::Tree) -> Self {
+    fn new(view: View<'a>) -> Self {
         Txn {
-            tree,
+            view,
             writes: BTreeMap::new(),
             decoded: RefCell::default(),
             audit_chunk: Vec::new(),
@@ -135,12 +143,11 @@ impl<'a> Txn<'a> {
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
-        let raw = match self.writes.get(key) {
-            Some(Some(v)) => Some(v.clone()),
-            Some(None) => None,
-            None => self.tree.get(key)?.map(|v| v.to_vec()),
-        };
-        raw.map(|v| decode(key, &v)).transpose()
+        match self.writes.get(key) {
+            Some(Some(v)) => decode(key, v).map(Some),
+            Some(None) => Ok(None),
+            None => self.view.get(key)?.map(|v| decode(key, &v)).transpose(),
+        }
     }
 
     fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), StateError> {
@@ -166,16 +173,8 @@ impl<'a> Txn<'a> {
     /// same batch wrote and see what they deleted, so the outcome would depend on where
     /// the batch ends, and replicas batch differently (the leader applies what committed
     /// together, a follower what arrived together, a restarted node what it replays).
-    fn scan_prefix<'t>(&'t self, prefix: &[u8]) -> Overlaid<'t> {
-        let pending = self
-            .writes
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .collect::<Vec<_>>();
-        Overlaid {
-            tree: self.tree.scan_prefix(prefix).peekable(),
-            pending: pending.into_iter().peekable(),
-        }
+    fn scan_prefix<'t>(&'t self, prefix: &[u8]) -> view::Overlaid<'t> {
+        self.view.range_under(prefix_range(prefix), &self.writes)
     }
 
     /// The entries of a due-time index (deletions, rotations, expiries) due by
@@ -211,62 +210,9 @@ impl<'a> Txn<'a> {
         Ok(None)
     }
 
-    fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.writes {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        batch
-    }
-}
-
-/// A prefix scan of the tree merged with a transaction's pending writes under the same
-/// prefix: a pending write replaces the tree's record of its key, a pending delete hides
-/// it.
-struct Overlaid<'t> {
-    tree: std::iter::Peekable<sled::Iter>,
-    pending: std::iter::Peekable<std::vec::IntoIter<PendingWrite<'t>>>,
-}
-
-/// A pending write as [`Txn::writes`] holds it: the key, and the value or `None` for a
-/// delete.
-type PendingWrite<'t> = (&'t Vec<u8>, &'t Option<Vec<u8>>);
-
-impl Iterator for Overlaid<'_> {
-    type Item = Result<(Vec<u8>, Vec<u8>), StateError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        use std::cmp::Ordering;
-        loop {
-            let next = match (self.tree.peek(), self.pending.peek()) {
-                (None, None) => return None,
-                // A read error comes out as the tree's next item.
-                (Some(Err(_)), _) | (Some(Ok(_)), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some(Ok((stored, _))), Some((written, _))) => {
-                    stored.as_ref().cmp(written.as_slice())
-                }
-            };
-            match next {
-                Ordering::Less => {
-                    return self.tree.next().map(|item| {
-                        item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                            .map_err(StateError::from)
-                    })
-                }
-                // Rewritten (or deleted) in this transaction: the pending write decides.
-                Ordering::Equal => {
-                    self.tree.next();
-                }
-                Ordering::Greater => {}
-            }
-            if let Some((k, Some(v))) = self.pending.next() {
-                return Some(Ok((k.clone(), v.clone())));
-            }
-        }
+    /// The transaction's writes, to be laid over the state.
+    fn into_writes(self) -> Writes {
+        self.writes
     }
 }
 
@@ -292,6 +238,7 @@ impl StateMachine {
         Ok(StateMachine {
             durable: durable.clone(),
             tree,
+            unflushed: RwLock::default(),
             write_lock: Mutex::new(()),
             trail_lock: RwLock::new(()),
         })
@@ -303,15 +250,64 @@ impl StateMachine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `f` on the state as applied: the tree with the unflushed writes over it.
+    fn read<R>(&self, f: impl FnOnce(View<'_>) -> R) -> R {
+        let unflushed = self.unflushed.read().unwrap_or_else(|p| p.into_inner());
+        f(View {
+            tree: &self.tree,
+            unflushed: &unflushed.writes,
+        })
+    }
+
+    /// Writes the applied writes still held in memory to sled, as one atomic batch. The
+    /// caller holds `write_lock`, so nothing changes them meanwhile, and reads go on
+    /// seeing them until sled has them.
+    fn flush_locked(&self) -> Result<(), StateError> {
+        let batch = {
+            let unflushed = self.unflushed.read().unwrap_or_else(|p| p.into_inner());
+            if unflushed.writes.is_empty() {
+                return Ok(());
+            }
+            unflushed.batch()
+        };
+        self.tree.apply_batch(batch)?;
+        self.unflushed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    /// Drops the applied writes not yet in sled, as a crash would.
+    #[cfg(test)]
+    pub(crate) fn lose_unflushed(&self) {
+        let _guard = self.lock();
+        self.unflushed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Writes everything applied so far to sled (not synced: see [`StateMachine::apply`]).
+    /// Apply does this on its own every 100 ms or 4 MiB of writes; a node shutting down
+    /// calls it so that its next start has nothing to apply again.
+    pub fn flush(&self) -> Result<(), StateError> {
+        let _guard = self.lock();
+        self.flush_locked()
+    }
+
     /// Applies a batch of entries atomically: the state changes, the applied log id
     /// (`last_applied`, opaque bytes of the Raft layer) and, if the batch holds a
-    /// membership entry, the membership (`membership`) are written in one sled batch,
-    /// and the responses, one per entry, are returned.
+    /// membership entry, the membership (`membership`) take effect together, and the
+    /// responses, one per entry, are returned.
     ///
-    /// The batch is not synced here. What the responses acknowledge is already durable:
-    /// the entries were committed, so a quorum synced them in its Raft log, and the Raft
-    /// layer applies an entry only once this node's own log holds it on disk. sled
-    /// recovers a prefix of its batches, so a crash can only leave the state at an
+    /// The changes are held in memory, where every read sees them, and written to sled
+    /// with those of later batches as one sled batch, every 100 ms or 4 MiB (the `view`
+    /// module explains why); they are not synced. What the responses acknowledge is
+    /// already durable: the entries were committed, so a quorum synced them in its Raft
+    /// log, and the Raft layer applies an entry only once this node's own log holds it
+    /// on disk.
+    /// sled recovers a prefix of its batches, so a crash can only leave the state at an
     /// earlier `last_applied`, from which Raft applies the same committed entries
     /// again. That replay reaches the same state and the same responses
     /// because apply depends on the commands alone, not on how they were batched.
@@ -327,29 +323,41 @@ impl StateMachine {
             .iter()
             .any(|e| e.command.as_ref().is_some_and(prunes_audit));
         let _trail = prunes.then(|| self.trail_lock.write().unwrap_or_else(|p| p.into_inner()));
-        let mut txn = Txn::new(&self.tree);
         let mut responses = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let response = match &entry.command {
-                Some(cmd) => apply_command(&mut txn, cmd)?,
-                None => Ok(Reply::Unit),
-            };
-            txn.seal_audit_chunk()?;
-            responses.push(response);
+        let writes = self.read(|view| {
+            let mut txn = Txn::new(view);
+            for entry in entries {
+                let response = match &entry.command {
+                    Some(cmd) => apply_command(&mut txn, cmd)?,
+                    None => Ok(Reply::Unit),
+                };
+                txn.seal_audit_chunk()?;
+                responses.push(response);
+            }
+            txn.put_raw(keys::LAST_APPLIED.to_vec(), last_applied);
+            if let Some(m) = membership {
+                txn.put_raw(keys::MEMBERSHIP.to_vec(), m);
+            }
+            Ok::<_, StateError>(txn.into_writes())
+        })?;
+        let due = {
+            let mut unflushed = self.unflushed.write().unwrap_or_else(|p| p.into_inner());
+            unflushed.absorb(writes);
+            unflushed.due()
+        };
+        if due {
+            self.flush_locked()?;
         }
-        txn.put_raw(keys::LAST_APPLIED.to_vec(), last_applied);
-        if let Some(m) = membership {
-            txn.put_raw(keys::MEMBERSHIP.to_vec(), m);
-        }
-        self.tree.apply_batch(txn.into_batch())?;
         Ok(responses)
     }
 
     /// The Raft layer's opaque applied log id and membership, as last applied.
     pub fn applied_meta(&self) -> Result<AppliedMeta, StateError> {
-        Ok(AppliedMeta {
-            last_applied: self.tree.get(keys::LAST_APPLIED)?.map(|v| v.to_vec()),
-            membership: self.tree.get(keys::MEMBERSHIP)?.map(|v| v.to_vec()),
+        self.read(|view| {
+            Ok(AppliedMeta {
+                last_applied: view.get(keys::LAST_APPLIED)?.map(|v| v.into_owned()),
+                membership: view.get(keys::MEMBERSHIP)?.map(|v| v.into_owned()),
+            })
         })
     }
 
@@ -366,6 +374,9 @@ impl StateMachine {
     pub fn export(&self) -> Result<(StateSnapshot, AppliedMeta), StateError> {
         let (mut records, after, meta, head, _trail) = {
             let _guard = self.lock();
+            // From here on the tree holds all that is applied, and the events up to the
+            // head stay there while apply goes on into memory: the copy below reads them.
+            self.flush_locked()?;
             let mut before = Vec::new();
             for item in self.tree.range(..keys::AUDIT_PREFIX) {
                 let (k, v) = item?;
@@ -403,6 +414,11 @@ impl StateMachine {
     ) -> Result<(), StateError> {
         let _guard = self.lock();
         let _trail = self.trail_lock.write().unwrap_or_else(|p| p.into_inner());
+        // The snapshot replaces what was applied, flushed or not.
+        self.unflushed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let mut batch = sled::Batch::default();
         for item in self.tree.iter() {
             let (k, _) = item?;
@@ -421,7 +437,7 @@ impl StateMachine {
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
-        self.tree.get(key)?.map(|v| decode(key, &v)).transpose()
+        self.read(|view| view.get(key)?.map(|v| decode(key, &v)).transpose())
     }
 
     /// The cluster configuration, once bootstrapped.
@@ -450,22 +466,24 @@ impl StateMachine {
             }
             None => keys::KEY_PREFIX.to_vec(),
         };
-        let mut out = Vec::new();
-        for item in self.tree.range(start..) {
-            let (k, v) = item?;
-            if !k.starts_with(keys::KEY_PREFIX) {
-                break;
+        self.read(|view| {
+            let mut out = Vec::new();
+            for item in view.range((Bound::Included(start), Bound::Unbounded)) {
+                let (k, v) = item?;
+                if !k.starts_with(keys::KEY_PREFIX) {
+                    break;
+                }
+                let record: KeyRecord = decode(&k, &v)?;
+                if &record.metadata.account != account {
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(record.metadata);
             }
-            let record: KeyRecord = decode(&k, &v)?;
-            if &record.metadata.account != account {
-                continue;
-            }
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            out.push(record.metadata);
-        }
-        Ok((out, false))
+            Ok((out, false))
+        })
     }
 
     /// An alias of `account`.
@@ -495,32 +513,35 @@ impl StateMachine {
             }
             None => prefix.clone(),
         };
-        let mut out = Vec::new();
-        for item in self.tree.range(start..) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
+        self.read(|view| {
+            let mut out = Vec::new();
+            for item in view.range((Bound::Included(start), Bound::Unbounded)) {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let alias: AliasRecord = decode(&k, &v)?;
+                if key.is_some_and(|key| &alias.target_key_id != key) {
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(alias);
             }
-            let alias: AliasRecord = decode(&k, &v)?;
-            if key.is_some_and(|key| &alias.target_key_id != key) {
-                continue;
-            }
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            out.push(alias);
-        }
-        Ok((out, false))
+            Ok((out, false))
+        })
     }
 
     /// An account's quotas in force and its usage.
     pub fn quota(&self, account: &AccountId) -> Result<QuotaUsage, StateError> {
-        quota_usage(&Txn::new(&self.tree), account)
+        self.read(|view| quota_usage(&Txn::new(view), account))
     }
 
     /// Keys whose automatic rotation is due by `now_ms` (up to `limit`), in due order.
     pub fn due_rotations(&self, now_ms: u64, limit: usize) -> Result<Vec<KeyId>, StateError> {
-        let due = Txn::new(&self.tree).due_entries(keys::ROTATION_PREFIX, now_ms, limit)?;
+        let due =
+            self.read(|view| Txn::new(view).due_entries(keys::ROTATION_PREFIX, now_ms, limit))?;
         Ok(due.into_iter().map(|e| e.key_id).collect())
     }
 
@@ -531,24 +552,26 @@ impl StateMachine {
 
     /// When the earliest imported material expires, if any.
     pub fn next_expiry_due(&self) -> Result<Option<u64>, StateError> {
-        Txn::new(&self.tree).first_due(keys::EXPIRY_PREFIX)
+        self.read(|view| Txn::new(view).first_due(keys::EXPIRY_PREFIX))
     }
 
     /// When the earliest scheduled deletion falls due, if any.
     pub fn next_deletion_due(&self) -> Result<Option<u64>, StateError> {
-        Txn::new(&self.tree).first_due(keys::DELETION_PREFIX)
+        self.read(|view| Txn::new(view).first_due(keys::DELETION_PREFIX))
     }
 
     /// When a tick first has a remembered request id to forget (the oldest id's time
     /// plus [`REQUEST_ID_TTL_MS`]), if any id is remembered.
     pub fn next_request_id_expiry(&self) -> Result<Option<u64>, StateError> {
-        for item in self.tree.scan_prefix(keys::REQUEST_TIME_PREFIX) {
-            let (k, _) = item?;
-            if let Some((time_ms, _)) = keys::parse_request_time(&k) {
-                return Ok(Some(time_ms.saturating_add(REQUEST_ID_TTL_MS)));
+        self.read(|view| {
+            for item in view.scan_prefix(keys::REQUEST_TIME_PREFIX) {
+                let (k, _) = item?;
+                if let Some((time_ms, _)) = keys::parse_request_time(&k) {
+                    return Ok(Some(time_ms.saturating_add(REQUEST_ID_TTL_MS)));
+                }
             }
-        }
-        Ok(None)
+            Ok(None)
+        })
     }
 
     /// A grant, by id.
@@ -567,15 +590,17 @@ impl StateMachine {
 
     /// Every grant of an account's keys whose retiring principal is `arn`.
     pub fn retirable_grants(&self, arn: &str) -> Result<Vec<GrantRecord>, StateError> {
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(keys::GRANT_PREFIX) {
-            let (k, v) = item?;
-            let g: GrantRecord = decode(&k, &v)?;
-            if g.retiring_principal.as_deref() == Some(arn) {
-                out.push(g);
+        self.read(|view| {
+            let mut out = Vec::new();
+            for item in view.scan_prefix(keys::GRANT_PREFIX) {
+                let (k, v) = item?;
+                let g: GrantRecord = decode(&k, &v)?;
+                if g.retiring_principal.as_deref() == Some(arn) {
+                    out.push(g);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// A principal (user or role), by ARN.
@@ -590,12 +615,11 @@ impl StateMachine {
         kind: PrincipalKind,
     ) -> Result<Vec<PrincipalRecord>, StateError> {
         let prefix = keys::principal(&format!("arn:keyraft:iam::{account}:{}/", kind.as_str()));
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix) {
-            let (k, v) = item?;
-            out.push(decode(&k, &v)?);
-        }
-        Ok(out)
+        self.read(|view| {
+            view.scan_prefix(&prefix)
+                .map(|item| item.and_then(|(k, v)| decode(&k, &v)))
+                .collect()
+        })
     }
 
     /// An access key (long-term or temporary).
@@ -610,12 +634,11 @@ impl StateMachine {
 
     /// Every node id ever registered, retired ones included.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(keys::NODE_PREFIX) {
-            let (k, v) = item?;
-            out.push(decode(&k, &v)?);
-        }
-        Ok(out)
+        self.read(|view| {
+            view.scan_prefix(keys::NODE_PREFIX)
+                .map(|item| item.and_then(|(k, v)| decode(&k, &v)))
+                .collect()
+        })
     }
 
     /// The authorised join of a node, if any.
@@ -633,27 +656,28 @@ impl StateMachine {
 
     /// Up to `limit` audit events starting at sequence `from`.
     pub fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<AuditEvent>, StateError> {
-        let mut out = Vec::new();
-        // From the chunk that holds `from` (the last one starting at or before it) on.
-        let start = match self
-            .tree
-            .range(keys::audit(0)..=keys::audit(from))
-            .next_back()
-        {
-            Some(item) => item?.0.to_vec(),
-            None => keys::audit(from),
-        };
-        for item in self.tree.range(start..keys::AUDIT_PREFIX_END.to_vec()) {
-            let (k, v) = item?;
-            let events: Vec<AuditEvent> = decode(&k, &v)?;
-            for event in events.into_iter().filter(|e| e.sequence >= from) {
-                if out.len() == limit {
-                    return Ok(out);
+        self.read(|view| {
+            let mut out = Vec::new();
+            // From the chunk that holds `from` (the last one starting at or before it) on.
+            let start = view
+                .last_key((
+                    Bound::Included(keys::audit(0)),
+                    Bound::Included(keys::audit(from)),
+                ))?
+                .unwrap_or_else(|| keys::audit(from));
+            let end = Bound::Excluded(keys::AUDIT_PREFIX_END.to_vec());
+            for item in view.range((Bound::Included(start), end)) {
+                let (k, v) = item?;
+                let events: Vec<AuditEvent> = decode(&k, &v)?;
+                for event in events.into_iter().filter(|e| e.sequence >= from) {
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                    out.push(event);
                 }
-                out.push(event);
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The checkpoint that replaced pruned events, if any were pruned.
@@ -693,26 +717,40 @@ impl StateMachine {
             Some(c) => (c.hash, c.through + 1),
             None => (GENESIS_HASH.to_string(), 1),
         };
-        for item in self.tree.scan_prefix(keys::AUDIT_PREFIX) {
-            let (k, v) = item?;
-            // A chunk must start where its key says, or lookups by sequence would miss.
-            if keys::parse_audit(&k) != Some(expected) {
-                return Ok(Err(expected));
-            }
-            let events: Vec<AuditEvent> = decode(&k, &v)?;
-            for event in events {
-                if event.sequence != expected || !event.verify(&prev) {
-                    return Ok(Err(expected));
+        let walked = self.read(|view| {
+            for item in view.scan_prefix(keys::AUDIT_PREFIX) {
+                let (k, v) = item?;
+                // A chunk must start where its key says, or lookups by sequence would miss.
+                if keys::parse_audit(&k) != Some(expected) {
+                    return Ok(false);
                 }
-                prev = event.hash;
-                expected += 1;
+                let events: Vec<AuditEvent> = decode(&k, &v)?;
+                for event in events {
+                    if event.sequence != expected || !event.verify(&prev) {
+                        return Ok(false);
+                    }
+                    prev = event.hash;
+                    expected += 1;
+                }
             }
+            Ok::<_, StateError>(true)
+        })?;
+        if !walked {
+            return Ok(Err(expected));
         }
         let head = self.audit_head()?;
         if head.0 != expected - 1 || head.1 != prev {
             return Ok(Err(expected));
         }
         Ok(Ok(head))
+    }
+}
+
+impl Drop for StateMachine {
+    /// Writes what is still in memory to sled, so that the next open has less to apply
+    /// again. A failure is left to that replay: the Raft log holds every applied entry.
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 

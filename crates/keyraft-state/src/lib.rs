@@ -14,11 +14,14 @@
 //! that cannot write its state must not answer as if it had.
 //!
 //! ## Atomicity and durability
-//! One call to `apply` turns a batch of entries into one atomic sled batch — data, the
-//! applied log id and the membership together. It does not sync: the entries are
+//! One call to `apply` takes effect atomically — data, the applied log id and the
+//! membership together. Its writes stay in memory, where every read sees them, and go to
+//! sled as one atomic batch with those of later applies every 100 ms or 4 MiB: each sled
+//! batch writes to disk twice however small it is. Nothing is synced: the entries are
 //! durable in the Raft log, and after a crash the Raft layer applies the committed
 //! entries after the recovered applied log id again (see [`StateMachine::apply`]).
-//! Installing a snapshot does sync ([`storage::Durable::sync`]).
+//! Exporting a snapshot writes everything applied to sled first; installing one syncs
+//! ([`storage::Durable::sync`]).
 //!
 //! ## The audit chain
 //! Every request leaves one [`AuditEvent`]. Apply decides its final outcome (re-checking

@@ -1,0 +1,339 @@
+//! What a read of the state sees: the sled tree overlaid with applied writes that are not
+//! yet written to it.
+//!
+//! Every atomic sled batch seals sled's current I/O buffer and writes a batch manifest
+//! with `sync_file_range` on sled's I/O threads: two writes to disk per batch, however
+//! small it is. One batch per apply made that the largest cost of a lightly loaded node.
+//! Apply therefore keeps its writes in memory ([`Unflushed`]) and writes them to sled as
+//! one batch every [`FLUSH_INTERVAL`] or [`FLUSH_BYTES`], whichever comes first. Every
+//! read goes through a [`View`], which sees those writes first and the tree below them.
+//!
+//! Nothing acknowledged depends on the flush. The entries are durable in the Raft log
+//! before they are applied, the applied log id is flushed in the same batch as the
+//! writes it covers, and after a crash the Raft layer applies the committed entries
+//! after the recovered applied log id again.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::iter::Peekable;
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+use super::StateError;
+
+/// Pending writes by key: the new value, or `None` for a delete.
+pub(super) type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// How long applied writes may stay in memory before they are written to sled.
+pub(super) const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How many bytes of applied writes (keys and values, overwrites counted again) are
+/// written to sled at the latest.
+pub(super) const FLUSH_BYTES: usize = 4 << 20;
+
+/// Applied writes not yet in sled.
+#[derive(Default)]
+pub(super) struct Unflushed {
+    pub(super) writes: Writes,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl Unflushed {
+    /// Takes in the writes of an apply; later writes of a key replace earlier ones.
+    pub(super) fn absorb(&mut self, writes: Writes) {
+        if writes.is_empty() {
+            return;
+        }
+        self.since.get_or_insert_with(Instant::now);
+        for (k, v) in writes {
+            self.bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+            self.writes.insert(k, v);
+        }
+    }
+
+    /// Whether the writes should go to sled now.
+    pub(super) fn due(&self) -> bool {
+        self.bytes >= FLUSH_BYTES || self.since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL)
+    }
+
+    /// The writes as one sled batch.
+    pub(super) fn batch(&self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (k, v) in &self.writes {
+            match v {
+                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                None => batch.remove(k.as_slice()),
+            }
+        }
+        batch
+    }
+
+    /// Forgets the writes, once sled has them (or a snapshot replaced them).
+    pub(super) fn clear(&mut self) {
+        *self = Unflushed::default();
+    }
+}
+
+/// The state as reads see it: `unflushed` over `tree`.
+#[derive(Clone, Copy)]
+pub(super) struct View<'a> {
+    pub(super) tree: &'a sled::Tree,
+    pub(super) unflushed: &'a Writes,
+}
+
+/// A key range, as both sled and `BTreeMap` take it.
+pub(super) type Range = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The range of keys starting with `prefix`.
+pub(super) fn prefix_range(prefix: &[u8]) -> Range {
+    let mut end = prefix.to_vec();
+    // The smallest key after every key with the prefix: drop trailing 0xff bytes and
+    // increment the last byte left; all 0xff (or empty) has no end.
+    while end.last() == Some(&u8::MAX) {
+        end.pop();
+    }
+    match end.last_mut() {
+        Some(last) => {
+            *last += 1;
+            (Bound::Included(prefix.to_vec()), Bound::Excluded(end))
+        }
+        None => (Bound::Included(prefix.to_vec()), Bound::Unbounded),
+    }
+}
+
+/// Whether `range` holds no key at all (`BTreeMap::range` panics on such a range).
+fn is_empty(range: &Range) -> bool {
+    match range {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e))
+        | (Bound::Excluded(s), Bound::Included(e)) => s >= e,
+        _ => false,
+    }
+}
+
+impl<'a> View<'a> {
+    /// The raw value of `key`.
+    pub(super) fn get(&self, key: &[u8]) -> Result<Option<Cow<'a, [u8]>>, StateError> {
+        match self.unflushed.get(key) {
+            Some(Some(v)) => Ok(Some(Cow::Borrowed(v.as_slice()))),
+            Some(None) => Ok(None),
+            None => Ok(self.tree.get(key)?.map(|v| Cow::Owned(v.to_vec()))),
+        }
+    }
+
+    /// The records in `range`, in key order.
+    pub(super) fn range(&self, range: Range) -> Overlaid<'a> {
+        if is_empty(&range) {
+            return Overlaid::new(self.tree.range(range), Vec::new());
+        }
+        let pending = self.unflushed.range(range.clone()).collect();
+        Overlaid::new(self.tree.range(range), pending)
+    }
+
+    /// The records whose key starts with `prefix`, in key order.
+    pub(super) fn scan_prefix(&self, prefix: &[u8]) -> Overlaid<'a> {
+        self.range(prefix_range(prefix))
+    }
+
+    /// The records in `range` with `writes` (a transaction's, newer still) laid over
+    /// this view.
+    pub(super) fn range_under<'w>(&self, range: Range, writes: &'w Writes) -> Overlaid<'w>
+    where
+        'a: 'w,
+    {
+        let mut pending: BTreeMap<&'w Vec<u8>, &'w Option<Vec<u8>>> = BTreeMap::new();
+        if !is_empty(&range) {
+            pending.extend(self.unflushed.range(range.clone()));
+            pending.extend(writes.range(range.clone()));
+        }
+        Overlaid::new(self.tree.range(range), pending.into_iter().collect())
+    }
+
+    /// The greatest key in `range` that holds a record.
+    pub(super) fn last_key(&self, range: Range) -> Result<Option<Vec<u8>>, StateError> {
+        if is_empty(&range) {
+            return Ok(None);
+        }
+        let unflushed = self
+            .unflushed
+            .range(range.clone())
+            .rev()
+            .find(|(_, v)| v.is_some())
+            .map(|(k, _)| k.clone());
+        let mut stored = None;
+        for item in self.tree.range(range).rev() {
+            let (k, _) = item?;
+            // A key deleted since the last flush is not there any more.
+            if !matches!(self.unflushed.get(k.as_ref()), Some(None)) {
+                stored = Some(k.to_vec());
+                break;
+            }
+        }
+        Ok(unflushed.max(stored))
+    }
+}
+
+/// A pending write as [`Writes`] holds it: the key, and the value or `None` for a delete.
+type PendingWrite<'t> = (&'t Vec<u8>, &'t Option<Vec<u8>>);
+
+/// A range of the tree merged with pending writes in the same range: a pending write
+/// replaces the tree's record of its key, a pending delete hides it.
+pub(super) struct Overlaid<'t> {
+    tree: Peekable<sled::Iter>,
+    pending: Peekable<std::vec::IntoIter<PendingWrite<'t>>>,
+}
+
+impl<'t> Overlaid<'t> {
+    fn new(tree: sled::Iter, pending: Vec<PendingWrite<'t>>) -> Self {
+        Overlaid {
+            tree: tree.peekable(),
+            pending: pending.into_iter().peekable(),
+        }
+    }
+}
+
+impl Iterator for Overlaid<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>), StateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::cmp::Ordering;
+        loop {
+            let next = match (self.tree.peek(), self.pending.peek()) {
+                (None, None) => return None,
+                // A read error comes out as the tree's next item.
+                (Some(Err(_)), _) | (Some(Ok(_)), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(Ok((stored, _))), Some((written, _))) => {
+                    stored.as_ref().cmp(written.as_slice())
+                }
+            };
+            match next {
+                Ordering::Less => {
+                    return self.tree.next().map(|item| {
+                        item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                            .map_err(StateError::from)
+                    })
+                }
+                // Rewritten (or deleted) since: the pending write decides.
+                Ordering::Equal => {
+                    self.tree.next();
+                }
+                Ordering::Greater => {}
+            }
+            if let Some((k, Some(v))) = self.pending.next() {
+                return Some(Ok((k.clone(), v.clone())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> sled::Tree {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        db.open_tree("t").unwrap()
+    }
+
+    fn writes(items: &[(&str, Option<&str>)]) -> Writes {
+        items
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    fn keys(it: Overlaid<'_>) -> Vec<(String, String)> {
+        it.map(|item| {
+            let (k, v) = item.unwrap();
+            (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap())
+        })
+        .collect()
+    }
+
+    #[test]
+    fn prefix_ranges_end_after_the_last_key_with_the_prefix() {
+        assert_eq!(
+            prefix_range(b"ab"),
+            (
+                Bound::Included(b"ab".to_vec()),
+                Bound::Excluded(b"ac".to_vec())
+            )
+        );
+        assert_eq!(
+            prefix_range(&[1, 0xff]),
+            (Bound::Included(vec![1, 0xff]), Bound::Excluded(vec![2]))
+        );
+        assert_eq!(
+            prefix_range(&[0xff]),
+            (Bound::Included(vec![0xff]), Bound::Unbounded)
+        );
+    }
+
+    #[test]
+    fn reads_see_unflushed_writes_over_the_tree_and_a_transaction_over_both() {
+        let tree = tree();
+        for k in ["a1", "a2", "a3", "b1"] {
+            tree.insert(k, k).unwrap();
+        }
+        let unflushed = writes(&[("a2", None), ("a3", Some("new")), ("a4", Some("a4"))]);
+        let view = View {
+            tree: &tree,
+            unflushed: &unflushed,
+        };
+        assert_eq!(view.get(b"a1").unwrap().as_deref(), Some(&b"a1"[..]));
+        assert_eq!(view.get(b"a2").unwrap(), None);
+        assert_eq!(view.get(b"a3").unwrap().as_deref(), Some(&b"new"[..]));
+        let seen = keys(view.scan_prefix(b"a"));
+        assert_eq!(
+            seen,
+            [("a1", "a1"), ("a3", "new"), ("a4", "a4")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+
+        let txn = writes(&[("a1", None), ("a2", Some("back")), ("a4", Some("txn"))]);
+        let seen = keys(view.range_under(prefix_range(b"a"), &txn));
+        assert_eq!(
+            seen,
+            [("a2", "back"), ("a3", "new"), ("a4", "txn")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+    }
+
+    #[test]
+    fn the_last_key_skips_keys_deleted_since_the_flush() {
+        let tree = tree();
+        for k in ["a1", "a2", "a3"] {
+            tree.insert(k, k).unwrap();
+        }
+        let unflushed = writes(&[("a3", None), ("a0", Some("x"))]);
+        let view = View {
+            tree: &tree,
+            unflushed: &unflushed,
+        };
+        let upto = |k: &str| (Bound::Unbounded, Bound::Included(k.as_bytes().to_vec()));
+        assert_eq!(view.last_key(upto("a9")).unwrap(), Some(b"a2".to_vec()));
+        assert_eq!(view.last_key(upto("a0")).unwrap(), Some(b"a0".to_vec()));
+        let unflushed = writes(&[("a4", Some("x"))]);
+        let view = View {
+            tree: &tree,
+            unflushed: &unflushed,
+        };
+        assert_eq!(view.last_key(upto("a9")).unwrap(), Some(b"a4".to_vec()));
+    }
+
+    #[test]
+    fn absorbed_writes_replace_earlier_ones_and_come_due_by_size() {
+        let mut u = Unflushed::default();
+        assert!(!u.due());
+        u.absorb(writes(&[("k", Some("1"))]));
+        u.absorb(writes(&[("k", None)]));
+        assert_eq!(u.writes, writes(&[("k", None)]));
+        assert!(!u.due(), "a few bytes just now are not due");
+        u.absorb([(b"big".to_vec(), Some(vec![0; FLUSH_BYTES]))].into());
+        assert!(u.due());
+        u.clear();
+        assert!(u.writes.is_empty() && !u.due());
+    }
+}
