@@ -242,14 +242,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let applied_bytes = to_bytes(&last_applied)?;
         let membership_bytes = membership.as_ref().map(to_bytes).transpose()?;
         // Apply runs on this task rather than on the blocking pool: it is CPU work of a
-        // few hundred microseconds that writes to memory (the state writes to sled every
-        // 100 ms, see `keyraft_state`), and handing it to another thread and back cost
-        // about as much as the work itself. Only a snapshot export holds the state's
-        // lock for longer, and that briefly.
+        // few hundred microseconds that writes to memory, and handing it to another
+        // thread and back cost about as much as the work itself. Only a snapshot export
+        // holds the state's lock for longer, and that briefly.
         let responses = self
             .sm
             .apply(&batch, applied_bytes, membership_bytes)
             .map_err(io::Error::from)?;
+        // Writing the applied state to sled (every 100 ms) takes milliseconds, tens
+        // under a burst of new keys, so it runs beside apply. A failure makes the next
+        // apply fail, which stops Raft on this node.
+        if self.sm.claim_flush() {
+            let sm = self.sm.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = sm.flush() {
+                    tracing::error!(error = %e, "writing the applied state to sled failed");
+                }
+            });
+        }
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(response);

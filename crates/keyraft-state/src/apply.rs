@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::rc::Rc;
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -34,8 +35,18 @@ pub struct StateMachine {
     durable: Durable,
     pub(crate) tree: sled::Tree,
     /// Applied writes not yet in `tree`; every read sees them first (see [`view`]).
-    /// Changed only under `write_lock`.
-    unflushed: RwLock<Unflushed>,
+    layers: RwLock<Layers>,
+    /// Held for the whole of a flush, so that one runs at a time and an export or an
+    /// install can wait for the one under way. Taken after `write_lock`, never before.
+    flush_lock: Mutex<()>,
+    /// A flush is due and someone has undertaken to run it ([`StateMachine::claim_flush`]).
+    flush_claimed: AtomicBool,
+    /// Why a flush failed, if one did: every later apply fails with it, because a
+    /// replica that cannot write its state must stop.
+    flush_failed: Mutex<Option<String>>,
+    /// Runs while a flush has taken its layer and not yet written it (tests).
+    #[cfg(test)]
+    pub(crate) mid_flush: Mutex<Option<MidFlush>>,
     /// Serialises apply, flushes, snapshot export and install, so an export sees one
     /// applied state.
     write_lock: Mutex<()>,
@@ -44,6 +55,10 @@ pub struct StateMachine {
     /// install); see [`StateMachine::export`].
     trail_lock: RwLock<()>,
 }
+
+/// What a test runs in the middle of a flush.
+#[cfg(test)]
+pub(crate) type MidFlush = Box<dyn FnOnce(&StateMachine) + Send>;
 
 /// The Raft layer's metadata as the state machine stores it: opaque bytes of the last
 /// applied log id and of the membership, written atomically with the state.
@@ -71,7 +86,7 @@ struct StoredResponse {
 mod iam;
 mod view;
 
-use view::{prefix_range, Unflushed, View, Writes};
+use view::{prefix_range, Layers, View, Writes};
 
 pub use iam::{MAX_ACCESS_KEYS, MAX_INLINE_POLICIES};
 
@@ -238,7 +253,12 @@ impl StateMachine {
         Ok(StateMachine {
             durable: durable.clone(),
             tree,
-            unflushed: RwLock::default(),
+            layers: RwLock::default(),
+            flush_lock: Mutex::new(()),
+            flush_claimed: AtomicBool::new(false),
+            flush_failed: Mutex::new(None),
+            #[cfg(test)]
+            mid_flush: Mutex::new(None),
             write_lock: Mutex::new(()),
             trail_lock: RwLock::new(()),
         })
@@ -252,48 +272,77 @@ impl StateMachine {
 
     /// Runs `f` on the state as applied: the tree with the unflushed writes over it.
     fn read<R>(&self, f: impl FnOnce(View<'_>) -> R) -> R {
-        let unflushed = self.unflushed.read().unwrap_or_else(|p| p.into_inner());
-        f(View {
-            tree: &self.tree,
-            unflushed: &unflushed.writes,
-        })
+        let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+        f(layers.view(&self.tree))
     }
 
-    /// Writes the applied writes still held in memory to sled, as one atomic batch. The
-    /// caller holds `write_lock`, so nothing changes them meanwhile, and reads go on
-    /// seeing them until sled has them.
-    fn flush_locked(&self) -> Result<(), StateError> {
-        let batch = {
-            let unflushed = self.unflushed.read().unwrap_or_else(|p| p.into_inner());
-            if unflushed.writes.is_empty() {
+    fn layers_mut(&self) -> std::sync::RwLockWriteGuard<'_, Layers> {
+        self.layers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the current layer to sled as one atomic batch. Apply goes on meanwhile
+    /// into a fresh layer, and reads see the one being written until sled has it. The
+    /// caller holds `flush_lock`.
+    fn flush_held(&self) -> Result<(), StateError> {
+        let writes = {
+            let mut layers = self.layers_mut();
+            if layers.current.writes.is_empty() {
                 return Ok(());
             }
-            unflushed.batch()
+            let writes = Arc::new(std::mem::take(&mut layers.current).writes);
+            layers.flushing = Some(writes.clone());
+            writes
         };
-        self.tree.apply_batch(batch)?;
-        self.unflushed
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        #[cfg(test)]
+        if let Some(hook) = self.mid_flush.lock().ok().and_then(|mut h| h.take()) {
+            hook(self);
+        }
+        let written = self.tree.apply_batch(view::batch(&writes));
+        let mut layers = self.layers_mut();
+        layers.flushing = None;
+        if let Err(e) = written {
+            // Keep the writes visible, under what was applied since.
+            let newer = std::mem::take(&mut layers.current);
+            layers.current.absorb((*writes).clone());
+            layers.current.absorb(newer.writes);
+            *self.flush_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// Whether the applied writes held in memory should be written to sled now (every
+    /// 100 ms or 4 MiB) and no one has undertaken that yet. If it returns true, the
+    /// caller has undertaken it and must call [`StateMachine::flush`], best on a thread
+    /// that may block for milliseconds.
+    pub fn claim_flush(&self) -> bool {
+        let due = {
+            let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+            layers.flushing.is_none() && layers.current.due()
+        };
+        due && self
+            .flush_claimed
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Writes everything applied so far to sled (not synced: see [`StateMachine::apply`]).
+    /// A node calls it when [`StateMachine::claim_flush`] says so, and when it shuts
+    /// down, so that its next start has nothing to apply again. A failure also makes
+    /// every later apply fail.
+    pub fn flush(&self) -> Result<(), StateError> {
+        let _flush = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let flushed = self.flush_held();
+        self.flush_claimed.store(false, Ordering::Release);
+        flushed
     }
 
     /// Drops the applied writes not yet in sled, as a crash would.
     #[cfg(test)]
     pub(crate) fn lose_unflushed(&self) {
         let _guard = self.lock();
-        self.unflushed
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-    }
-
-    /// Writes everything applied so far to sled (not synced: see [`StateMachine::apply`]).
-    /// Apply does this on its own every 100 ms or 4 MiB of writes; a node shutting down
-    /// calls it so that its next start has nothing to apply again.
-    pub fn flush(&self) -> Result<(), StateError> {
-        let _guard = self.lock();
-        self.flush_locked()
+        let _flush = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        *self.layers_mut() = Layers::default();
     }
 
     /// Applies a batch of entries atomically: the state changes, the applied log id
@@ -302,8 +351,8 @@ impl StateMachine {
     /// responses, one per entry, are returned.
     ///
     /// The changes are held in memory, where every read sees them, and written to sled
-    /// with those of later batches as one sled batch, every 100 ms or 4 MiB (the `view`
-    /// module explains why); they are not synced. What the responses acknowledge is
+    /// with those of later batches as one sled batch, every 100 ms or 4 MiB, by
+    /// [`StateMachine::flush`] (the `view` module explains why); they are not synced. What the responses acknowledge is
     /// already durable: the entries were committed, so a quorum synced them in its Raft
     /// log, and the Raft layer applies an entry only once this node's own log holds it
     /// on disk.
@@ -318,6 +367,11 @@ impl StateMachine {
         membership: Option<Vec<u8>>,
     ) -> Result<Vec<Response>, StateError> {
         let _guard = self.lock();
+        if let Some(failed) = &*self.flush_failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(StateError::Io(std::io::Error::other(format!(
+                "writing the applied state to sled failed: {failed}"
+            ))));
+        }
         // A prune removes audit events, which an export may be copying.
         let prunes = entries
             .iter()
@@ -340,14 +394,7 @@ impl StateMachine {
             }
             Ok::<_, StateError>(txn.into_writes())
         })?;
-        let due = {
-            let mut unflushed = self.unflushed.write().unwrap_or_else(|p| p.into_inner());
-            unflushed.absorb(writes);
-            unflushed.due()
-        };
-        if due {
-            self.flush_locked()?;
-        }
+        self.layers_mut().current.absorb(writes);
         Ok(responses)
     }
 
@@ -376,7 +423,10 @@ impl StateMachine {
             let _guard = self.lock();
             // From here on the tree holds all that is applied, and the events up to the
             // head stay there while apply goes on into memory: the copy below reads them.
-            self.flush_locked()?;
+            {
+                let _flush = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+                self.flush_held()?;
+            }
             let mut before = Vec::new();
             for item in self.tree.range(..keys::AUDIT_PREFIX) {
                 let (k, v) = item?;
@@ -415,10 +465,8 @@ impl StateMachine {
         let _guard = self.lock();
         let _trail = self.trail_lock.write().unwrap_or_else(|p| p.into_inner());
         // The snapshot replaces what was applied, flushed or not.
-        self.unflushed
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let _flush = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        *self.layers_mut() = Layers::default();
         let mut batch = sled::Batch::default();
         for item in self.tree.iter() {
             let (k, _) = item?;

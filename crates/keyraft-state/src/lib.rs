@@ -16,8 +16,9 @@
 //! ## Atomicity and durability
 //! One call to `apply` takes effect atomically — data, the applied log id and the
 //! membership together. Its writes stay in memory, where every read sees them, and go to
-//! sled as one atomic batch with those of later applies every 100 ms or 4 MiB: each sled
-//! batch writes to disk twice however small it is. Nothing is synced: the entries are
+//! sled as one atomic batch with those of later applies every 100 ms or 4 MiB, written
+//! beside apply ([`StateMachine::claim_flush`]): each sled batch writes to disk twice
+//! however small it is, and a large one takes tens of milliseconds. Nothing is synced: the entries are
 //! durable in the Raft log, and after a crash the Raft layer applies the committed
 //! entries after the recovered applied log id again (see [`StateMachine::apply`]).
 //! Exporting a snapshot writes everything applied to sled first; installing one syncs

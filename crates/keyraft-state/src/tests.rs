@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use keyraft_types::{
     AccountId, AliasName, AuditEvent, AuditRecord, CryptoOperation, ErrorCode, EventType, KeyCheck,
@@ -1222,6 +1224,73 @@ fn a_crash_before_the_flush_loses_nothing_the_log_cannot_replay() {
     let (state, _) = sm.export().unwrap();
     let (expected_state, _) = r.sm.export().unwrap();
     let differing = differing_records(&expected_state.records, &state.records);
+    assert!(differing.is_empty(), "the state differs at {differing:?}");
+}
+
+/// Flushes run beside apply: while one writes a layer to sled, apply goes on into a new
+/// one, and every read sees all that was applied, whichever layer holds it.
+#[test]
+fn reads_see_every_apply_while_a_flush_runs_beside_it() {
+    let mut r = Runner::new();
+    r.run("bootstrap");
+    for i in 0..20 {
+        r.run(&format!("create k{i}"));
+        if i % 3 == 0 {
+            r.run(&format!("disable k{i}"));
+        }
+    }
+    let log = r.log.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let durable = Durable::open(dir.path()).unwrap();
+    let sm = StateMachine::open(&durable).unwrap();
+    /// Applies `log[i]` as entry i + 1 and checks its response.
+    fn apply(sm: &StateMachine, log: &[(Command, Response)], i: usize) {
+        let (cmd, expected) = &log[i];
+        let entry = ApplyEntry {
+            command: Some(cmd.clone()),
+        };
+        let got = sm
+            .apply(&[entry], (i as u64 + 1).to_be_bytes().to_vec(), None)
+            .unwrap();
+        assert_eq!(&got[0], expected, "the response to {cmd:?}");
+    }
+    /// Checks that reads see every key `log[..upto]` created, and entry `upto` applied.
+    fn created(sm: &StateMachine, log: &[(Command, Response)], upto: usize) {
+        for (cmd, _) in &log[..upto] {
+            if let Op::CreateKey { key, .. } = &cmd.op {
+                assert!(sm.key(&key.key_id).unwrap().is_some(), "{}", key.key_id);
+            }
+        }
+        assert_eq!(
+            sm.applied_meta().unwrap().last_applied,
+            Some((upto as u64).to_be_bytes().to_vec())
+        );
+    }
+    let half = log.len() / 2;
+    for i in 0..half {
+        apply(&sm, &log, i);
+    }
+    let ran = Arc::new(AtomicBool::new(false));
+    let hook_ran = ran.clone();
+    let hook_log = log.clone();
+    *sm.mid_flush.lock().unwrap() = Some(Box::new(move |sm: &StateMachine| {
+        // The first half is in the layer being flushed, not yet in the tree.
+        assert!(sm.tree.get(keys::LAST_APPLIED).unwrap().is_none());
+        for i in half..hook_log.len() {
+            apply(sm, &hook_log, i);
+            created(sm, &hook_log, i + 1);
+        }
+        hook_ran.store(true, Ordering::Relaxed);
+    }));
+    sm.flush().unwrap();
+    assert!(ran.load(Ordering::Relaxed), "the flush took no layer");
+    created(&sm, &log, log.len());
+    sm.flush().unwrap();
+    created(&sm, &log, log.len());
+    assert!(sm.verify_audit_chain().unwrap().is_ok());
+    let (state, _) = sm.export().unwrap();
+    let (expected, _) = r.sm.export().unwrap();
+    let differing = differing_records(&expected.records, &state.records);
     assert!(differing.is_empty(), "the state differs at {differing:?}");
 }
 

@@ -4,9 +4,14 @@
 //! Every atomic sled batch seals sled's current I/O buffer and writes a batch manifest
 //! with `sync_file_range` on sled's I/O threads: two writes to disk per batch, however
 //! small it is. One batch per apply made that the largest cost of a lightly loaded node.
-//! Apply therefore keeps its writes in memory ([`Unflushed`]) and writes them to sled as
-//! one batch every [`FLUSH_INTERVAL`] or [`FLUSH_BYTES`], whichever comes first. Every
-//! read goes through a [`View`], which sees those writes first and the tree below them.
+//! Apply therefore keeps its writes in memory ([`Unflushed`]) and they are written to
+//! sled as one batch every [`FLUSH_INTERVAL`] or [`FLUSH_BYTES`], whichever comes first.
+//!
+//! Writing that batch takes milliseconds (tens under a burst of new keys, which land all
+//! over the tree), so it happens beside apply, not in it: the writes being flushed move
+//! to a layer of their own ([`Layers::flushing`]) and apply goes on into a fresh one.
+//! Every read goes through a [`View`], which sees the newest layer first, then the one
+//! being flushed, then the tree.
 //!
 //! Nothing acknowledged depends on the flush. The entries are durable in the Raft log
 //! before they are applied, the applied log id is flushed in the same batch as the
@@ -17,6 +22,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::iter::Peekable;
 use std::ops::Bound;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::StateError;
@@ -56,30 +62,34 @@ impl Unflushed {
     pub(super) fn due(&self) -> bool {
         self.bytes >= FLUSH_BYTES || self.since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL)
     }
+}
 
-    /// The writes as one sled batch.
-    pub(super) fn batch(&self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (k, v) in &self.writes {
-            match v {
-                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-                None => batch.remove(k.as_slice()),
-            }
+/// The applied writes not yet in sled: those apply is adding to, and those being written.
+#[derive(Default)]
+pub(super) struct Layers {
+    /// Apply's writes since the last flush began.
+    pub(super) current: Unflushed,
+    /// The writes a flush is writing to sled now, if one is.
+    pub(super) flushing: Option<Arc<Writes>>,
+}
+
+impl Layers {
+    /// The state as reads see it, over `tree`.
+    pub(super) fn view<'a>(&'a self, tree: &'a sled::Tree) -> View<'a> {
+        View {
+            tree,
+            newer: &self.current.writes,
+            older: self.flushing.as_deref(),
         }
-        batch
-    }
-
-    /// Forgets the writes, once sled has them (or a snapshot replaced them).
-    pub(super) fn clear(&mut self) {
-        *self = Unflushed::default();
     }
 }
 
-/// The state as reads see it: `unflushed` over `tree`.
+/// The state as reads see it: `newer` over `older` over `tree`.
 #[derive(Clone, Copy)]
 pub(super) struct View<'a> {
-    pub(super) tree: &'a sled::Tree,
-    pub(super) unflushed: &'a Writes,
+    tree: &'a sled::Tree,
+    newer: &'a Writes,
+    older: Option<&'a Writes>,
 }
 
 /// A key range, as both sled and `BTreeMap` take it.
@@ -113,21 +123,40 @@ fn is_empty(range: &Range) -> bool {
 }
 
 impl<'a> View<'a> {
+    /// The pending write of `key` in the layers, if any: `Some(None)` is a delete.
+    fn pending(&self, key: &[u8]) -> Option<&'a Option<Vec<u8>>> {
+        self.newer
+            .get(key)
+            .or_else(|| self.older.and_then(|older| older.get(key)))
+    }
+
     /// The raw value of `key`.
     pub(super) fn get(&self, key: &[u8]) -> Result<Option<Cow<'a, [u8]>>, StateError> {
-        match self.unflushed.get(key) {
+        match self.pending(key) {
             Some(Some(v)) => Ok(Some(Cow::Borrowed(v.as_slice()))),
             Some(None) => Ok(None),
             None => Ok(self.tree.get(key)?.map(|v| Cow::Owned(v.to_vec()))),
         }
     }
 
+    /// The layers' writes in `range`, the newer one's winning, then `top`'s.
+    fn pending_in<'w>(&self, range: &Range, top: Option<&'w Writes>) -> Vec<PendingWrite<'w>>
+    where
+        'a: 'w,
+    {
+        if is_empty(range) {
+            return Vec::new();
+        }
+        let mut pending: BTreeMap<&'w Vec<u8>, &'w Option<Vec<u8>>> = BTreeMap::new();
+        for layer in [self.older, Some(self.newer), top].into_iter().flatten() {
+            pending.extend(layer.range(range.clone()));
+        }
+        pending.into_iter().collect()
+    }
+
     /// The records in `range`, in key order.
     pub(super) fn range(&self, range: Range) -> Overlaid<'a> {
-        if is_empty(&range) {
-            return Overlaid::new(self.tree.range(range), Vec::new());
-        }
-        let pending = self.unflushed.range(range.clone()).collect();
+        let pending = self.pending_in(&range, None);
         Overlaid::new(self.tree.range(range), pending)
     }
 
@@ -142,12 +171,8 @@ impl<'a> View<'a> {
     where
         'a: 'w,
     {
-        let mut pending: BTreeMap<&'w Vec<u8>, &'w Option<Vec<u8>>> = BTreeMap::new();
-        if !is_empty(&range) {
-            pending.extend(self.unflushed.range(range.clone()));
-            pending.extend(writes.range(range.clone()));
-        }
-        Overlaid::new(self.tree.range(range), pending.into_iter().collect())
+        let pending = self.pending_in(&range, Some(writes));
+        Overlaid::new(self.tree.range(range), pending)
     }
 
     /// The greatest key in `range` that holds a record.
@@ -155,9 +180,9 @@ impl<'a> View<'a> {
         if is_empty(&range) {
             return Ok(None);
         }
-        let unflushed = self
-            .unflushed
-            .range(range.clone())
+        let pending = self
+            .pending_in(&range, None)
+            .into_iter()
             .rev()
             .find(|(_, v)| v.is_some())
             .map(|(k, _)| k.clone());
@@ -165,13 +190,25 @@ impl<'a> View<'a> {
         for item in self.tree.range(range).rev() {
             let (k, _) = item?;
             // A key deleted since the last flush is not there any more.
-            if !matches!(self.unflushed.get(k.as_ref()), Some(None)) {
+            if !matches!(self.pending(k.as_ref()), Some(None)) {
                 stored = Some(k.to_vec());
                 break;
             }
         }
-        Ok(unflushed.max(stored))
+        Ok(pending.max(stored))
     }
+}
+
+/// `writes` as one sled batch.
+pub(super) fn batch(writes: &Writes) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (k, v) in writes {
+        match v {
+            Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+            None => batch.remove(k.as_slice()),
+        }
+    }
+    batch
 }
 
 /// A pending write as [`Writes`] holds it: the key, and the value or `None` for a delete.
@@ -280,7 +317,8 @@ mod tests {
         let unflushed = writes(&[("a2", None), ("a3", Some("new")), ("a4", Some("a4"))]);
         let view = View {
             tree: &tree,
-            unflushed: &unflushed,
+            newer: &unflushed,
+            older: None,
         };
         assert_eq!(view.get(b"a1").unwrap().as_deref(), Some(&b"a1"[..]));
         assert_eq!(view.get(b"a2").unwrap(), None);
@@ -302,6 +340,34 @@ mod tests {
     }
 
     #[test]
+    fn the_newer_layer_wins_over_the_one_being_flushed() {
+        let tree = tree();
+        for k in ["a1", "a2", "a3"] {
+            tree.insert(k, k).unwrap();
+        }
+        let flushing = writes(&[("a1", None), ("a2", Some("old")), ("a4", Some("old"))]);
+        let newer = writes(&[("a1", Some("back")), ("a4", None), ("a5", Some("new"))]);
+        let view = View {
+            tree: &tree,
+            newer: &newer,
+            older: Some(&flushing),
+        };
+        assert_eq!(view.get(b"a1").unwrap().as_deref(), Some(&b"back"[..]));
+        assert_eq!(view.get(b"a2").unwrap().as_deref(), Some(&b"old"[..]));
+        assert_eq!(view.get(b"a4").unwrap(), None);
+        let seen = keys(view.scan_prefix(b"a"));
+        assert_eq!(
+            seen,
+            [("a1", "back"), ("a2", "old"), ("a3", "a3"), ("a5", "new")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        assert_eq!(view.last_key(all).unwrap(), Some(b"a5".to_vec()));
+        let upto4 = (Bound::Unbounded, Bound::Included(b"a4".to_vec()));
+        assert_eq!(view.last_key(upto4).unwrap(), Some(b"a3".to_vec()));
+    }
+
+    #[test]
     fn the_last_key_skips_keys_deleted_since_the_flush() {
         let tree = tree();
         for k in ["a1", "a2", "a3"] {
@@ -310,7 +376,8 @@ mod tests {
         let unflushed = writes(&[("a3", None), ("a0", Some("x"))]);
         let view = View {
             tree: &tree,
-            unflushed: &unflushed,
+            newer: &unflushed,
+            older: None,
         };
         let upto = |k: &str| (Bound::Unbounded, Bound::Included(k.as_bytes().to_vec()));
         assert_eq!(view.last_key(upto("a9")).unwrap(), Some(b"a2".to_vec()));
@@ -318,7 +385,8 @@ mod tests {
         let unflushed = writes(&[("a4", Some("x"))]);
         let view = View {
             tree: &tree,
-            unflushed: &unflushed,
+            newer: &unflushed,
+            older: None,
         };
         assert_eq!(view.last_key(upto("a9")).unwrap(), Some(b"a4".to_vec()));
     }
@@ -333,7 +401,5 @@ mod tests {
         assert!(!u.due(), "a few bytes just now are not due");
         u.absorb([(b"big".to_vec(), Some(vec![0; FLUSH_BYTES]))].into());
         assert!(u.due());
-        u.clear();
-        assert!(u.writes.is_empty() && !u.due());
     }
 }
