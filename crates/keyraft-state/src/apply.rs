@@ -271,6 +271,8 @@ impl StateMachine {
     }
 
     /// Runs `f` on the state as applied: the tree with the unflushed writes over it.
+    /// `f` must be short (a lookup, a page of a list): while it runs, a flush waiting to
+    /// swap the layers waits, and so does every read that comes after that flush.
     fn read<R>(&self, f: impl FnOnce(View<'_>) -> R) -> R {
         let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
         f(layers.view(&self.tree))
@@ -759,32 +761,33 @@ impl StateMachine {
     pub fn verify_audit_chain(&self) -> Result<Result<(u64, String), u64>, StateError> {
         // One consistent view: no batch (a prune, say) may apply half-way through the walk.
         let _guard = self.lock();
+        // The walk reads the tree alone, after a flush: a read of the layers lasting the
+        // whole walk would hold up a flush waiting to swap them, and with it every other
+        // read of this node (the lock lets no new reader past a waiting writer).
+        {
+            let _flush = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.flush_held()?;
+        }
         // Pruned events are replaced by a checkpoint (whose signature the node checks
         // with its HSM); the chain continues from its hash.
         let (mut prev, mut expected) = match self.audit_checkpoint()? {
             Some(c) => (c.hash, c.through + 1),
             None => (GENESIS_HASH.to_string(), 1),
         };
-        let walked = self.read(|view| {
-            for item in view.scan_prefix(keys::AUDIT_PREFIX) {
-                let (k, v) = item?;
-                // A chunk must start where its key says, or lookups by sequence would miss.
-                if keys::parse_audit(&k) != Some(expected) {
-                    return Ok(false);
-                }
-                let events: Vec<AuditEvent> = decode(&k, &v)?;
-                for event in events {
-                    if event.sequence != expected || !event.verify(&prev) {
-                        return Ok(false);
-                    }
-                    prev = event.hash;
-                    expected += 1;
-                }
+        for item in self.tree.scan_prefix(keys::AUDIT_PREFIX) {
+            let (k, v) = item?;
+            // A chunk must start where its key says, or lookups by sequence would miss.
+            if keys::parse_audit(&k) != Some(expected) {
+                return Ok(Err(expected));
             }
-            Ok::<_, StateError>(true)
-        })?;
-        if !walked {
-            return Ok(Err(expected));
+            let events: Vec<AuditEvent> = decode(&k, &v)?;
+            for event in events {
+                if event.sequence != expected || !event.verify(&prev) {
+                    return Ok(Err(expected));
+                }
+                prev = event.hash;
+                expected += 1;
+            }
         }
         let head = self.audit_head()?;
         if head.0 != expected - 1 || head.1 != prev {
