@@ -1001,6 +1001,14 @@ fn assert_batching_changes_nothing(name: &str, runner: &Runner) {
     }
 }
 
+/// Checks that two state machines export the same records.
+fn assert_same_state(expected: &StateMachine, got: &StateMachine) {
+    let (expected, _) = expected.export().unwrap();
+    let (got, _) = got.export().unwrap();
+    let differing = differing_records(&expected.records, &got.records);
+    assert!(differing.is_empty(), "the state differs at {differing:?}");
+}
+
 /// The keys whose records differ between two exports (present in one only, or with other
 /// bytes).
 fn differing_records(a: &[(Vec<u8>, Vec<u8>)], b: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
@@ -1221,10 +1229,7 @@ fn a_crash_before_the_flush_loses_nothing_the_log_cannot_replay() {
     let replayed = apply(&sm, half, r.log.len());
     let expected: Vec<Response> = r.log[half..].iter().map(|(_, resp)| resp.clone()).collect();
     assert_eq!(replayed, expected);
-    let (state, _) = sm.export().unwrap();
-    let (expected_state, _) = r.sm.export().unwrap();
-    let differing = differing_records(&expected_state.records, &state.records);
-    assert!(differing.is_empty(), "the state differs at {differing:?}");
+    assert_same_state(&r.sm, &sm);
 }
 
 /// Flushes run beside apply: while one writes a layer to sled, apply goes on into a new
@@ -1288,10 +1293,7 @@ fn reads_see_every_apply_while_a_flush_runs_beside_it() {
     sm.flush().unwrap();
     created(&sm, &log, log.len());
     assert!(sm.verify_audit_chain().unwrap().is_ok());
-    let (state, _) = sm.export().unwrap();
-    let (expected, _) = r.sm.export().unwrap();
-    let differing = differing_records(&expected.records, &state.records);
-    assert!(differing.is_empty(), "the state differs at {differing:?}");
+    assert_same_state(&r.sm, &sm);
 }
 
 #[test]
