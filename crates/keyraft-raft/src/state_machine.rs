@@ -243,8 +243,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let membership_bytes = membership.as_ref().map(to_bytes).transpose()?;
         // Apply runs on this task rather than on the blocking pool: it is CPU work of a
         // few hundred microseconds that writes to memory, and handing it to another
-        // thread and back cost about as much as the work itself. Only a snapshot export
-        // holds the state's lock for longer, and that briefly.
+        // thread and back cost about as much as the work itself. Its lock is shared
+        // with a snapshot install alone, which this task runs; an export, a flush and
+        // an audit verify work on the tree under a lock of their own.
         let responses = self
             .sm
             .apply(&batch, applied_bytes, membership_bytes)

@@ -834,7 +834,13 @@ impl AdminService for AdminApi {
                 true,
                 handler!(|core, call, req| {
                     core.require_region_admin(call)?;
-                    let mut verdict = core.state.verify_audit_chain().map_err(internal)?;
+                    // The walk reads the whole trail: keep it off the async workers.
+                    let state = core.state.clone();
+                    let mut verdict =
+                        tokio::task::spawn_blocking(move || state.verify_audit_chain())
+                            .await
+                            .map_err(|_| KmsError::internal())?
+                            .map_err(internal)?;
                     let checkpoint = core.state.audit_checkpoint().map_err(internal)?;
                     if let Some(cp) = &checkpoint {
                         // Only this region's HSMs can have sealed the checkpoint.

@@ -36,8 +36,10 @@ pub struct StateMachine {
     pub(crate) tree: sled::Tree,
     /// Applied writes not yet in `tree`; every read sees them first (see [`view`]).
     layers: RwLock<Layers>,
-    /// Held for the whole of a flush, so that one runs at a time and an export or an
-    /// install can wait for the one under way. Taken after `write_lock`, never before.
+    /// The tree changes only under this lock: a flush holds it throughout, and so does
+    /// whatever reads the tree alone and needs it to stay one applied state (an export,
+    /// a verify of the audit chain), while apply goes on into memory. Taken before
+    /// `write_lock`, never after.
     flush_lock: Mutex<()>,
     /// A flush is due and someone has undertaken to run it ([`StateMachine::claim_flush`]).
     flush_claimed: AtomicBool,
@@ -47,13 +49,9 @@ pub struct StateMachine {
     /// Runs while a flush has taken its layer and not yet written it (tests).
     #[cfg(test)]
     pub(crate) mid_flush: Mutex<Option<MidFlush>>,
-    /// Serialises apply, flushes, snapshot export and install, so an export sees one
-    /// applied state.
+    /// Serialises apply with a snapshot install. Apply runs on the Raft task, so nothing
+    /// may hold this lock for long.
     write_lock: Mutex<()>,
-    /// Held shared by an export while it copies the audit trail after letting apply go
-    /// on, and exclusively by what removes or replaces audit events (a prune, an
-    /// install); see [`StateMachine::export`].
-    trail_lock: RwLock<()>,
 }
 
 /// What a test runs in the middle of a flush.
@@ -260,11 +258,10 @@ impl StateMachine {
             #[cfg(test)]
             mid_flush: Mutex::new(None),
             write_lock: Mutex::new(()),
-            trail_lock: RwLock::new(()),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -276,6 +273,11 @@ impl StateMachine {
     fn read<R>(&self, f: impl FnOnce(View<'_>) -> R) -> R {
         let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
         f(layers.view(&self.tree))
+    }
+
+    /// Takes `flush_lock`: until the guard drops, no flush (or install) changes the tree.
+    fn hold_flushes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.flush_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn layers_mut(&self) -> std::sync::RwLockWriteGuard<'_, Layers> {
@@ -333,7 +335,7 @@ impl StateMachine {
     /// down, so that its next start has nothing to apply again. A failure also makes
     /// every later apply fail.
     pub fn flush(&self) -> Result<(), StateError> {
-        let _flush = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _flush = self.hold_flushes();
         let flushed = self.flush_held();
         self.flush_claimed.store(false, Ordering::Release);
         flushed
@@ -342,8 +344,8 @@ impl StateMachine {
     /// Drops the applied writes not yet in sled, as a crash would.
     #[cfg(test)]
     pub(crate) fn lose_unflushed(&self) {
+        let _flush = self.hold_flushes();
         let _guard = self.lock();
-        let _flush = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         *self.layers_mut() = Layers::default();
     }
 
@@ -354,10 +356,10 @@ impl StateMachine {
     ///
     /// The changes are held in memory, where every read sees them, and written to sled
     /// with those of later batches as one sled batch, every 100 ms or 4 MiB, by
-    /// [`StateMachine::flush`] (the `view` module explains why); they are not synced. What the responses acknowledge is
-    /// already durable: the entries were committed, so a quorum synced them in its Raft
-    /// log, and the Raft layer applies an entry only once this node's own log holds it
-    /// on disk.
+    /// [`StateMachine::flush`] (the `view` module explains why); they are not synced.
+    /// What the responses acknowledge is already durable: the entries were committed,
+    /// so a quorum synced them in its Raft log, and the Raft layer applies an entry only
+    /// once this node's own log holds it on disk.
     /// sled recovers a prefix of its batches, so a crash can only leave the state at an
     /// earlier `last_applied`, from which Raft applies the same committed entries
     /// again. That replay reaches the same state and the same responses
@@ -374,11 +376,6 @@ impl StateMachine {
                 "writing the applied state to sled failed: {failed}"
             ))));
         }
-        // A prune removes audit events, which an export may be copying.
-        let prunes = entries
-            .iter()
-            .any(|e| e.command.as_ref().is_some_and(prunes_audit));
-        let _trail = prunes.then(|| self.trail_lock.write().unwrap_or_else(|p| p.into_inner()));
         let mut responses = Vec::with_capacity(entries.len());
         let writes = self.read(|view| {
             let mut txn = Txn::new(view);
@@ -413,47 +410,24 @@ impl StateMachine {
     /// Exports the state (without the Raft metadata) and the metadata it corresponds to,
     /// both as of one point of the log, in key order.
     ///
-    /// Apply waits only while the export copies everything but the audit events (keys,
-    /// policies, aliases, grants, credentials: small next to the trail). The events are
-    /// copied after apply goes on: those up to the head of the trail at that point, which
-    /// is what the snapshot holds. Events are never changed once written, new ones come
-    /// after the head, and a prune (the one thing that removes events) waits for the
-    /// export to finish. So an export of a large unpruned trail no longer stalls every
-    /// write of the node for as long as it takes to read the trail.
+    /// The export writes what is applied to sled and then copies the tree, holding off
+    /// the next flush until it is done. Apply goes on meanwhile, into memory: an export
+    /// of a large state stalls no write of the node, it only holds more of them in
+    /// memory for as long as the copy takes.
     pub fn export(&self) -> Result<(StateSnapshot, AppliedMeta), StateError> {
-        let (mut records, after, meta, head, _trail) = {
-            let _guard = self.lock();
-            // From here on the tree holds all that is applied, and the events up to the
-            // head stay there while apply goes on into memory: the copy below reads them.
-            {
-                let _flush = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
-                self.flush_held()?;
-            }
-            let mut before = Vec::new();
-            for item in self.tree.range(..keys::AUDIT_PREFIX) {
-                let (k, v) = item?;
-                before.push((k.to_vec(), v.to_vec()));
-            }
-            let mut after = Vec::new();
-            for item in self.tree.range(keys::AUDIT_PREFIX_END..) {
-                let (k, v) = item?;
-                if !k.starts_with(keys::META_PREFIX) {
-                    after.push((k.to_vec(), v.to_vec()));
-                }
-            }
-            let head: u64 = self
-                .get::<(u64, String)>(keys::AUDIT_HEAD)?
-                .map_or(0, |(seq, _)| seq);
-            let trail = self.trail_lock.read().unwrap_or_else(|p| p.into_inner());
-            (before, after, self.applied_meta()?, head, trail)
-        };
-        if head > 0 {
-            for item in self.tree.range(keys::audit(0)..=keys::audit(head)) {
-                let (k, v) = item?;
+        let _flush = self.hold_flushes();
+        self.flush_held()?;
+        let mut records = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            if !k.starts_with(keys::META_PREFIX) {
                 records.push((k.to_vec(), v.to_vec()));
             }
         }
-        records.extend(after);
+        let meta = AppliedMeta {
+            last_applied: self.tree.get(keys::LAST_APPLIED)?.map(|v| v.to_vec()),
+            membership: self.tree.get(keys::MEMBERSHIP)?.map(|v| v.to_vec()),
+        };
         Ok((StateSnapshot { records }, meta))
     }
 
@@ -464,10 +438,9 @@ impl StateMachine {
         last_applied: Vec<u8>,
         membership: Vec<u8>,
     ) -> Result<(), StateError> {
+        let _flush = self.hold_flushes();
         let _guard = self.lock();
-        let _trail = self.trail_lock.write().unwrap_or_else(|p| p.into_inner());
         // The snapshot replaces what was applied, flushed or not.
-        let _flush = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         *self.layers_mut() = Layers::default();
         let mut batch = sled::Batch::default();
         for item in self.tree.iter() {
@@ -488,6 +461,12 @@ impl StateMachine {
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
         self.read(|view| view.get(key)?.map(|v| decode(key, &v)).transpose())
+    }
+
+    /// A record of the tree alone, without the writes in memory (for one who holds
+    /// `flush_lock`).
+    fn tree_get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
+        self.tree.get(key)?.map(|v| decode(key, &v)).transpose()
     }
 
     /// The cluster configuration, once bootstrapped.
@@ -759,18 +738,14 @@ impl StateMachine {
     /// Walks the whole chain and checks every link. Returns the head on success, or the
     /// sequence number of the first event that does not verify.
     pub fn verify_audit_chain(&self) -> Result<Result<(u64, String), u64>, StateError> {
-        // One consistent view: no batch (a prune, say) may apply half-way through the walk.
-        let _guard = self.lock();
-        // The walk reads the tree alone, after a flush: a read of the layers lasting the
-        // whole walk would hold up a flush waiting to swap them, and with it every other
-        // read of this node (the lock lets no new reader past a waiting writer).
-        {
-            let _flush = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
-            self.flush_held()?;
-        }
+        // One applied state, as of a flush: the walk reads the tree alone, and no flush
+        // (of a prune, say) may change it half-way through. Apply goes on into memory.
+        let _flush = self.hold_flushes();
+        self.flush_held()?;
         // Pruned events are replaced by a checkpoint (whose signature the node checks
         // with its HSM); the chain continues from its hash.
-        let (mut prev, mut expected) = match self.audit_checkpoint()? {
+        let checkpoint: Option<AuditCheckpoint> = self.tree_get(keys::AUDIT_CHECKPOINT)?;
+        let (mut prev, mut expected) = match checkpoint {
             Some(c) => (c.hash, c.through + 1),
             None => (GENESIS_HASH.to_string(), 1),
         };
@@ -789,7 +764,9 @@ impl StateMachine {
                 expected += 1;
             }
         }
-        let head = self.audit_head()?;
+        let head = self
+            .tree_get(keys::AUDIT_HEAD)?
+            .unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
         if head.0 != expected - 1 || head.1 != prev {
             return Ok(Err(expected));
         }
@@ -834,15 +811,6 @@ fn upgrade(tree: &sled::Tree) -> Result<(), StateError> {
     batch.insert(keys::FORMAT, encode(keys::FORMAT, &FORMAT)?);
     tree.apply_batch(batch)?;
     Ok(())
-}
-
-/// Whether `cmd` (or a command of its group) prunes the audit trail.
-fn prunes_audit(cmd: &Command) -> bool {
-    match &cmd.op {
-        Op::PruneAudit { .. } => true,
-        Op::Group { commands } => commands.iter().any(prunes_audit),
-        _ => false,
-    }
 }
 
 /// Applies one command. `Err` only for storage faults; decisions are in the `Response`.

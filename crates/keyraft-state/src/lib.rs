@@ -18,11 +18,15 @@
 //! membership together. Its writes stay in memory, where every read sees them, and go to
 //! sled as one atomic batch with those of later applies every 100 ms or 4 MiB, written
 //! beside apply ([`StateMachine::claim_flush`]): each sled batch writes to disk twice
-//! however small it is, and a large one takes tens of milliseconds. Nothing is synced: the entries are
-//! durable in the Raft log, and after a crash the Raft layer applies the committed
-//! entries after the recovered applied log id again (see [`StateMachine::apply`]).
-//! Exporting a snapshot writes everything applied to sled first; installing one syncs
-//! ([`storage::Durable::sync`]).
+//! however small it is, and a large one takes tens of milliseconds. Nothing is synced:
+//! the entries are durable in the Raft log, and after a crash the Raft layer applies the
+//! committed entries after the recovered applied log id again (see
+//! [`StateMachine::apply`]). Installing a snapshot syncs ([`storage::Durable::sync`]).
+//!
+//! The tree changes only in a flush (and an install). What must read one applied state
+//! from the tree alone, a snapshot export or a verify of the audit chain, flushes and
+//! then holds the next flush off while it reads; apply goes on into memory meanwhile and
+//! never waits for such a walk, however large the state.
 //!
 //! ## The audit chain
 //! Every request leaves one [`AuditEvent`]. Apply decides its final outcome (re-checking

@@ -1201,22 +1201,15 @@ fn a_crash_before_the_flush_loses_nothing_the_log_cannot_replay() {
     }
     let dir = tempfile::tempdir().unwrap();
     let durable = Durable::open(dir.path()).unwrap();
-    let apply = |sm: &StateMachine, from: usize, to: usize| -> Vec<Response> {
-        (from..to)
-            .flat_map(|i| {
-                let entry = ApplyEntry {
-                    command: Some(r.log[i].0.clone()),
-                };
-                sm.apply(&[entry], (i as u64 + 1).to_be_bytes().to_vec(), None)
-                    .unwrap()
-            })
-            .collect()
-    };
     let half = r.log.len() / 2;
     let sm = StateMachine::open(&durable).unwrap();
-    apply(&sm, 0, half);
+    for i in 0..half {
+        apply(&sm, &r.log, i);
+    }
     sm.flush().unwrap();
-    apply(&sm, half, r.log.len());
+    for i in half..r.log.len() {
+        apply(&sm, &r.log, i);
+    }
     sm.lose_unflushed();
     drop(sm);
 
@@ -1226,10 +1219,35 @@ fn a_crash_before_the_flush_loses_nothing_the_log_cannot_replay() {
         Some((half as u64).to_be_bytes().to_vec()),
         "the state is as of the last flush"
     );
-    let replayed = apply(&sm, half, r.log.len());
-    let expected: Vec<Response> = r.log[half..].iter().map(|(_, resp)| resp.clone()).collect();
-    assert_eq!(replayed, expected);
+    // The replay gives the same responses (`apply` checks each) and the same state.
+    for i in half..r.log.len() {
+        apply(&sm, &r.log, i);
+    }
     assert_same_state(&r.sm, &sm);
+}
+
+/// A fresh replica in its own directory, with `log[..upto]` (a runner's log) applied,
+/// one entry per batch.
+fn replica(log: &[(Command, Response)], upto: usize) -> (tempfile::TempDir, StateMachine) {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = Durable::open(dir.path()).unwrap();
+    let sm = StateMachine::open(&durable).unwrap();
+    for i in 0..upto {
+        apply(&sm, log, i);
+    }
+    (dir, sm)
+}
+
+/// Applies `log[i]` (a runner's log) as entry i + 1 and checks its response.
+fn apply(sm: &StateMachine, log: &[(Command, Response)], i: usize) {
+    let (cmd, expected) = &log[i];
+    let entry = ApplyEntry {
+        command: Some(cmd.clone()),
+    };
+    let got = sm
+        .apply(&[entry], (i as u64 + 1).to_be_bytes().to_vec(), None)
+        .unwrap();
+    assert_eq!(&got[0], expected, "the response to {cmd:?}");
 }
 
 /// Flushes run beside apply: while one writes a layer to sled, apply goes on into a new
@@ -1245,20 +1263,8 @@ fn reads_see_every_apply_while_a_flush_runs_beside_it() {
         }
     }
     let log = r.log.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let durable = Durable::open(dir.path()).unwrap();
-    let sm = StateMachine::open(&durable).unwrap();
-    /// Applies `log[i]` as entry i + 1 and checks its response.
-    fn apply(sm: &StateMachine, log: &[(Command, Response)], i: usize) {
-        let (cmd, expected) = &log[i];
-        let entry = ApplyEntry {
-            command: Some(cmd.clone()),
-        };
-        let got = sm
-            .apply(&[entry], (i as u64 + 1).to_be_bytes().to_vec(), None)
-            .unwrap();
-        assert_eq!(&got[0], expected, "the response to {cmd:?}");
-    }
+    let half = log.len() / 2;
+    let (_dir, sm) = replica(&log, half);
     /// Checks that reads see every key `log[..upto]` created, and entry `upto` applied.
     fn created(sm: &StateMachine, log: &[(Command, Response)], upto: usize) {
         for (cmd, _) in &log[..upto] {
@@ -1270,10 +1276,6 @@ fn reads_see_every_apply_while_a_flush_runs_beside_it() {
             sm.applied_meta().unwrap().last_applied,
             Some((upto as u64).to_be_bytes().to_vec())
         );
-    }
-    let half = log.len() / 2;
-    for i in 0..half {
-        apply(&sm, &log, i);
     }
     let ran = Arc::new(AtomicBool::new(false));
     let hook_ran = ran.clone();
@@ -1292,6 +1294,60 @@ fn reads_see_every_apply_while_a_flush_runs_beside_it() {
     created(&sm, &log, log.len());
     sm.flush().unwrap();
     created(&sm, &log, log.len());
+    assert!(sm.verify_audit_chain().unwrap().is_ok());
+    assert_same_state(&r.sm, &sm);
+}
+
+/// An export and a verify of the audit chain read the tree as of a flush, under the
+/// flush's lock alone. Apply, which runs on the Raft task, never waits for their walk
+/// of the whole state, and what it applies meanwhile is not in what they read.
+#[test]
+fn export_and_verify_let_apply_go_on() {
+    let mut r = Runner::new();
+    r.run("bootstrap");
+    for i in 0..12 {
+        r.run(&format!("create k{i}"));
+        r.run(&format!("crypto k{i}"));
+    }
+    let log = r.log.clone();
+    let half = log.len() / 2;
+    let (_dir, sm) = replica(&log, half);
+    let sm = Arc::new(sm);
+    // Neither takes apply's lock: both finish while something else holds it.
+    {
+        let _apply = sm.lock();
+        let (done, finished) = std::sync::mpsc::channel();
+        let walker = sm.clone();
+        std::thread::spawn(move || {
+            let exported = walker.export().map(|(_, meta)| meta);
+            let verified = walker.verify_audit_chain();
+            let _ = done.send((exported, verified));
+        });
+        let (exported, verified) = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the export or the verify waited for apply's lock");
+        assert_eq!(
+            exported.unwrap().last_applied,
+            Some((half as u64).to_be_bytes().to_vec())
+        );
+        assert_eq!(verified.unwrap(), Ok(sm.audit_head().unwrap()));
+    }
+    // What is applied while a verify flushes is left to the next flush: the verify
+    // checks the chain as far as its flush took it.
+    apply(&sm, &log, half);
+    let before = sm.audit_head().unwrap();
+    let hook_log = log.clone();
+    *sm.mid_flush.lock().unwrap() = Some(Box::new(move |sm: &StateMachine| {
+        for i in half + 1..hook_log.len() {
+            apply(sm, &hook_log, i);
+        }
+    }));
+    assert_eq!(sm.verify_audit_chain().unwrap(), Ok(before.clone()));
+    assert!(
+        sm.mid_flush.lock().unwrap().is_none(),
+        "the verify flushed nothing"
+    );
+    assert!(sm.audit_head().unwrap().0 > before.0);
     assert!(sm.verify_audit_chain().unwrap().is_ok());
     assert_same_state(&r.sm, &sm);
 }
