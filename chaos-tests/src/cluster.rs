@@ -498,21 +498,23 @@ impl ChaosCluster {
         Ok(())
     }
 
-    /// Stops node `id` with SIGTERM, or `kill -9` after `grace`.
-    pub fn stop(&mut self, id: NodeId, grace: Duration) -> Result<(), Error> {
+    /// Stops node `id` with SIGTERM, or `kill -9` after `grace`. Returns whether the node
+    /// stopped by itself (an attached node's own `stop` command decides how it stops).
+    pub fn stop(&mut self, id: NodeId, grace: Duration) -> Result<bool, Error> {
         self.check_id(id)?;
         if self.paused.contains(&id) {
             self.resume(id)?;
         }
-        match &mut self.nodes {
-            Nodes::Local { cluster, .. } => blocking(|| cluster.stop(id, grace))?,
+        let by_itself = match &mut self.nodes {
+            Nodes::Local { cluster, .. } => blocking(|| cluster.stop(id, grace))?.is_some(),
             Nodes::Attached { spec, .. } => blocking(|| {
                 spec.act("stop", id).map_err(Error::Invalid)?;
                 wait_stopped(spec, id)
-            })?,
-        }
+            })
+            .map(|()| true)?,
+        };
         self.down.insert(id);
-        Ok(())
+        Ok(by_itself)
     }
 
     /// Starts node `id`, which must not be running, on its existing data.

@@ -137,13 +137,18 @@ impl Nemesis {
                 )
             }
             Fault::Restart { .. } => {
-                cluster
+                let by_itself = cluster
                     .stop(node, Duration::from_secs(10))
-                    .and_then(|()| cluster.start_node(node))
                     .map_err(|e| e.to_string())?;
+                cluster.start_node(node).map_err(|e| e.to_string())?;
+                let how = if by_itself {
+                    "SIGTERM"
+                } else {
+                    "SIGTERM (did not stop within 10 s: kill -9)"
+                };
                 (
                     vec![node],
-                    format!("SIGTERM and start node {node}"),
+                    format!("{how} and start node {node}"),
                     Undo::Nothing,
                 )
             }

@@ -415,6 +415,53 @@ async fn every_node_killed_at_once_loses_nothing_acknowledged() {
     assert!(tail.chain_ok);
 }
 
+/// A follower asked to stop (SIGTERM, as systemd and `docker stop` ask) stops by itself
+/// and exits 0 while the leader goes on replicating to it: the leader's replication
+/// stream, which stays open as long as the leader leads, must not hold the stop up. The
+/// node comes back with what it had and catches up on what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_asked_to_stop_stops_at_once_and_comes_back_whole() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path()).await;
+    let client = c.client().unwrap();
+    let leader = client.cluster_status().await.unwrap().leader;
+    let f = (1..=3).find(|&id| id != leader).unwrap();
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        keys.push(client.create_key(&format!("k{i}")).await.unwrap().key_id);
+    }
+    let follower = c.client_of(f).unwrap();
+    eventually(Duration::from_secs(10), || async {
+        let listed = follower
+            .list_keys(100, "")
+            .await
+            .map_err(|e| e.to_string())?;
+        if listed.keys.len() == keys.len() {
+            Ok(())
+        } else {
+            Err(format!("node {f} lists {} keys", listed.keys.len()))
+        }
+    })
+    .await;
+
+    // Well within the 10 s a stopping node gives open calls before it drops them.
+    let status = c.stop(f, Duration::from_secs(5)).unwrap();
+    let status = status.expect("the follower stopped by itself");
+    assert!(status.success(), "{status}");
+
+    keys.push(client.create_key("while it was down").await.unwrap().key_id);
+    c.start(f).unwrap();
+    c.wait_ready(&[f], Duration::from_secs(60)).await.unwrap();
+    let follower = c.client_of(f).unwrap();
+    for k in &keys {
+        eventually(Duration::from_secs(10), || async {
+            follower.describe_key(k).await.map_err(|e| e.to_string())
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_node_decrypts_what_was_encrypted_before_it_joined() {
     let _serial = SERIAL.lock().await;
@@ -705,7 +752,7 @@ async fn no_plaintext_key_material_in_any_data_directory() {
 async fn strangers_cannot_append_to_the_log_or_obtain_the_domain_key() {
     use keyraft_proto::v1::internal::node_service_client::NodeServiceClient;
     use keyraft_proto::v1::internal::raft_service_client::RaftServiceClient;
-    use keyraft_proto::v1::internal::{RaftMessage, RequestDomainKeyRequest};
+    use keyraft_proto::v1::internal::{RaftMessage, RequestDomainKeyRequest, StreamMessage};
     use keyraft_raft::network::{methods, ClusterAuth};
 
     let _serial = SERIAL.lock().await;
@@ -728,6 +775,32 @@ async fn strangers_cannot_append_to_the_log_or_obtain_the_domain_key() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // Nor is a replication stream. A stream signed with the secret still has each of its
+    // messages checked: one with a MAC that is not its own is never handed to Raft, and
+    // the stream ends without an answer.
+    let stream = |auth: &ClusterAuth, mac: Vec<u8>| {
+        let mut req = tonic::Request::new(tokio_stream::iter(vec![StreamMessage {
+            data: vec![1, 2, 3],
+            mac,
+        }]));
+        req.metadata_mut()
+            .insert("x-keyraft-stream", "0123456789abcdef".parse().unwrap());
+        auth.sign(&mut req, methods::APPEND_STREAM, 1, b"0123456789abcdef");
+        req
+    };
+    let status = raft
+        .append_stream(stream(&stranger, vec![0; 32]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let member = ClusterAuth::new(2, c.file().cluster_secret.as_bytes());
+    let mut answers = raft
+        .append_stream(stream(&member, vec![0; 32]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(answers.message().await, Ok(None)));
 
     // Even a holder of the cluster secret gets the domain key only for an authorised
     // join of its own, wrapped to the authorised public key.

@@ -173,8 +173,13 @@ impl Node {
         };
         let raft_server = tonic::transport::Server::builder()
             .add_service(
-                RaftServer::new(raft.clone(), core.cluster_auth().clone(), contact.clone())
-                    .into_service(),
+                RaftServer::new(
+                    raft.clone(),
+                    core.cluster_auth().clone(),
+                    contact.clone(),
+                    shutdown_rx.clone(),
+                )
+                .into_service(),
             )
             .add_service(
                 NodeServiceServer::new(NodeApi::new(core.clone()))
@@ -221,6 +226,28 @@ pub fn no_delay(listener: TcpListener) -> TcpIncoming {
 /// ahead would otherwise destroy every key pending deletion at once (the chaos suite's
 /// `clock-skew` experiment found this). The leader's own clock only decides whether to
 /// ask.
+/// How long a stopping node lets calls in progress finish before it drops them.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Waits for the servers to finish the calls they are serving once told to stop, for
+/// [`DRAIN`] at most: a client that holds a call open (a stuck stream, a peer that
+/// stopped reading) must not keep the node from stopping. The servers left after that
+/// are aborted, which closes their connections.
+async fn drain(servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>) {
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    for mut s in servers {
+        match tokio::time::timeout_at(deadline, &mut s).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "server stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!("calls still open after {DRAIN:?}; closing their connections");
+                s.abort();
+            }
+        }
+    }
+}
+
 /// Writes the state applied in memory to sled once Raft has stopped, so that the next
 /// start need not apply those entries again. A failure only costs that replay.
 fn flush_state(core: &NodeCore) {
@@ -368,22 +395,14 @@ impl NodeHandle {
         for t in &self.tasks {
             t.abort();
         }
-        for s in self.servers {
-            let _ = s.await;
-        }
+        drain(self.servers).await;
         let _ = self.core.raft.shutdown().await;
         flush_state(&self.core);
     }
 
     /// Runs until the servers stop (e.g. after a shutdown signal).
     pub async fn wait(self) {
-        for s in self.servers {
-            match s.await {
-                Ok(Err(e)) => tracing::error!(error = %e, "server stopped"),
-                Err(e) => tracing::error!(error = %e, "server task failed"),
-                Ok(Ok(())) => {}
-            }
-        }
+        drain(self.servers).await;
         let _ = self.core.raft.shutdown().await;
         flush_state(&self.core);
     }

@@ -26,7 +26,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -463,20 +463,21 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Stops node `id` gracefully (SIGTERM), or kills it after `grace`.
-    pub fn stop(&mut self, id: u64, grace: Duration) -> Result<(), Error> {
+    /// Stops node `id` gracefully (SIGTERM), or kills it after `grace`. Returns how the
+    /// node exited if it stopped by itself within `grace`, `None` if it had to be killed.
+    pub fn stop(&mut self, id: u64, grace: Duration) -> Result<Option<ExitStatus>, Error> {
         let mut child = self.take_child(id)?;
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Ok(());
+            if let Ok(Some(status)) = child.try_wait() {
+                return Ok(Some(status));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
         let _ = child.wait();
-        Ok(())
+        Ok(None)
     }
 
     /// Stops every node.
