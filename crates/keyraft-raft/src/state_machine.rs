@@ -286,13 +286,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let this = self.clone();
         let meta = meta.clone();
         blocking(move || {
-            this.sm
-                .install(&state, applied, membership)
-                .map_err(io::Error::from)?;
+            // The snapshot file first, then the state. The state must never be ahead of
+            // the newest snapshot file: the log before the snapshot is gone, and a node
+            // that restarts with a state newer than both its log and its snapshot file
+            // cannot start. The other way round is safe: a node that stops in between
+            // (or fails to install) restores the state from the file when it starts.
             let size = data.len() as u64;
             this.write_snapshot_file(&SnapshotFile { meta, data })?;
             this.snapshot_bytes.store(size, Ordering::Relaxed);
-            Ok(())
+            this.sm
+                .install(&state, applied, membership)
+                .map_err(io::Error::from)
         })
         .await
     }

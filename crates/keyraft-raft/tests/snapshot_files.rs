@@ -1,8 +1,13 @@
-//! The snapshot file: a snapshot that cannot be written leaves no partial file behind.
+//! The snapshot file: a snapshot that cannot be written leaves no partial file behind,
+//! and a received snapshot that cannot be written is not installed.
 
 use std::sync::Arc;
 
+use openraft::storage::RaftStateMachine;
+use openraft::testing::log_id;
 use openraft::RaftSnapshotBuilder;
+
+use keyraft_raft::TypeConfig;
 
 use keyraft_raft::state_machine::StateMachineStore;
 use keyraft_state::{Durable, StateMachine};
@@ -27,4 +32,37 @@ async fn a_failed_snapshot_write_leaves_no_partial_file() {
     store.build_snapshot().await.unwrap();
     assert!(current.is_file());
     assert!(!partial.exists());
+}
+
+/// A follower that cannot write a snapshot it received (a full disk) must not install it
+/// either: its log before the snapshot is gone, so a state newer than its newest
+/// snapshot file would leave it unable to start again.
+#[tokio::test]
+async fn a_received_snapshot_that_cannot_be_written_is_not_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        let durable = Durable::open(&dir.path().join(name).join("store")).unwrap();
+        let sm = Arc::new(StateMachine::open(&durable).unwrap());
+        StateMachineStore::new(sm, &dir.path().join(name)).unwrap()
+    };
+    let mut leader = open("leader");
+    let mut follower = open("follower");
+    let snapshot = leader.build_snapshot().await.unwrap();
+    let mut meta = snapshot.meta.clone();
+    meta.last_log_id = Some(log_id::<TypeConfig>(3, 1, 100));
+    let current = dir.path().join("follower/snapshots/current.snap");
+
+    std::fs::create_dir_all(current.join("in-the-way")).unwrap();
+    let data = snapshot.snapshot.clone();
+    assert!(follower.install_snapshot(&meta, data).await.is_err());
+    assert_eq!(follower.applied_state().await.unwrap().0, None);
+
+    std::fs::remove_dir_all(&current).unwrap();
+    follower
+        .install_snapshot(&meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(follower.applied_state().await.unwrap().0, meta.last_log_id);
+    let stored = follower.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(stored.meta.last_log_id, meta.last_log_id);
 }
