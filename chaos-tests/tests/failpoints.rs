@@ -367,3 +367,35 @@ async fn a_storage_error_stops_the_node_which_restarts_clean() {
         key_ids(&admin).await
     );
 }
+
+/// A removal that lost its answer after the membership change committed, before the
+/// node's id was retired, is finished by the next remove-node: the id is retired and
+/// can never join again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_cut_short_is_finished_by_the_next_and_retires_the_id() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = started(dir.path(), "fp-4").await;
+    let l = leader(&c).await;
+    let f = (1..=3).find(|&id| id != l).unwrap();
+    let admin = one_shot(&c, l);
+    arm(&admin, "server::before_retire_node", "1*return").await;
+
+    let cut = admin.remove_node(f).await.unwrap_err();
+    assert_eq!(cut.code(), Some(ErrorCode::Internal), "{cut}");
+    let status = admin.cluster_status().await.unwrap();
+    assert!(status.members.iter().all(|m| m.id != f), "{status:?}");
+
+    let status = admin.remove_node(f).await.unwrap();
+    assert!(status.members.iter().all(|m| m.id != f), "{status:?}");
+    let again = admin.remove_node(f).await.unwrap_err();
+    assert_eq!(again.code(), Some(ErrorCode::NotFound), "{again}");
+
+    c.kill(f).unwrap();
+    let spare = c.add_node_spec(4).unwrap();
+    let reused = admin
+        .add_node(f, &spare.endpoint(), &spare.raft_addr())
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Some(ErrorCode::AlreadyExists), "{reused}");
+}

@@ -50,6 +50,9 @@ pub const SERVER_BEFORE_AUDIT_APPEND: &str = "server::before_audit_append";
 /// The request's Raft write (its mutation or its audit record) committed, and the answer
 /// has not been sent yet (keyraft-server).
 pub const SERVER_AFTER_COMMIT_BEFORE_RESPONSE: &str = "server::after_commit_before_response";
+/// RemoveNode's membership change committed, and the removed node's id has not been
+/// retired yet (keyraft-server).
+pub const SERVER_BEFORE_RETIRE_NODE: &str = "server::before_retire_node";
 
 /// One fail point of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +92,10 @@ pub const CATALOGUE: &[Point] = &[
     },
     Point {
         name: SERVER_AFTER_COMMIT_BEFORE_RESPONSE,
+        blocking_allowed: false,
+    },
+    Point {
+        name: SERVER_BEFORE_RETIRE_NODE,
         blocking_allowed: false,
     },
 ];

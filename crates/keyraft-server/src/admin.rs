@@ -44,6 +44,11 @@ macro_rules! method {
 /// How long a new node may take to catch up and receive the domain key.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a membership change (the joint configuration, then the new one) may take to
+/// commit before the caller is told its outcome is unknown. openraft goes on with a
+/// change whose caller stopped waiting, so the change may still take effect.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(20);
+
 fn role_name(state: ServerState) -> &'static str {
     match state {
         ServerState::Leader => "Leader",
@@ -267,7 +272,7 @@ impl NodeCore {
         if req.raft_addr.is_empty() || req.raft_addr.contains('/') {
             return Err(KmsError::validation("raft_addr must be host:port"));
         }
-        let _one_at_a_time = self.membership_lock.lock().await;
+        let _one_at_a_time = self.one_membership_change()?;
         self.require_leader()?;
         let m = self.metrics();
         // A voter is done; a learner is a join that did not finish (the node restarted
@@ -329,38 +334,74 @@ impl NodeCore {
             }
         }
         let voters = BTreeSet::from([id]);
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(voters), false)
-            .await
-            .map_err(|e| membership_error(e, "promote to voter"))?;
+        self.change_membership(ChangeMembers::AddVoterIds(voters), "promote to voter")
+            .await?;
         tracing::info!(node = id, "node joined as a voter");
         Ok(())
     }
 
+    /// Holds off other membership changes on this node while one runs. A second change
+    /// is refused at once rather than queued: an add waits for the new node to catch up,
+    /// which can take a minute, and a caller behind it would only see a timeout.
+    fn one_membership_change(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, KmsError> {
+        self.membership_lock.try_lock().map_err(|_| {
+            KmsError::new(
+                ErrorCode::Conflict,
+                "another membership change is in progress; retry when it has finished",
+            )
+        })
+    }
+
+    /// Changes the membership and waits, for [`CHANGE_TIMEOUT`] at most, until the new
+    /// configuration has committed.
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, NodeAddr>,
+        what: &str,
+    ) -> Result<(), KmsError> {
+        match tokio::time::timeout(CHANGE_TIMEOUT, self.raft.change_membership(change, false)).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(membership_error(e, what)),
+            Err(_) => Err(KmsError::new(
+                ErrorCode::DependencyTimeout,
+                format!(
+                    "{what}: the new membership did not commit within {} s; it may still \
+                     take effect: check the cluster status, then retry",
+                    CHANGE_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
     async fn remove_node(&self, id: NodeId) -> Result<(), KmsError> {
-        let _one_at_a_time = self.membership_lock.lock().await;
+        let _one_at_a_time = self.one_membership_change()?;
         self.require_leader()?;
         let m = self.metrics();
         let membership = m.membership_config.membership();
         if membership.get_node(&id).is_none() {
-            return Err(KmsError::new(
-                ErrorCode::NotFound,
-                format!("node {id} is not a member"),
-            ));
-        }
-        let is_voter = membership.voter_ids().any(|v| v == id);
-        if is_voter && membership.voter_ids().count() <= 1 {
-            return Err(KmsError::validation("cannot remove the last voter"));
-        }
-        let change = if is_voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            // A removal whose membership change committed but whose caller never heard
+            // (a timeout, a leader change) has not retired the id yet: finish it.
+            let known = self.state.node(id).map_err(internal)?;
+            if known.is_none_or(|n| n.retired) {
+                return Err(KmsError::new(
+                    ErrorCode::NotFound,
+                    format!("node {id} is not a member"),
+                ));
+            }
         } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| membership_error(e, "remove node"))?;
+            let is_voter = membership.voter_ids().any(|v| v == id);
+            if is_voter && membership.voter_ids().count() <= 1 {
+                return Err(KmsError::validation("cannot remove the last voter"));
+            }
+            let change = if is_voter {
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            };
+            self.change_membership(change, "remove node").await?;
+        }
+        crate::failpoints::check(crate::failpoints::BEFORE_RETIRE_NODE, "RemoveNode")?;
         let cmd = Command {
             request_id: uuid::Uuid::new_v4().to_string(),
             time_ms: self.clock.now_ms(),

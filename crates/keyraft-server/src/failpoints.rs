@@ -21,6 +21,7 @@
 //! | `raft::before_apply` | state machine, before a batch of committed entries is applied (once per batch) | I/O error: the batch is not applied and openraft stops Raft (fatal); the node exits non-zero, and after a restart applies the same entries again | the node crashes; after a restart it applies the same entries again |
 //! | `raft::before_snapshot_install` | state machine, before a snapshot from the leader is installed | I/O error: openraft stops Raft (fatal), the node exits non-zero | the node crashes before installing |
 //! | `server::after_commit_before_response` | request path, after the request's Raft write returned (a mutation committed and applied, or another request's audit record committed; not reached where the asynchronous audit mode for cryptography answers first), before the answer | the request fails with `KMSInternalException` although the write took effect: an unknown outcome, which the SDK retries with the same request id and the state machine answers with the first result | the node crashes after the commit; the caller sees a transport error |
+//! | `server::before_retire_node` | `RemoveNode`, after the membership without the node committed, before the node's id is retired | the call fails with `KMSInternalException`: the node is out of the membership but its id is not retired yet; a repeated `RemoveNode` retires it | the node crashes at the same place |
 //!
 //! **Why an apply fault stops the node.** A replica that skipped a committed entry and
 //! went on would diverge from the others. So a fault before apply is what a crash there
@@ -52,6 +53,7 @@ use keyraft_types::{ErrorCode, KmsError};
 pub use keyraft_raft::failpoints::{
     SERVER_AFTER_COMMIT_BEFORE_RESPONSE as AFTER_COMMIT_BEFORE_RESPONSE,
     SERVER_BEFORE_AUDIT_APPEND as BEFORE_AUDIT_APPEND,
+    SERVER_BEFORE_RETIRE_NODE as BEFORE_RETIRE_NODE,
 };
 
 /// Configured points as `(name, actions)`.
