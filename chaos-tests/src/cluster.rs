@@ -570,8 +570,20 @@ impl ChaosCluster {
             })
             .await?;
         }
-        retry_until(until, &format!("removing node {old}"), || {
-            client.remove_node(old)
+        // A removal that went through without its answer reaching us shows in the
+        // membership (and a retry of it is NotFound).
+        retry_until(until, &format!("removing node {old}"), || async {
+            let call = tokio::time::timeout(Duration::from_secs(30), client.remove_node(old));
+            match call.await {
+                Ok(Err(e)) if e.code() == Some(ErrorCode::NotFound) => Ok(()),
+                Ok(other) => other.map(|_| ()),
+                Err(_) => match client.cluster_status().await {
+                    Ok(s) if s.members.iter().all(|m| m.id != old) => Ok(()),
+                    _ => Err(keyraft_client::Error::Transport(
+                        "no answer in 30 s".to_string(),
+                    )),
+                },
+            }
         })
         .await?;
         if self.is_running(old) {
