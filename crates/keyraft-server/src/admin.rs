@@ -877,13 +877,12 @@ impl AdminService for AdminApi {
                     core.require_region_admin(call)?;
                     // The walk reads the whole trail: keep it off the async workers.
                     let state = core.state.clone();
-                    let mut verdict =
-                        tokio::task::spawn_blocking(move || state.verify_audit_chain())
-                            .await
-                            .map_err(|_| KmsError::internal())?
-                            .map_err(internal)?;
-                    let checkpoint = core.state.audit_checkpoint().map_err(internal)?;
-                    if let Some(cp) = &checkpoint {
+                    let check = tokio::task::spawn_blocking(move || state.verify_audit_chain())
+                        .await
+                        .map_err(|_| KmsError::internal())?
+                        .map_err(internal)?;
+                    let mut verdict = check.verdict;
+                    if let Some(cp) = &check.checkpoint {
                         // Only this region's HSMs can have sealed the checkpoint.
                         let expected =
                             keyraft_state::AuditCheckpoint::signed_bytes(cp.through, &cp.hash);
@@ -895,7 +894,11 @@ impl AdminService for AdminApi {
                             verdict = Err(cp.through);
                         }
                     }
-                    let (head_sequence, head_hash) = core.state.audit_head().map_err(internal)?;
+                    // What the walk reached, not the head now: apply goes on meanwhile.
+                    let (head_sequence, head_hash) = match &verdict {
+                        Ok(head) => head.clone(),
+                        Err(_) => core.state.audit_head().map_err(internal)?,
+                    };
                     let hash_at_sequence = if req.at_sequence == 0 {
                         String::new()
                     } else {
@@ -911,7 +914,7 @@ impl AdminService for AdminApi {
                         head_hash,
                         hash_at_sequence,
                         node_id: core.id,
-                        checkpoint_through: checkpoint.map_or(0, |c| c.through),
+                        checkpoint_through: check.checkpoint.map_or(0, |c| c.through),
                     })
                 }),
             )

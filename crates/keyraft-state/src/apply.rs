@@ -735,18 +735,29 @@ impl StateMachine {
         self.audit_events(from, limit)
     }
 
-    /// Walks the whole chain and checks every link. Returns the head on success, or the
-    /// sequence number of the first event that does not verify.
-    pub fn verify_audit_chain(&self) -> Result<Result<(u64, String), u64>, StateError> {
+    /// Walks the whole chain and checks every link, from the checkpoint it finds (whose
+    /// seal only the HSM can check: the caller's job) to the head.
+    pub fn verify_audit_chain(&self) -> Result<ChainCheck, StateError> {
         // One applied state, as of a flush: the walk reads the tree alone, and no flush
         // (of a prune, say) may change it half-way through. Apply goes on into memory.
         let _flush = self.hold_flushes();
         self.flush_held()?;
-        // Pruned events are replaced by a checkpoint (whose signature the node checks
-        // with its HSM); the chain continues from its hash.
         let checkpoint: Option<AuditCheckpoint> = self.tree_get(keys::AUDIT_CHECKPOINT)?;
+        let verdict = self.walk_audit_chain(checkpoint.as_ref())?;
+        Ok(ChainCheck {
+            checkpoint,
+            verdict,
+        })
+    }
+
+    /// The walk of [`StateMachine::verify_audit_chain`], under its hold on flushes.
+    fn walk_audit_chain(
+        &self,
+        checkpoint: Option<&AuditCheckpoint>,
+    ) -> Result<Result<(u64, String), u64>, StateError> {
+        // Pruned events are replaced by a checkpoint; the chain continues from its hash.
         let (mut prev, mut expected) = match checkpoint {
-            Some(c) => (c.hash, c.through + 1),
+            Some(c) => (c.hash.clone(), c.through + 1),
             None => (GENESIS_HASH.to_string(), 1),
         };
         for item in self.tree.scan_prefix(keys::AUDIT_PREFIX) {
@@ -771,6 +782,24 @@ impl StateMachine {
             return Ok(Err(expected));
         }
         Ok(Ok(head))
+    }
+}
+
+/// What a walk of the audit chain found ([`StateMachine::verify_audit_chain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainCheck {
+    /// The checkpoint the walk started from, which stands for the pruned events; `None`
+    /// when nothing was pruned and the walk started at the first event.
+    pub checkpoint: Option<AuditCheckpoint>,
+    /// The head (sequence, hash) the walk reached, or the sequence number of the first
+    /// event that does not verify.
+    pub verdict: Result<(u64, String), u64>,
+}
+
+impl ChainCheck {
+    /// Whether every link from the checkpoint to the head verified.
+    pub fn is_ok(&self) -> bool {
+        self.verdict.is_ok()
     }
 }
 

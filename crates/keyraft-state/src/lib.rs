@@ -49,7 +49,8 @@ mod keys;
 pub mod storage;
 
 pub use apply::{
-    AppliedMeta, StateMachine, StateSnapshot, MAX_ACCESS_KEYS, MAX_INLINE_POLICIES, MAX_PRUNE,
+    AppliedMeta, ChainCheck, StateMachine, StateSnapshot, MAX_ACCESS_KEYS, MAX_INLINE_POLICIES,
+    MAX_PRUNE,
 };
 pub use command::{
     AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, AuditCheckpoint, Bootstrap,

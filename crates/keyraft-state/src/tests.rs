@@ -813,7 +813,7 @@ impl Runner {
                 }
                 out.trim_end().to_string()
             }
-            "verify" => match self.sm.verify_audit_chain().unwrap() {
+            "verify" => match self.sm.verify_audit_chain().unwrap().verdict {
                 Ok((seq, _)) => format!("chain ok, head {seq}"),
                 Err(seq) => format!("chain broken at {seq}"),
             },
@@ -1330,7 +1330,7 @@ fn export_and_verify_let_apply_go_on() {
             exported.unwrap().last_applied,
             Some((half as u64).to_be_bytes().to_vec())
         );
-        assert_eq!(verified.unwrap(), Ok(sm.audit_head().unwrap()));
+        assert_eq!(verified.unwrap().verdict, Ok(sm.audit_head().unwrap()));
     }
     // What is applied while a verify flushes is left to the next flush: the verify
     // checks the chain as far as its flush took it.
@@ -1342,7 +1342,7 @@ fn export_and_verify_let_apply_go_on() {
             apply(sm, &hook_log, i);
         }
     }));
-    assert_eq!(sm.verify_audit_chain().unwrap(), Ok(before.clone()));
+    assert_eq!(sm.verify_audit_chain().unwrap().verdict, Ok(before.clone()));
     assert!(
         sm.mid_flush.lock().unwrap().is_none(),
         "the verify flushed nothing"
@@ -1591,7 +1591,10 @@ fn a_prune_inside_a_chunk_keeps_its_later_events() {
             .event_name,
         "E"
     );
-    assert!(r.sm.verify_audit_chain().unwrap().is_ok());
+    // The walk starts at the checkpoint that stands for A, B and C.
+    let check = r.sm.verify_audit_chain().unwrap();
+    assert_eq!(check.verdict, Ok(r.sm.audit_head().unwrap()));
+    assert_eq!(check.checkpoint.map(|c| c.through), Some(through));
 }
 
 /// A state tree of the first layout (one record per audit event) is brought to chunks
@@ -1626,6 +1629,6 @@ fn a_state_with_one_record_per_event_is_upgraded_at_open() {
     };
     let sm = StateMachine::open(&durable).unwrap();
     assert_eq!(sm.audit_events(1, 10).unwrap(), events);
-    assert_eq!(sm.verify_audit_chain().unwrap(), Ok(head));
+    assert_eq!(sm.verify_audit_chain().unwrap().verdict, Ok(head));
     assert_eq!(sm.tree.scan_prefix(keys::AUDIT_PREFIX).count(), 3);
 }
