@@ -229,21 +229,38 @@ pub fn no_delay(listener: TcpListener) -> TcpIncoming {
 /// How long a stopping node lets calls in progress finish before it drops them.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Waits for the servers to finish the calls they are serving once told to stop, for
-/// [`DRAIN`] at most: a client that holds a call open (a stuck stream, a peer that
-/// stopped reading) must not keep the node from stopping. The servers left after that
-/// are aborted, which closes their connections.
-async fn drain(servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>) {
-    let deadline = tokio::time::Instant::now() + DRAIN;
+/// Waits for the servers to stop. Once the node is told to stop (`stop` turns true),
+/// they finish the calls they are serving for [`DRAIN`] at most: a client that holds a
+/// call open (a stuck stream, a peer that stopped reading) must not keep the node from
+/// stopping. The servers left after that are aborted, which closes their connections.
+async fn drain(
+    mut stop: watch::Receiver<bool>,
+    servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+) {
+    let grace = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::pin!(grace);
+    let mut expired = false;
     for mut s in servers {
-        match tokio::time::timeout_at(deadline, &mut s).await {
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "server stopped"),
-            Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
-            Ok(Ok(Ok(()))) => {}
-            Err(_) => {
-                tracing::warn!("calls still open after {DRAIN:?}; closing their connections");
-                s.abort();
+        let ended = if expired {
+            None
+        } else {
+            tokio::select! {
+                ended = &mut s => Some(ended),
+                () = &mut grace => {
+                    tracing::warn!("calls still open after {DRAIN:?}; closing their connections");
+                    expired = true;
+                    None
+                }
             }
+        };
+        match ended {
+            Some(Ok(Err(e))) => tracing::error!(error = %e, "server stopped"),
+            Some(Err(e)) => tracing::error!(error = %e, "server task failed"),
+            Some(Ok(Ok(()))) => {}
+            None => s.abort(),
         }
     }
 }
@@ -395,14 +412,14 @@ impl NodeHandle {
         for t in &self.tasks {
             t.abort();
         }
-        drain(self.servers).await;
+        drain(self.shutdown.subscribe(), self.servers).await;
         let _ = self.core.raft.shutdown().await;
         flush_state(&self.core);
     }
 
     /// Runs until the servers stop (e.g. after a shutdown signal).
     pub async fn wait(self) {
-        drain(self.servers).await;
+        drain(self.shutdown.subscribe(), self.servers).await;
         let _ = self.core.raft.shutdown().await;
         flush_state(&self.core);
     }
