@@ -1,7 +1,8 @@
 //! Fail points in real `keyraft server` processes: an answer lost after its commit (an
 //! unknown outcome that a retry with the same request id resolves to the first result),
 //! a follower that crashes before apply and catches up after a restart, the startup
-//! environment variable, listing, validation and who may arm a point.
+//! environment variable, listing, validation and who may arm a point, a removal cut short,
+//! and a membership change refused while another waits.
 //!
 //! The nodes run the `keyraft` binary built next to this test (`cargo test --workspace`
 //! builds it with the `failpoints` feature through feature unification).
@@ -21,6 +22,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const AFTER_COMMIT: &str = "server::after_commit_before_response";
 const BEFORE_AUDIT: &str = "server::before_audit_append";
 const BEFORE_APPLY: &str = "raft::before_apply";
+const SEND_DOMAIN_KEY: &str = "server::before_send_domain_key";
 
 /// A fresh random suffix, so names and request ids never repeat across runs.
 fn unique() -> String {
@@ -398,4 +400,71 @@ async fn a_removal_cut_short_is_finished_by_the_next_and_retires_the_id() {
         .await
         .unwrap_err();
     assert_eq!(reused.code(), Some(ErrorCode::AlreadyExists), "{reused}");
+}
+
+/// A membership change while another runs is refused at once with `Conflict`, not
+/// queued behind it. The first change here is an add held open because no member will
+/// hand the new node the domain key; once that clears, the held add finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_while_an_add_waits_is_a_conflict_and_the_add_then_finishes() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = started(dir.path(), "fp-5").await;
+    for id in 1..=3 {
+        arm(&one_shot(&c, id), SEND_DOMAIN_KEY, "return").await;
+    }
+    let l = leader(&c).await;
+    let f = (1..=3).find(|&id| id != l).unwrap();
+    let admin = one_shot(&c, l);
+
+    let spec = c.add_node_spec(4).unwrap();
+    c.start(4).unwrap();
+    // The held add answers when node 4 has the key, or after its own 60 s. It retries
+    // (as the SDK does by default) while node 4 is still starting and does not answer.
+    let mut patient = one_shot(&c, l).config().clone();
+    patient.timeout = Duration::from_secs(90);
+    let adder = Client::with_options(patient, ClientOptions::pinned()).unwrap();
+    let held =
+        tokio::spawn(async move { adder.add_node(4, &spec.endpoint(), &spec.raft_addr()).await });
+
+    // Node 4 is a learner without the key: the add is waiting for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = admin.cluster_status().await.unwrap();
+        let four = status.members.iter().find(|m| m.id == 4);
+        if four.is_some_and(|m| m.role == "Learner" && !m.has_domain_key) {
+            break;
+        }
+        if held.is_finished() {
+            panic!("the add ended early: {:?}; {status:?}", held.await);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 never became a learner: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let spare = c.add_node_spec(5).unwrap();
+    let second_add = admin
+        .add_node(5, &spare.endpoint(), &spare.raft_addr())
+        .await
+        .unwrap_err();
+    assert_eq!(second_add.code(), Some(ErrorCode::Conflict), "{second_add}");
+    let removal = admin.remove_node(f).await.unwrap_err();
+    assert_eq!(removal.code(), Some(ErrorCode::Conflict), "{removal}");
+    assert!(!held.is_finished(), "the add ended while it was probed");
+    // Data requests go on meanwhile.
+    admin.create_key("during the held add").await.unwrap();
+
+    for id in 1..=3 {
+        arm(&one_shot(&c, id), SEND_DOMAIN_KEY, "off").await;
+    }
+    let status = held.await.unwrap().unwrap();
+    let four = status.members.iter().find(|m| m.id == 4).unwrap();
+    assert_eq!(four.role, "Follower", "{status:?}");
+    assert!(four.has_domain_key, "{status:?}");
+    // And the next change runs.
+    let status = admin.remove_node(f).await.unwrap();
+    assert!(status.members.iter().all(|m| m.id != f), "{status:?}");
 }

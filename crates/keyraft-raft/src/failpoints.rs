@@ -53,6 +53,9 @@ pub const SERVER_AFTER_COMMIT_BEFORE_RESPONSE: &str = "server::after_commit_befo
 /// RemoveNode's membership change committed, and the removed node's id has not been
 /// retired yet (keyraft-server).
 pub const SERVER_BEFORE_RETIRE_NODE: &str = "server::before_retire_node";
+/// A member is about to hand the domain key to an authorised joining node
+/// (keyraft-server).
+pub const SERVER_BEFORE_SEND_DOMAIN_KEY: &str = "server::before_send_domain_key";
 
 /// One fail point of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +99,10 @@ pub const CATALOGUE: &[Point] = &[
     },
     Point {
         name: SERVER_BEFORE_RETIRE_NODE,
+        blocking_allowed: false,
+    },
+    Point {
+        name: SERVER_BEFORE_SEND_DOMAIN_KEY,
         blocking_allowed: false,
     },
 ];

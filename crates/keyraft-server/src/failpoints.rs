@@ -22,6 +22,7 @@
 //! | `raft::before_snapshot_install` | state machine, before a snapshot from the leader is installed | I/O error: openraft stops Raft (fatal), the node exits non-zero | the node crashes before installing |
 //! | `server::after_commit_before_response` | request path, after the request's Raft write returned (a mutation committed and applied, or another request's audit record committed; not reached where the asynchronous audit mode for cryptography answers first), before the answer | the request fails with `KMSInternalException` although the write took effect: an unknown outcome, which the SDK retries with the same request id and the state machine answers with the first result | the node crashes after the commit; the caller sees a transport error |
 //! | `server::before_retire_node` | `RemoveNode`, after the membership without the node committed, before the node's id is retired | the call fails with `KMSInternalException`: the node is out of the membership but its id is not retired yet; a repeated `RemoveNode` retires it | the node crashes at the same place |
+//! | `server::before_send_domain_key` | a member answering an authorised joining node's request for the domain key, before the HSM wraps the key for it | this member refuses (`KMSInternalException`); the joining node asks the next member, and again every 200 ms, so with the point armed on every member an `AddNode` waits (up to its 60 s) and the node stays a learner until the point is cleared | the member crashes |
 //!
 //! **Why an apply fault stops the node.** A replica that skipped a committed entry and
 //! went on would diverge from the others. So a fault before apply is what a crash there
@@ -54,6 +55,7 @@ pub use keyraft_raft::failpoints::{
     SERVER_AFTER_COMMIT_BEFORE_RESPONSE as AFTER_COMMIT_BEFORE_RESPONSE,
     SERVER_BEFORE_AUDIT_APPEND as BEFORE_AUDIT_APPEND,
     SERVER_BEFORE_RETIRE_NODE as BEFORE_RETIRE_NODE,
+    SERVER_BEFORE_SEND_DOMAIN_KEY as BEFORE_SEND_DOMAIN_KEY,
 };
 
 /// Configured points as `(name, actions)`.
@@ -123,7 +125,12 @@ mod tests {
 
     #[test]
     fn the_request_path_points_are_in_the_catalogue() {
-        for name in [BEFORE_AUDIT_APPEND, AFTER_COMMIT_BEFORE_RESPONSE] {
+        for name in [
+            BEFORE_AUDIT_APPEND,
+            AFTER_COMMIT_BEFORE_RESPONSE,
+            BEFORE_RETIRE_NODE,
+            BEFORE_SEND_DOMAIN_KEY,
+        ] {
             assert!(keyraft_raft::failpoints::point(name).is_some(), "{name}");
         }
     }

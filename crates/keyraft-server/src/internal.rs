@@ -128,6 +128,11 @@ impl NodeService for NodeApi {
             .as_slice()
             .try_into()
             .map_err(|_| Status::invalid_argument("a join public key is 32 bytes"))?;
+        crate::failpoints::check(
+            crate::failpoints::BEFORE_SEND_DOMAIN_KEY,
+            "RequestDomainKey",
+        )
+        .map_err(|e| status_from_error(&e))?;
         let transfer = self
             .core
             .hsm
