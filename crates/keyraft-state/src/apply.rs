@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ pub struct StateMachine {
     /// Why a flush failed, if one did: every later apply fails with it, because a
     /// replica that cannot write its state must stop.
     flush_failed: Mutex<Option<String>>,
-    /// Runs while a flush has taken its layer and not yet written it (tests).
+    /// Runs once a flush has sealed its layers and before it writes them (tests).
     #[cfg(test)]
     pub(crate) mid_flush: Mutex<Option<MidFlush>>,
     /// Serialises apply with a snapshot install. Apply runs on the Raft task, so nothing
@@ -276,7 +276,7 @@ impl StateMachine {
     }
 
     /// Takes `flush_lock`: until the guard drops, no flush (or install) changes the tree.
-    fn hold_flushes(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn hold_flushes(&self) -> std::sync::MutexGuard<'_, ()> {
         self.flush_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -284,45 +284,52 @@ impl StateMachine {
         self.layers.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the current layer to sled as one atomic batch. Apply goes on meanwhile
-    /// into a fresh layer, and reads see the one being written until sled has it. The
-    /// caller holds `flush_lock`.
+    /// Writes what is applied to sled: seals the current layer, then writes each sealed
+    /// layer as an atomic batch of its own, oldest first, dropping it once sled has it.
+    /// Apply goes on meanwhile into a fresh layer, and reads see a sealed layer until
+    /// sled has it. The layers sealed after this call began are left to the next flush.
+    /// After a failure the layers stay readable, and every later apply fails. The caller
+    /// holds `flush_lock`.
     fn flush_held(&self) -> Result<(), StateError> {
-        let writes = {
+        let layers = {
             let mut layers = self.layers_mut();
-            if layers.current.writes.is_empty() {
-                return Ok(());
-            }
-            let writes = Arc::new(std::mem::take(&mut layers.current).writes);
-            layers.flushing = Some(writes.clone());
-            writes
+            layers.seal();
+            layers.sealed.len()
         };
         #[cfg(test)]
-        if let Some(hook) = self.mid_flush.lock().ok().and_then(|mut h| h.take()) {
-            hook(self);
+        if layers > 0 {
+            if let Some(hook) = self.mid_flush.lock().ok().and_then(|mut h| h.take()) {
+                hook(self);
+            }
         }
-        let written = self.tree.apply_batch(view::batch(&writes));
-        let mut layers = self.layers_mut();
-        layers.flushing = None;
-        if let Err(e) = written {
-            // Keep the writes visible, under what was applied since.
-            let newer = std::mem::take(&mut layers.current);
-            layers.current.absorb((*writes).clone());
-            layers.current.absorb(newer.writes);
-            *self.flush_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-            return Err(e.into());
+        for _ in 0..layers {
+            let oldest = {
+                let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+                match layers.sealed.first() {
+                    Some(layer) => layer.clone(),
+                    None => break,
+                }
+            };
+            // Built before sled's batch lock is taken, which every read of the tree
+            // waits for: between two layers, reads go on.
+            let batch = view::batch(&oldest);
+            if let Err(e) = self.tree.apply_batch(batch) {
+                *self.flush_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                return Err(e.into());
+            }
+            self.layers_mut().sealed.remove(0);
         }
         Ok(())
     }
 
     /// Whether the applied writes held in memory should be written to sled now (every
-    /// 100 ms or 4 MiB) and no one has undertaken that yet. If it returns true, the
+    /// 100 ms, or a layer of 1 MiB is sealed) and no one has undertaken that yet. If it returns true, the
     /// caller has undertaken it and must call [`StateMachine::flush`], best on a thread
     /// that may block for milliseconds.
     pub fn claim_flush(&self) -> bool {
         let due = {
             let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
-            layers.flushing.is_none() && layers.current.due()
+            layers.due()
         };
         due && self
             .flush_claimed
@@ -341,6 +348,23 @@ impl StateMachine {
         flushed
     }
 
+    /// Makes apply seal a layer after every apply (tests).
+    #[cfg(test)]
+    pub(crate) fn seal_every_apply(&self) {
+        self.layers_mut().seal_bytes = 1;
+    }
+
+    /// The applied log id each sealed layer holds, oldest first (tests).
+    #[cfg(test)]
+    pub(crate) fn sealed_applied_ids(&self) -> Vec<Option<Vec<u8>>> {
+        let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
+        layers
+            .sealed
+            .iter()
+            .map(|layer| layer.get(keys::LAST_APPLIED).cloned().flatten())
+            .collect()
+    }
+
     /// Drops the applied writes not yet in sled, as a crash would.
     #[cfg(test)]
     pub(crate) fn lose_unflushed(&self) {
@@ -355,7 +379,7 @@ impl StateMachine {
     /// responses, one per entry, are returned.
     ///
     /// The changes are held in memory, where every read sees them, and written to sled
-    /// with those of later batches as one sled batch, every 100 ms or 4 MiB, by
+    /// with those of later batches as one sled batch, every 100 ms or 1 MiB, by
     /// [`StateMachine::flush`] (the `view` module explains why); they are not synced.
     /// What the responses acknowledge is already durable: the entries were committed,
     /// so a quorum synced them in its Raft log, and the Raft layer applies an entry only
@@ -393,7 +417,9 @@ impl StateMachine {
             }
             Ok::<_, StateError>(txn.into_writes())
         })?;
-        self.layers_mut().current.absorb(writes);
+        let mut layers = self.layers_mut();
+        layers.current.absorb(writes);
+        layers.seal_if_full();
         Ok(responses)
     }
 

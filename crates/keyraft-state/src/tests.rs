@@ -1298,6 +1298,60 @@ fn reads_see_every_apply_while_a_flush_runs_beside_it() {
     assert_same_state(&r.sm, &sm);
 }
 
+/// While an export holds flushes off, apply goes on sealing layers, and the flush after
+/// it writes them one batch each, oldest first: no batch is the whole backlog (a sled
+/// batch stops every read of the tree while it is written), and since each layer ends
+/// where an apply ends and holds its applied log id, the tree is as of one applied
+/// entry after every batch.
+#[test]
+fn a_backlog_is_flushed_one_sealed_layer_at_a_time() {
+    let mut r = Runner::new();
+    r.run("bootstrap");
+    for i in 0..8 {
+        r.run(&format!("create k{i}"));
+        r.run(&format!("crypto k{i}"));
+    }
+    let log = r.log.clone();
+    let half = log.len() / 2;
+    let (_dir, sm) = replica(&log, half);
+    sm.flush().unwrap();
+    sm.seal_every_apply();
+    {
+        let _export = sm.hold_flushes();
+        for i in half..log.len() {
+            apply(&sm, &log, i);
+        }
+        let applied: Vec<_> = (half..log.len())
+            .map(|i| Some((i as u64 + 1).to_be_bytes().to_vec()))
+            .collect();
+        assert_eq!(sm.sealed_applied_ids(), applied);
+    }
+    let hook_log = log.clone();
+    *sm.mid_flush.lock().unwrap() = Some(Box::new(move |sm: &StateMachine| {
+        // Reads see every sealed layer before any is written.
+        assert_eq!(
+            sm.tree.get(keys::LAST_APPLIED).unwrap().as_deref(),
+            Some(&(half as u64).to_be_bytes()[..])
+        );
+        for (cmd, _) in &hook_log {
+            if let Op::CreateKey { key, .. } = &cmd.op {
+                assert!(sm.key(&key.key_id).unwrap().is_some(), "{}", key.key_id);
+            }
+        }
+    }));
+    sm.flush().unwrap();
+    assert!(
+        sm.mid_flush.lock().unwrap().is_none(),
+        "the flush sealed nothing"
+    );
+    assert!(sm.sealed_applied_ids().is_empty());
+    assert_eq!(
+        sm.tree.get(keys::LAST_APPLIED).unwrap().as_deref(),
+        Some(&(log.len() as u64).to_be_bytes()[..])
+    );
+    assert_same_state(&r.sm, &sm);
+}
+
 /// An export and a verify of the audit chain read the tree as of a flush, under the
 /// flush's lock alone. Apply, which runs on the Raft task, never waits for their walk
 /// of the whole state, and what it applies meanwhile is not in what they read.
