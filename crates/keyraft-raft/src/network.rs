@@ -12,8 +12,9 @@
 //! a MAC bound to the stream and its place in it, and the follower hands the requests to
 //! openraft's `Raft::stream_append`, which answers them in order. Up to
 //! `STREAM_IN_FLIGHT` (2) requests await their answers; each answer must come within the
-//! timeout a unary call would have had. A stream of a single request (a heartbeat) goes
-//! as a unary call.
+//! timeout a unary call would have had, or the election timeout's minimum if that is
+//! longer ([`Network::with_stream_patience`]). A stream of a single request (a heartbeat)
+//! goes as a unary call.
 //!
 //! Snapshots are streamed: a first chunk with the vote, the snapshot metadata and the
 //! SHA-256 of the data, then the data in 1 MiB chunks; the receiver checks the digest
@@ -236,6 +237,7 @@ pub struct Network {
     auth: ClusterAuth,
     source: Option<IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    patience: Duration,
 }
 
 impl Network {
@@ -246,7 +248,21 @@ impl Network {
             auth,
             source: None,
             channels: Arc::new(Mutex::new(HashMap::new())),
+            patience: Duration::ZERO,
         }
+    }
+
+    /// How long a replication stream waits for a follower's answer, at least: openraft
+    /// gives each AppendEntries the heartbeat interval (100 ms by default), and a stream
+    /// that misses it is closed and opened again, re-sending what was in flight. A
+    /// follower busy for a moment (writing a snapshot, a slow sync) then got the
+    /// same entries again, and replication stopped while the stream was re-opened, which
+    /// stalled every write. Give the election timeout's minimum: a follower that does not
+    /// answer within it counts as gone anyway. Heartbeats and other calls keep openraft's
+    /// timeout.
+    pub fn with_stream_patience(mut self, patience: Duration) -> Network {
+        self.patience = patience;
+        self
     }
 
     /// Binds outgoing connections to `source` (see [`source_ip`] and [`peer_channel`]).
@@ -288,6 +304,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .channel(&node.raft_addr)
                 .map(|c| RaftServiceClient::new(c).max_decoding_message_size(MAX_MESSAGE)),
             auth: self.auth.clone(),
+            patience: self.patience,
         }
     }
 }
@@ -297,6 +314,9 @@ pub struct Connection {
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, tonic::transport::Error>,
     auth: ClusterAuth,
+    /// The least time a replication stream waits for an answer (see
+    /// [`Network::with_stream_patience`]).
+    patience: Duration,
 }
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
@@ -418,7 +438,7 @@ impl Connection {
     /// Opens an AppendStream call that carries `input`, each request signed with its
     /// place in the stream; returns the answers in order. An answer that takes longer
     /// than `timeout` after its request went out ends the stream with a timeout, as a
-    /// unary call's would: a partitioned follower is noticed as soon as with unary calls.
+    /// unary call's would, so a partitioned follower is noticed.
     async fn open_append_stream<S>(
         &mut self,
         input: S,
@@ -562,7 +582,8 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             return stream_append_sequential(self, input, option);
         }
         Box::pin(async move {
-            let answers = self.open_append_stream(input, option.hard_ttl()).await?;
+            let timeout = option.hard_ttl().max(self.patience);
+            let answers = self.open_append_stream(input, timeout).await?;
             Ok(answers as BoxStream<'s, _>)
         })
     }

@@ -113,7 +113,8 @@ impl Node {
             config.node_id,
             config.cluster_secret.as_bytes(),
         ))
-        .with_source_ip(raft_listener.local_addr().ok().and_then(source_ip));
+        .with_source_ip(raft_listener.local_addr().ok().and_then(source_ip))
+        .with_stream_patience(Duration::from_millis(config.raft.election_timeout_min_ms));
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
