@@ -22,6 +22,14 @@
 //!
 //! openraft's own policy is set to `Never`; [`run`] watches the node and calls
 //! `trigger().snapshot()`. openraft purges the log after each snapshot as before.
+//!
+//! A leader holds its next snapshot off (for [`CATCH_UP_GRACE`] at most) while a member
+//! it replicates to has not yet reached its current snapshot: that member is being sent
+//! the snapshot, or will be. openraft purges the log when the leader snapshots and only
+//! spares entries in flight, not a snapshot in flight, so a new node whose transfer
+//! and install took longer than the cluster took to write the kept log found the log
+//! after its snapshot purged, and was sent a newer snapshot, and again: it never caught
+//! up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +45,26 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// A snapshot requested this long ago without one appearing is requested again (the
 /// request may have been dropped, e.g. while a snapshot was being installed).
 const REQUEST_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
+/// The longest a leader holds a due snapshot off for a member still catching up from
+/// its current one. A member that is down does not catch up at all; past this, the log
+/// is compacted anyway.
+pub const CATCH_UP_GRACE: Duration = Duration::from_secs(120);
+
+/// Whether a member is still catching up from the leader's current snapshot: some
+/// member's matched log index (`None` for nothing matched yet) is below the snapshot's
+/// index. `replication` is openraft's leader metric (none on a follower).
+pub fn catching_up_from_snapshot(
+    snapshot: Option<u64>,
+    replication: impl IntoIterator<Item = Option<u64>>,
+) -> bool {
+    let Some(snapshot) = snapshot else {
+        return false;
+    };
+    replication
+        .into_iter()
+        .any(|matched| matched.is_none_or(|m| m < snapshot))
+}
 
 /// When a node snapshots; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,14 +105,20 @@ pub async fn run(
     let mut seen_snapshot: Option<u64> = None;
     let mut baseline: u64 = 0;
     let mut requested: Option<Instant> = None;
+    // Since when a due snapshot has been held off for a member catching up.
+    let mut holding: Option<Instant> = None;
     loop {
         interval.tick().await;
-        let (applied, snapshot) = {
+        let (applied, snapshot, catching_up) = {
             let m = metrics.borrow_watched();
             if m.running_state.is_err() {
                 return; // Raft has stopped.
             }
-            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+            let snapshot = m.snapshot.map(|l| l.index);
+            let catching_up = m.replication.as_ref().is_some_and(|r| {
+                catching_up_from_snapshot(snapshot, r.values().map(|l| l.map(|l| l.index)))
+            });
+            (m.last_applied.map(|l| l.index), snapshot, catching_up)
         };
         let written = log_bytes.load(Ordering::Relaxed);
         if snapshot != seen_snapshot {
@@ -105,7 +139,22 @@ pub async fn run(
             written.saturating_sub(baseline),
             snapshot_bytes.load(Ordering::Relaxed),
         );
+        if !catching_up {
+            holding = None;
+        }
+        if due && catching_up {
+            let since = *holding.get_or_insert_with(|| {
+                tracing::info!(
+                    "a snapshot is due; holding it off while a member catches up from the current one"
+                );
+                Instant::now()
+            });
+            if since.elapsed() < CATCH_UP_GRACE {
+                continue;
+            }
+        }
         if due {
+            holding = None;
             if let Err(e) = raft.trigger().snapshot().await {
                 tracing::warn!(error = %e, "could not request a snapshot");
                 return;
@@ -133,6 +182,18 @@ mod tests {
         assert!(p.due(10_000, 1 << 30, 2 << 30));
         // No snapshot yet: entries alone.
         assert!(p.due(10_000, 0, 0));
+    }
+
+    #[test]
+    fn a_member_below_the_snapshot_is_catching_up() {
+        assert!(!catching_up_from_snapshot(None, [None, Some(3)]));
+        assert!(!catching_up_from_snapshot(
+            Some(100),
+            [Some(100), Some(250)]
+        ));
+        assert!(catching_up_from_snapshot(Some(100), [Some(250), Some(99)]));
+        assert!(catching_up_from_snapshot(Some(100), [Some(250), None]));
+        assert!(!catching_up_from_snapshot(Some(100), []));
     }
 
     #[test]

@@ -323,9 +323,9 @@ impl StateMachine {
     }
 
     /// Whether the applied writes held in memory should be written to sled now (every
-    /// 100 ms, or a layer of 1 MiB is sealed) and no one has undertaken that yet. If it returns true, the
-    /// caller has undertaken it and must call [`StateMachine::flush`], best on a thread
-    /// that may block for milliseconds.
+    /// 100 ms, or once a layer of 1 MiB is sealed) and no one has undertaken that yet. If
+    /// it returns true, the caller has undertaken it and must call
+    /// [`StateMachine::flush`], best on a thread that may block for milliseconds.
     pub fn claim_flush(&self) -> bool {
         let due = {
             let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
@@ -379,8 +379,8 @@ impl StateMachine {
     /// responses, one per entry, are returned.
     ///
     /// The changes are held in memory, where every read sees them, and written to sled
-    /// with those of later batches as one sled batch, every 100 ms or 1 MiB, by
-    /// [`StateMachine::flush`] (the `view` module explains why); they are not synced.
+    /// with those of later batches every 100 ms, in sled batches of about 1 MiB at most,
+    /// by [`StateMachine::flush`] (the `view` module explains why); they are not synced.
     /// What the responses acknowledge is already durable: the entries were committed,
     /// so a quorum synced them in its Raft log, and the Raft layer applies an entry only
     /// once this node's own log holds it on disk.

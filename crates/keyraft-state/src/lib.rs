@@ -16,9 +16,10 @@
 //! ## Atomicity and durability
 //! One call to `apply` takes effect atomically — data, the applied log id and the
 //! membership together. Its writes stay in memory, where every read sees them, and go to
-//! sled as one atomic batch with those of later applies every 100 ms or 1 MiB, written
-//! beside apply ([`StateMachine::claim_flush`]): each sled batch writes to disk twice
-//! however small it is, and a large one takes tens of milliseconds. Nothing is synced:
+//! sled with those of later applies every 100 ms, in atomic batches of about 1 MiB at
+//! most that each end where an apply ends, written beside apply
+//! ([`StateMachine::claim_flush`]): each sled batch writes to disk twice however small
+//! it is, and a large one takes tens of milliseconds. Nothing is synced:
 //! the entries are durable in the Raft log, and after a crash the Raft layer applies the
 //! committed entries after the recovered applied log id again (see
 //! [`StateMachine::apply`]). Installing a snapshot syncs ([`storage::Durable::sync`]).
