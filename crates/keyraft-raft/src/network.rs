@@ -153,9 +153,7 @@ impl ClusterAuth {
         }
         Ok(sender)
     }
-}
 
-impl ClusterAuth {
     /// The MAC of message `seq` of stream `stream_id`.
     fn stream_mac(&self, stream_id: &str, seq: u64, body: &[u8]) -> Vec<u8> {
         auth::stream_mac(&self.secret, stream_id, seq, body)

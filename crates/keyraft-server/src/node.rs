@@ -216,17 +216,6 @@ pub fn no_delay(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// The leader's time-driven work: when a scheduled deletion, an expiry of imported key
-/// material, the end of a request id's TTL or an automatic rotation is due, propose a
-/// tick carrying the time and the new key versions this node's HSM prepared. Apply
-/// decides with that command alone, so every replica destroys, forgets and rotates the
-/// same things.
-///
-/// The time is not the leader's clock alone but one a majority of the voters' clocks
-/// has reached ([`NodeCore::quorum_time_ms`]): a leader whose clock jumped ten days
-/// ahead would otherwise destroy every key pending deletion at once (the chaos suite's
-/// `clock-skew` experiment found this). The leader's own clock only decides whether to
-/// ask.
 /// How long a stopping node lets calls in progress finish before it drops them.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -274,6 +263,17 @@ fn flush_state(core: &NodeCore) {
     }
 }
 
+/// The leader's time-driven work: when a scheduled deletion, an expiry of imported key
+/// material, the end of a request id's TTL or an automatic rotation is due, propose a
+/// tick carrying the time and the new key versions this node's HSM prepared. Apply
+/// decides with that command alone, so every replica destroys, forgets and rotates the
+/// same things.
+///
+/// The time is not the leader's clock alone but one a majority of the voters' clocks
+/// has reached ([`NodeCore::quorum_time_ms`]): a leader whose clock jumped ten days
+/// ahead would otherwise destroy every key pending deletion at once (the chaos suite's
+/// `clock-skew` experiment found this). The leader's own clock only decides whether to
+/// ask.
 async fn run_ticker(core: Arc<NodeCore>) {
     use keyraft_state::{Command, Op, Reply};
     let mut interval = tokio::time::interval(Duration::from_millis(core.config.tick_interval_ms));
