@@ -1,24 +1,22 @@
 //! When a node snapshots its state and compacts its Raft log.
 //!
-//! A snapshot copies the whole state, so its cost grows with the state, and most of the
-//! state is the audit trail until the retention prunes it. A snapshot every fixed number
-//! of entries therefore costs more and more per write as the trail grows: near a million
-//! unpruned audit events every node copied a ~3 GB state every few seconds.
-//!
-//! So a node snapshots once both hold:
+//! A snapshot is cheap: the state is in sled, so it is a flush and a sync of what was
+//! applied (see [`crate::state_machine`]), after which the log before it may go. What
+//! costs is the state a follower is sent when the log it needs is gone: a walk of the
+//! whole state on the leader, a transfer and an install. So a node snapshots once both
+//! hold:
 //!
 //! - at least `every_logs` entries were applied since its last snapshot (openraft's
 //!   usual rule, which keeps small states compacting often), and
-//! - the log written since then is at least `log_percent` percent of the last snapshot's
-//!   size.
+//! - the log written since then is at least `log_percent` percent of the state's size
+//!   on disk.
 //!
-//! The second rule makes a snapshot's cost proportional to the writes that paid for it:
-//! with 50%, a snapshot of S bytes waits for at least S/2 bytes of log, and the next
-//! state is at most S plus that log, so each snapshot copies at most about three times
-//! the log written since the one before, whatever the size of the state. The price is a longer log on disk (up to
-//! `log_percent` percent of the state, plus `keep_logs_after_snapshot` entries), which
-//! also lets a lagging follower catch up from the log more often instead of receiving a
-//! whole snapshot.
+//! The second rule keeps as much log as it would cost to send the state (with 50%, half
+//! its size), so a follower that falls behind by less catches up from the log. The
+//! price is a longer log on disk (up to `log_percent` percent of the state, plus
+//! `keep_logs_after_snapshot` entries). (When a snapshot still copied the whole state
+//! the same rule kept that copy's cost proportional to the writes: near a million
+//! unpruned audit events, a node had copied a ~3 GB state every few seconds.)
 //!
 //! openraft's own policy is set to `Never`; [`run`] watches the node and calls
 //! `trigger().snapshot()`. openraft purges the log after each snapshot as before.
@@ -71,14 +69,15 @@ pub fn catching_up_from_snapshot(
 pub struct CompactionPolicy {
     /// Least entries applied since the last snapshot.
     pub every_logs: u64,
-    /// Least log bytes written since the last snapshot, as a percentage of that
-    /// snapshot's size; 0 leaves only `every_logs`.
+    /// Least log bytes written since the last snapshot, as a percentage of the state's
+    /// size on disk; 0 leaves only `every_logs`.
     pub log_percent: u64,
 }
 
 impl CompactionPolicy {
     /// Whether a node that applied `entries_since` entries and wrote `log_bytes_since`
-    /// bytes of log since its last snapshot, of `snapshot_bytes` bytes, should snapshot.
+    /// bytes of log since its last snapshot, with a state of `snapshot_bytes` bytes on
+    /// disk, should snapshot.
     pub fn due(&self, entries_since: u64, log_bytes_since: u64, snapshot_bytes: u64) -> bool {
         let wanted = u128::from(snapshot_bytes) * u128::from(self.log_percent);
         entries_since >= self.every_logs && u128::from(log_bytes_since) * 100 >= wanted
@@ -90,7 +89,8 @@ impl CompactionPolicy {
 ///
 /// `log_bytes` counts the bytes appended to the log since the process started
 /// ([`crate::log_store::LogStore::appended_bytes`]); `snapshot_bytes` is the size of the
-/// node's last snapshot ([`crate::state_machine::StateMachineStore::snapshot_bytes`]).
+/// node's state on disk as of its last snapshot
+/// ([`crate::state_machine::StateMachineStore::snapshot_bytes`]).
 pub async fn run(
     raft: Raft,
     policy: CompactionPolicy,

@@ -7,7 +7,8 @@
 //! - [`log_store::LogStore`]: the Raft log in segment files and the vote in sled, made
 //!   durable with a real `fdatasync` before openraft is told an append is flushed.
 //! - [`state_machine::StateMachineStore`]: the adapter that feeds committed entries to
-//!   [`keyraft_state::StateMachine`] in batches and builds, stores and installs snapshots.
+//!   [`keyraft_state::StateMachine`] in batches, and snapshots: a sync of the state on
+//!   disk, read as it is sent to a follower, installed in one batch.
 //! - [`compaction`]: when a node snapshots, so that snapshot costs stay proportional to
 //!   the writes as the state grows.
 //! - [`leader_watch`]: a follower that finds its leader's port refusing connections

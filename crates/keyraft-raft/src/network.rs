@@ -16,10 +16,13 @@
 //! longer ([`Network::with_stream_patience`]). A stream of a single request (a heartbeat)
 //! goes as a unary call.
 //!
-//! Snapshots are streamed: a first chunk with the vote, the snapshot metadata and the
-//! SHA-256 of the data, then the data in 1 MiB chunks; the receiver checks the digest
-//! before installing. Unlike appends, openraft puts no deadline on a snapshot transfer,
-//! so we enforce [`SNAPSHOT_TIMEOUT`] and honour openraft's cancel signal.
+//! Snapshots are streamed as the leader reads its state: a first chunk with the vote, the
+//! snapshot metadata and a random id of the transfer (covered by the call's signature),
+//! then the records in chunks of about 1 MiB, then an end chunk with the MAC of the
+//! data's SHA-256 under the cluster secret, bound to the transfer's id. The receiver
+//! installs nothing unless the end chunk came and its MAC matches. Unlike appends,
+//! openraft puts no deadline on a snapshot transfer, so we enforce [`SNAPSHOT_TIMEOUT`]
+//! and honour openraft's cancel signal.
 //!
 //! Outgoing node-to-node connections leave from the node's own node-to-node address when
 //! that listener is bound to a specific IP (see [`source_ip`]): on a multi-homed host,
@@ -53,10 +56,11 @@ use keyraft_proto::auth;
 use keyraft_proto::v1::internal::raft_service_client::RaftServiceClient;
 use keyraft_proto::v1::internal::raft_service_server::RaftService;
 use keyraft_proto::v1::internal::{snapshot_chunk, RaftMessage, SnapshotChunk, StreamMessage};
+use keyraft_state::StateView;
 use keyraft_types::NodeId;
 
 use crate::leader_watch::LeaderContact;
-use crate::state_machine::SnapshotData;
+use crate::state_machine::{encode_record, SnapshotData};
 use crate::typ::{Snapshot, SnapshotMeta, Vote};
 use crate::{from_bytes, to_bytes, NodeAddr, Raft, TypeConfig};
 
@@ -64,6 +68,8 @@ use crate::{from_bytes, to_bytes, NodeAddr, Raft, TypeConfig};
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Snapshot data chunk size.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// How many snapshot chunks are read ahead of the transfer.
+const SNAPSHOT_CHUNKS_AHEAD: usize = 4;
 /// Largest message a node accepts from a peer.
 pub const MAX_MESSAGE: usize = 64 << 20;
 const TARGET_HEADER: &str = "x-keyraft-target-node";
@@ -635,22 +641,30 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let data = snapshot.snapshot.into_inner();
-        let digest: [u8; 32] = Sha256::digest(&data).into();
-        let meta = to_bytes(&(vote, snapshot.meta, digest))
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        let mut chunks = vec![SnapshotChunk {
-            kind: Some(snapshot_chunk::Kind::Meta(meta.clone())),
-        }];
-        chunks.extend(data.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotChunk {
-            kind: Some(snapshot_chunk::Kind::Data(c.to_vec())),
-        }));
-        let mut request = Request::new(tokio_stream::iter(chunks));
+        fn network<E: std::error::Error + 'static>(e: &E) -> StreamingError<TypeConfig> {
+            StreamingError::Network(NetworkError::new(e))
+        }
+        let SnapshotData::Local(view) = snapshot.snapshot else {
+            let e = std::io::Error::other("only a node's own state is sent as a snapshot");
+            return Err(network(&e));
+        };
+        let transfer = random_nonce();
+        let head = to_bytes(&(vote, snapshot.meta, &transfer)).map_err(|e| network(&e))?;
+        let (chunks, queued) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
+        let first = SnapshotChunk {
+            kind: Some(snapshot_chunk::Kind::Meta(head.clone())),
+        };
+        // The channel is new and has room, so the first chunk always goes in.
+        let _ = chunks.try_send(first);
+        let auth = self.auth.clone();
+        let records =
+            tokio::task::spawn_blocking(move || send_records(&view, &auth, &transfer, &chunks));
+        let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(queued));
         self.auth
-            .sign(&mut request, methods::SNAPSHOT, self.target, &meta);
+            .sign(&mut request, methods::SNAPSHOT, self.target, &head);
         let mut client = self.client().map_err(|e| match e {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-            other => StreamingError::Network(NetworkError::new(&other)),
+            other => network(&other),
         })?;
         let send = async {
             tokio::time::timeout(SNAPSHOT_TIMEOUT, client.install_snapshot(request)).await
@@ -659,22 +673,62 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = send => r,
         };
-        let reply = reply
-            .map_err(|_| {
-                StreamingError::Timeout(openraft::errors::Timeout {
-                    action: openraft::network::RPCTypes::InstallSnapshot,
-                    id: self.auth.node_id(),
-                    target: self.target,
-                    timeout: SNAPSHOT_TIMEOUT,
-                })
-            })?
-            .map_err(|s| match status_to_rpc(s) {
-                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-                other => StreamingError::Network(NetworkError::new(&other)),
-            })?;
-        from_bytes(&reply.into_inner().data)
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+        let reply = reply.map_err(|_| {
+            StreamingError::Timeout(openraft::errors::Timeout {
+                action: openraft::network::RPCTypes::InstallSnapshot,
+                id: self.auth.node_id(),
+                target: self.target,
+                timeout: SNAPSHOT_TIMEOUT,
+            })
+        })?;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(status) => {
+                // A failure to read the state here is why the follower refused.
+                if let Ok(Err(e)) = records.await {
+                    tracing::warn!(error = %e, "reading the state for a snapshot failed");
+                    return Err(network(&e));
+                }
+                return Err(match status_to_rpc(status) {
+                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                    other => network(&other),
+                });
+            }
+        };
+        from_bytes(&reply.into_inner().data).map_err(|e| network(&e))
     }
+}
+
+/// Reads `view`'s records into snapshot chunks of about [`SNAPSHOT_CHUNK`] bytes and
+/// sends them to `out`, then the end chunk: the MAC of the data's SHA-256 under the
+/// cluster secret, bound to `transfer`. Stops when the transfer does (`out` closed).
+fn send_records(
+    view: &StateView,
+    auth: &ClusterAuth,
+    transfer: &str,
+    out: &tokio::sync::mpsc::Sender<SnapshotChunk>,
+) -> std::io::Result<()> {
+    let send = |kind| {
+        out.blocking_send(SnapshotChunk { kind: Some(kind) })
+            .map_err(|_| std::io::Error::other("the snapshot transfer ended"))
+    };
+    let mut digest = Sha256::new();
+    let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK + 4096);
+    for record in view.records() {
+        let (key, value) = record?;
+        encode_record(&key, &value, &mut chunk)?;
+        if chunk.len() >= SNAPSHOT_CHUNK {
+            digest.update(&chunk);
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(SNAPSHOT_CHUNK + 4096));
+            send(snapshot_chunk::Kind::Data(full))?;
+        }
+    }
+    if !chunk.is_empty() {
+        digest.update(&chunk);
+        send(snapshot_chunk::Kind::Data(chunk))?;
+    }
+    let mac = auth.stream_mac(transfer, 0, &digest.finalize());
+    send(snapshot_chunk::Kind::End(mac))
 }
 
 /// The server side: hands verified messages to the local Raft.
@@ -861,28 +915,39 @@ impl RaftService for RaftServer {
         let check = Request::from_parts(metadata, extensions, ());
         self.auth.verify(&check, methods::SNAPSHOT, &meta_bytes)?;
         self.contact.touch();
-        let (vote, meta, digest): (Vote, SnapshotMeta, [u8; 32]) =
+        let (vote, meta, transfer): (Vote, SnapshotMeta, String) =
             from_bytes(&meta_bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut data = Vec::new();
+        let mut digest = Sha256::new();
+        let mut end = None;
         while let Some(chunk) = stream.next().await {
-            match chunk?.kind {
-                Some(snapshot_chunk::Kind::Data(d)) => {
+            match (chunk?.kind, &end) {
+                (Some(snapshot_chunk::Kind::Data(d)), None) => {
                     self.contact.touch();
                     if data.len() + d.len() > (1 << 32) {
                         return Err(Status::resource_exhausted("snapshot too large"));
                     }
+                    digest.update(&d);
                     data.extend_from_slice(&d)
                 }
+                (Some(snapshot_chunk::Kind::End(mac)), None) => end = Some(mac),
                 _ => return Err(Status::invalid_argument("unexpected snapshot chunk")),
             }
         }
-        let got: [u8; 32] = Sha256::digest(&data).into();
-        if got != digest {
-            return Err(Status::data_loss("snapshot data does not match its digest"));
+        let Some(mac) = end else {
+            return Err(Status::data_loss(
+                "the snapshot ended before its last chunk",
+            ));
+        };
+        if !self
+            .auth
+            .verify_stream_mac(&transfer, 0, &digest.finalize(), &mac)
+        {
+            return Err(Status::data_loss("snapshot data does not match its MAC"));
         }
         let snapshot = Snapshot {
             meta,
-            snapshot: std::io::Cursor::new(data),
+            snapshot: SnapshotData::Received(data),
         };
         encode_reply(self.raft.install_full_snapshot(vote, snapshot).await)
     }

@@ -10,43 +10,134 @@
 //! after the recovered `last_applied` again (see
 //! [`keyraft_state::StateMachine::apply`]). For that the state must never be ahead of
 //! the log on disk, so a node's adapter waits until the log store reports the entries
-//! it applies synced ([`StateMachineStore::after_log`]). Installing a snapshot does
-//! sync, since the log it replaces is purged after it.
+//! it applies synced ([`StateMachineStore::after_log`]).
 //!
-//! Snapshots are the state machine's records (everything but the Raft metadata) encoded
-//! with bincode. A built or installed snapshot is also written to
-//! `<dir>/snapshots/current.snap` (temp file, fsync, rename, directory fsync), which is
-//! what `get_current_snapshot` serves to lagging followers after the log was purged.
+//! # Snapshots
+//!
+//! The state lives in sled, on disk, so a snapshot is not a copy of it:
+//!
+//! - **Building** one ([`RaftSnapshotBuilder::build_snapshot`]) writes what is applied
+//!   to sled and syncs it ([`keyraft_state::StateMachine::durable_view`]). Its log id is
+//!   a point the node can restart from without the log before it, so openraft may purge
+//!   that log. It costs a flush and an `fdatasync`, not a copy of the state: a node of a
+//!   375 MB state used to spend 20–25 s of CPU copying and encoding it, on every node at
+//!   once, and halve the cluster's rate meanwhile.
+//! - **Sending** one to a follower that needs it reads the state as of the moment the
+//!   leader asked for it ([`keyraft_state::StateView`]), record by record as it streams
+//!   ([`crate::network`]), while apply goes on. Only a leader with a lagging follower
+//!   pays for the walk.
+//! - **Installing** one replaces the state with the received records in one atomic
+//!   batch and syncs it.
+//!
+//! [`SnapshotData`] is therefore either a view of this node's own state or the records a
+//! leader sent ([`encode_record`] one after another).
 
-use std::io::{self, Cursor};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use keyraft_state::{ApplyEntry, StateMachine, StateSnapshot};
+use keyraft_state::{AppliedMeta, ApplyEntry, StateError, StateMachine, StateSnapshot, StateView};
 
 use crate::failpoints;
 use crate::log_store::Flushed;
 use crate::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::{from_bytes, to_bytes, TypeConfig};
 
-/// The bytes of a snapshot as openraft moves them around.
-pub type SnapshotData = Cursor<Vec<u8>>;
+/// The data of a snapshot as openraft moves it around.
+pub enum SnapshotData {
+    /// This node's own state as of the snapshot's log id, read when it is sent.
+    Local(StateView),
+    /// The records a leader sent, [`encode_record`] one after another.
+    Received(Vec<u8>),
+}
+
+/// A state record as it is read out of a snapshot.
+pub type Record = Result<(Vec<u8>, Vec<u8>), StateError>;
+
+impl SnapshotData {
+    /// The snapshot's records, in key order.
+    pub fn records(&self) -> Box<dyn Iterator<Item = Record> + Send + '_> {
+        match self {
+            SnapshotData::Local(view) => Box::new(view.records()),
+            SnapshotData::Received(data) => Box::new(Records { data }),
+        }
+    }
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotData::Local(view) => {
+                f.debug_struct("Local").field("meta", view.meta()).finish()
+            }
+            SnapshotData::Received(data) => f.debug_tuple("Received").field(&data.len()).finish(),
+        }
+    }
+}
+
+/// Appends one record to `out` as a snapshot carries it: the key's length (4 bytes, big
+/// endian), the key, the value's length, the value.
+pub fn encode_record(key: &[u8], value: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    for part in [key, value] {
+        let len = u32::try_from(part.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "state record over 4 GiB"))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    Ok(())
+}
+
+/// The records of received snapshot data; a truncated record is an error.
+struct Records<'a> {
+    data: &'a [u8],
+}
+
+impl Records<'_> {
+    fn part(&mut self) -> Result<Vec<u8>, StateError> {
+        let truncated = || {
+            StateError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "snapshot data ends inside a record",
+            ))
+        };
+        let (len, rest) = self.data.split_first_chunk::<4>().ok_or_else(truncated)?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(truncated());
+        }
+        let (part, rest) = rest.split_at(len);
+        self.data = rest;
+        Ok(part.to_vec())
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        if self.data.is_empty() {
+            return None;
+        }
+        let record = self.part().and_then(|k| Ok((k, self.part()?)));
+        if record.is_err() {
+            self.data = &[];
+        }
+        Some(record)
+    }
+}
 
 /// openraft's view of a node's state machine.
 #[derive(Clone)]
 pub struct StateMachineStore {
     sm: Arc<StateMachine>,
-    snapshot_dir: PathBuf,
-    /// Serialises writes of the snapshot file.
-    snapshot_lock: Arc<Mutex<()>>,
-    /// The size of the state in the last snapshot built or installed (see
+    /// The size of the node's state on disk as of its last snapshot (see
     /// [`StateMachineStore::snapshot_bytes`]).
     snapshot_bytes: Arc<AtomicU64>,
     /// The highest log index on disk, if apply waits for it (see
@@ -54,30 +145,27 @@ pub struct StateMachineStore {
     log_flushed: Option<Flushed>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
+/// A snapshot file of a version that copied the state into one.
+#[derive(Deserialize)]
+struct LegacySnapshotFile {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
 
-const CURRENT_SNAPSHOT: &str = "current.snap";
-
 impl StateMachineStore {
-    /// Wraps `sm`; snapshots are kept under `dir/snapshots`.
+    /// Wraps `sm`, whose node keeps its data in `dir`.
+    ///
+    /// Makes what sled recovered durable, so that the state the node starts from is a
+    /// point it can restart from again. A snapshot file left in `dir/snapshots` by an
+    /// earlier version, which copied the state into one, is installed if it is newer
+    /// than the state (the log before it is gone) and then removed.
     pub fn new(sm: Arc<StateMachine>, dir: &Path) -> io::Result<StateMachineStore> {
-        let snapshot_dir = dir.join("snapshots");
-        std::fs::create_dir_all(&snapshot_dir)?;
-        // Until the next snapshot, the stored one's file size stands for its state's.
-        let stored = match std::fs::metadata(snapshot_dir.join(CURRENT_SNAPSHOT)) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
-        };
+        restore_legacy_snapshot(&sm, &dir.join("snapshots"))?;
+        drop(sm.durable_view()?);
+        let size = sm.size_on_disk()?;
         Ok(StateMachineStore {
             sm,
-            snapshot_dir,
-            snapshot_lock: Arc::new(Mutex::new(())),
-            snapshot_bytes: Arc::new(AtomicU64::new(stored)),
+            snapshot_bytes: Arc::new(AtomicU64::new(size)),
             log_flushed: None,
         })
     }
@@ -90,9 +178,9 @@ impl StateMachineStore {
         self
     }
 
-    /// The size in bytes of the state in the node's last snapshot (built, installed or,
-    /// after a restart, found on disk); 0 before the first. [`crate::compaction`] paces
-    /// snapshots by it.
+    /// The size in bytes of the node's state on disk (its sled database, unreclaimed
+    /// space included) as of its last snapshot, built or installed, or its start.
+    /// [`crate::compaction`] paces snapshots by it.
     pub fn snapshot_bytes(&self) -> Arc<AtomicU64> {
         self.snapshot_bytes.clone()
     }
@@ -102,91 +190,63 @@ impl StateMachineStore {
         &self.sm
     }
 
-    fn read_meta(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let meta = self.sm.applied_meta()?;
-        let applied = match meta.last_applied {
-            Some(b) => from_bytes(&b)?,
-            None => None,
-        };
-        let membership = match meta.membership {
-            Some(b) => from_bytes(&b)?,
-            None => StoredMembership::default(),
-        };
-        Ok((applied, membership))
-    }
-
-    fn write_snapshot_file(&self, file: &SnapshotFile) -> io::Result<()> {
-        let _guard = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tmp = self.snapshot_dir.join(format!("{CURRENT_SNAPSHOT}.tmp"));
-        let written = (|| {
-            use std::io::Write;
-            // Encoded straight into the file: the data can be gigabytes, and an encoded
-            // copy in memory would be one more copy of the whole state.
-            let mut out = io::BufWriter::new(PacedFile::new(std::fs::File::create(&tmp)?));
-            bincode::serialize_into(&mut out, file).map_err(|e| match *e {
-                // A full disk stays a full disk, not "invalid data".
-                bincode::ErrorKind::Io(e) => e,
-                other => io::Error::new(io::ErrorKind::InvalidData, other),
-            })?;
-            out.flush()?;
-            out.into_inner()
-                .map_err(|e| e.into_error())?
-                .file
-                .sync_all()?;
-            std::fs::rename(&tmp, self.snapshot_dir.join(CURRENT_SNAPSHOT))
-        })();
-        if let Err(e) = written {
-            // A half-written snapshot is of no use, and on a full disk it holds the
-            // space the next attempt (or the log) needs.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::File::open(&self.snapshot_dir)?.sync_all()?;
+    fn note_size(&self) -> io::Result<()> {
+        self.snapshot_bytes
+            .store(self.sm.size_on_disk()?, Ordering::Relaxed);
         Ok(())
     }
-
-    fn read_snapshot_file(&self) -> io::Result<Option<SnapshotFile>> {
-        let path = self.snapshot_dir.join(CURRENT_SNAPSHOT);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(from_bytes(&bytes)?)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
 }
 
-/// A file being written that is synced every [`PacedFile::SYNC_EVERY`] bytes, so that a
-/// snapshot of hundreds of megabytes reaches the disk as a stream of small writes rather
-/// than in one burst at its final sync. The Raft log shares the disk: its syncs queued
-/// behind the write-back of a 375 MB snapshot, and every write of the node waited with
-/// them (the reason RocksDB has `bytes_per_sync`).
-struct PacedFile {
-    file: std::fs::File,
-    unsynced: usize,
+/// The log id and membership stored as `meta`.
+fn decode_meta(meta: &AppliedMeta) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let applied = match &meta.last_applied {
+        Some(b) => from_bytes(b)?,
+        None => None,
+    };
+    let membership = match &meta.membership {
+        Some(b) => from_bytes(b)?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
 }
 
-impl PacedFile {
-    const SYNC_EVERY: usize = 8 << 20;
-
-    fn new(file: std::fs::File) -> PacedFile {
-        PacedFile { file, unsynced: 0 }
-    }
+/// `view` as a snapshot.
+fn view_snapshot(view: StateView) -> io::Result<Snapshot> {
+    let (last_log_id, last_membership) = decode_meta(view.meta())?;
+    Ok(Snapshot {
+        meta: SnapshotMeta {
+            last_log_id,
+            last_membership,
+        },
+        snapshot: SnapshotData::Local(view),
+    })
 }
 
-impl io::Write for PacedFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.unsynced += n;
-        if self.unsynced >= Self::SYNC_EVERY {
-            self.file.sync_data()?;
-            self.unsynced = 0;
-        }
-        Ok(n)
+/// Installs the snapshot file an earlier version left in `dir` if it is newer than the
+/// state, then removes it.
+fn restore_legacy_snapshot(sm: &StateMachine, dir: &Path) -> io::Result<()> {
+    let path = dir.join("current.snap");
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let file: LegacySnapshotFile = from_bytes(&bytes)?;
+    let (applied, _) = decode_meta(&sm.applied_meta()?)?;
+    if file.meta.last_log_id > applied {
+        tracing::info!(
+            snapshot = ?file.meta.last_log_id,
+            ?applied,
+            "installing the snapshot file an earlier version left"
+        );
+        let state: StateSnapshot = from_bytes(&file.data)?;
+        sm.install(
+            state.records.into_iter().map(Ok),
+            to_bytes(&file.meta.last_log_id)?,
+            to_bytes(&file.meta.last_membership)?,
+        )?;
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
+    std::fs::remove_dir_all(dir)
 }
 
 /// Runs blocking storage work (sled + fsync) off the async executor.
@@ -206,31 +266,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let this = self.clone();
         blocking(move || {
-            let (state, applied) = this.sm.export()?;
-            let last_log_id: Option<LogId> = match applied.last_applied {
-                Some(b) => from_bytes(&b)?,
-                None => None,
-            };
-            let last_membership: StoredMembership = match applied.membership {
-                Some(b) => from_bytes(&b)?,
-                None => StoredMembership::default(),
-            };
-            let meta = SnapshotMeta {
-                last_log_id,
-                last_membership,
-            };
-            let data = to_bytes(&state)?;
-            let file = SnapshotFile {
-                meta: meta.clone(),
-                data,
-            };
-            this.write_snapshot_file(&file)?;
-            this.snapshot_bytes
-                .store(file.data.len() as u64, Ordering::Relaxed);
-            Ok(Snapshot {
-                meta,
-                snapshot: Cursor::new(file.data),
-            })
+            let view = this.sm.durable_view()?;
+            this.note_size()?;
+            view_snapshot(view)
         })
         .await
     }
@@ -241,7 +279,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        self.read_meta()
+        decode_meta(&self.sm.applied_meta()?)
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
@@ -281,8 +319,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Apply runs on this task rather than on the blocking pool: it is CPU work of a
         // few hundred microseconds that writes to memory, and handing it to another
         // thread and back cost about as much as the work itself. Its lock is shared
-        // with a snapshot install alone, which this task runs; an export, a flush and
-        // an audit verify work on the tree under a lock of their own.
+        // with a snapshot install alone, which this task runs; a flush, and a walk of a
+        // whole state (a snapshot sent, an export, an audit verify), never take it.
         let responses = self
             .sm
             .apply(&batch, applied_bytes, membership_bytes)
@@ -316,36 +354,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: SnapshotData,
     ) -> io::Result<()> {
         failpoints::io_check(failpoints::BEFORE_SNAPSHOT_INSTALL)?;
-        let data = snapshot.into_inner();
-        let state: StateSnapshot = from_bytes(&data)?;
         let applied = to_bytes(&meta.last_log_id)?;
         let membership = to_bytes(&meta.last_membership)?;
         let this = self.clone();
-        let meta = meta.clone();
         blocking(move || {
-            // The snapshot file first, then the state. The state must never be ahead of
-            // the newest snapshot file: the log before the snapshot is gone, and a node
-            // that restarts with a state newer than both its log and its snapshot file
-            // cannot start. The other way round is safe: a node that stops in between
-            // (or fails to install) restores the state from the file when it starts.
-            let size = data.len() as u64;
-            this.write_snapshot_file(&SnapshotFile { meta, data })?;
-            this.snapshot_bytes.store(size, Ordering::Relaxed);
             this.sm
-                .install(&state, applied, membership)
-                .map_err(io::Error::from)
+                .install(snapshot.records(), applied, membership)
+                .map_err(io::Error::from)?;
+            this.note_size()
         })
         .await
     }
 
+    /// The state as applied so far: openraft asks for it to send to a follower whose
+    /// log was purged, and the view is read as it is sent.
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        let this = self.clone();
-        blocking(move || {
-            Ok(this.read_snapshot_file()?.map(|f| Snapshot {
-                meta: f.meta,
-                snapshot: Cursor::new(f.data),
-            }))
-        })
-        .await
+        let sm = self.sm.clone();
+        let snapshot = blocking(move || view_snapshot(sm.pin()?)).await?;
+        // Nothing applied, nothing to send.
+        Ok(snapshot.meta.last_log_id.is_some().then_some(snapshot))
     }
 }

@@ -124,8 +124,9 @@ pub struct RaftConfig {
     /// Build a snapshot after at least this many log entries...
     pub snapshot_every_logs: u64,
     /// ...and once the log written since the last snapshot is at least this percentage
-    /// of that snapshot's size, so snapshot costs stay proportional to the writes as the
-    /// state grows (0: the entry count alone). See `keyraft_raft::compaction`.
+    /// of the state's size on disk, so that a follower that falls behind by less catches
+    /// up from the log instead of being sent the whole state (0: the entry count
+    /// alone). See `keyraft_raft::compaction`.
     pub snapshot_log_percent: u64,
     /// Log entries kept behind a snapshot for slow followers.
     pub keep_logs_after_snapshot: u64,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -36,11 +36,10 @@ pub struct StateMachine {
     pub(crate) tree: sled::Tree,
     /// Applied writes not yet in `tree`; every read sees them first (see [`view`]).
     layers: RwLock<Layers>,
-    /// The tree changes only under this lock: a flush holds it throughout, and so does
-    /// whatever reads the tree alone and needs it to stay one applied state (an export,
-    /// a verify of the audit chain), while apply goes on into memory. Taken before
-    /// `write_lock`, never after.
-    flush_lock: Mutex<()>,
+    /// The tree changes only as this gate lets it: one flush or install at a time, and
+    /// none while a [`StateView`] is held (see [`pin`]). Passed before `write_lock`,
+    /// never after.
+    gate: Arc<FlushGate>,
     /// A flush is due and someone has undertaken to run it ([`StateMachine::claim_flush`]).
     flush_claimed: AtomicBool,
     /// Why a flush failed, if one did: every later apply fails with it, because a
@@ -82,9 +81,13 @@ struct StoredResponse {
 }
 
 mod iam;
+mod pin;
 mod view;
 
+use pin::FlushGate;
 use view::{prefix_range, Layers, View, Writes};
+
+pub use pin::StateView;
 
 pub use iam::{MAX_ACCESS_KEYS, MAX_INLINE_POLICIES};
 
@@ -252,7 +255,7 @@ impl StateMachine {
             durable: durable.clone(),
             tree,
             layers: RwLock::default(),
-            flush_lock: Mutex::new(()),
+            gate: Arc::default(),
             flush_claimed: AtomicBool::new(false),
             flush_failed: Mutex::new(None),
             #[cfg(test)]
@@ -275,9 +278,10 @@ impl StateMachine {
         f(layers.view(&self.tree))
     }
 
-    /// Takes `flush_lock`: until the guard drops, no flush (or install) changes the tree.
-    pub(crate) fn hold_flushes(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.flush_lock.lock().unwrap_or_else(|p| p.into_inner())
+    /// Holds flushes off until the hold drops (tests).
+    #[cfg(test)]
+    pub(crate) fn hold_flushes(&self) -> pin::FlushHold {
+        self.gate.hold()
     }
 
     fn layers_mut(&self) -> std::sync::RwLockWriteGuard<'_, Layers> {
@@ -287,9 +291,10 @@ impl StateMachine {
     /// Writes what is applied to sled: seals the current layer, then writes each sealed
     /// layer as an atomic batch of its own, oldest first, dropping it once sled has it.
     /// Apply goes on meanwhile into a fresh layer, and reads see a sealed layer until
-    /// sled has it. The layers sealed after this call began are left to the next flush.
-    /// After a failure the layers stay readable, and every later apply fails. The caller
-    /// holds `flush_lock`.
+    /// sled has it. The layers sealed after this call began are left to the next flush,
+    /// and so are the rest when someone waits to hold flushes off ([`StateView`]): they
+    /// wait for one batch at most. After a failure the layers stay readable, and every
+    /// later apply fails. The caller is the gate's writer.
     fn flush_held(&self) -> Result<(), StateError> {
         let layers = {
             let mut layers = self.layers_mut();
@@ -302,7 +307,10 @@ impl StateMachine {
                 hook(self);
             }
         }
-        for _ in 0..layers {
+        for written in 0..layers {
+            if written > 0 && self.gate.hold_wanted() {
+                break;
+            }
             let oldest = {
                 let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
                 match layers.sealed.first() {
@@ -337,15 +345,22 @@ impl StateMachine {
             .is_ok()
     }
 
-    /// Writes everything applied so far to sled (not synced: see [`StateMachine::apply`]).
-    /// A node calls it when [`StateMachine::claim_flush`] says so, and when it shuts
-    /// down, so that its next start has nothing to apply again. A failure also makes
-    /// every later apply fail.
+    /// Writes what is applied so far to sled (not synced: see [`StateMachine::apply`]),
+    /// all of it unless someone waits to take a [`StateView`] (the rest is left to the
+    /// next flush). A node calls it when [`StateMachine::claim_flush`] says so, and when
+    /// it shuts down, so that its next start has little to apply again. A failure also
+    /// makes every later apply fail.
     pub fn flush(&self) -> Result<(), StateError> {
-        let _flush = self.hold_flushes();
+        let _write = self.gate.write();
         let flushed = self.flush_held();
         self.flush_claimed.store(false, Ordering::Release);
         flushed
+    }
+
+    /// Whether someone waits to take a view (tests).
+    #[cfg(test)]
+    pub(crate) fn hold_wanted(&self) -> bool {
+        self.gate.hold_wanted()
     }
 
     /// Makes apply seal a layer after every apply (tests).
@@ -368,7 +383,7 @@ impl StateMachine {
     /// Drops the applied writes not yet in sled, as a crash would.
     #[cfg(test)]
     pub(crate) fn lose_unflushed(&self) {
-        let _flush = self.hold_flushes();
+        let _write = self.gate.write();
         let _guard = self.lock();
         *self.layers_mut() = Layers::default();
     }
@@ -433,51 +448,73 @@ impl StateMachine {
         })
     }
 
-    /// Exports the state (without the Raft metadata) and the metadata it corresponds to,
-    /// both as of one point of the log, in key order.
+    /// The state as applied so far, held still while apply goes on (see [`StateView`]).
     ///
-    /// The export writes what is applied to sled and then copies the tree, holding off
-    /// the next flush until it is done. Apply goes on meanwhile, into memory: an export
-    /// of a large state stalls no write of the node, it only holds more of them in
-    /// memory for as long as the copy takes.
-    pub fn export(&self) -> Result<(StateSnapshot, AppliedMeta), StateError> {
-        let _flush = self.hold_flushes();
-        self.flush_held()?;
-        let mut records = Vec::new();
-        for item in self.tree.iter() {
-            let (k, v) = item?;
-            if !k.starts_with(keys::META_PREFIX) {
-                records.push((k.to_vec(), v.to_vec()));
-            }
-        }
-        let meta = AppliedMeta {
-            last_applied: self.tree.get(keys::LAST_APPLIED)?.map(|v| v.to_vec()),
-            membership: self.tree.get(keys::MEMBERSHIP)?.map(|v| v.to_vec()),
+    /// Taking the view costs a few map operations; it waits only for a flush under way to
+    /// finish the sled batch it is writing. While it is held, no flush starts.
+    pub fn pin(&self) -> Result<StateView, StateError> {
+        let hold = self.gate.hold();
+        let layers = {
+            let mut layers = self.layers_mut();
+            layers.seal();
+            layers.sealed.clone()
         };
-        Ok((StateSnapshot { records }, meta))
+        StateView::new(hold, self.tree.clone(), layers)
     }
 
-    /// Replaces the whole state with a snapshot, atomically and durably.
+    /// Writes what is applied to sled, makes it durable (`fdatasync`) and returns the
+    /// state on disk as a view: a point of the log this node can restart from without
+    /// the entries before it, up to which the Raft layer may compact its log.
+    ///
+    /// Apply goes on meanwhile; what it applies after the flush is not in the view.
+    pub fn durable_view(&self) -> Result<StateView, StateError> {
+        let write = self.gate.write();
+        self.flush_held()?;
+        // No flush runs between the downgrade and the sync, so the sync covers everything
+        // the view reads.
+        let view = StateView::new(write.downgrade(), self.tree.clone(), Vec::new())?;
+        self.durable.sync()?;
+        Ok(view)
+    }
+
+    /// The bytes the node's sled database takes on disk (the state, and the Raft vote
+    /// beside it), sled's unreclaimed space included.
+    pub fn size_on_disk(&self) -> Result<u64, StateError> {
+        Ok(self.durable.db().size_on_disk()?)
+    }
+
+    /// Exports the state (without the Raft metadata) and the metadata it corresponds to,
+    /// both as of one point of the log, in key order: a [`StateView`] copied out.
+    pub fn export(&self) -> Result<(StateSnapshot, AppliedMeta), StateError> {
+        let view = self.pin()?;
+        let records = view.records().collect::<Result<Vec<_>, _>>()?;
+        Ok((StateSnapshot { records }, view.meta().clone()))
+    }
+
+    /// Replaces the whole state with `records` (a snapshot's) as of `last_applied`,
+    /// atomically and durably. A record that fails to read fails the install and leaves
+    /// the state as it was.
     pub fn install(
         &self,
-        snapshot: &StateSnapshot,
+        records: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), StateError>>,
         last_applied: Vec<u8>,
         membership: Vec<u8>,
     ) -> Result<(), StateError> {
-        let _flush = self.hold_flushes();
+        let _write = self.gate.write();
         let _guard = self.lock();
-        // The snapshot replaces what was applied, flushed or not.
-        *self.layers_mut() = Layers::default();
         let mut batch = sled::Batch::default();
         for item in self.tree.iter() {
             let (k, _) = item?;
             batch.remove(k);
         }
-        for (k, v) in &snapshot.records {
-            batch.insert(k.as_slice(), v.as_slice());
+        for record in records {
+            let (k, v) = record?;
+            batch.insert(k, v);
         }
         batch.insert(keys::LAST_APPLIED, last_applied);
         batch.insert(keys::MEMBERSHIP, membership);
+        // The snapshot replaces what was applied, flushed or not.
+        *self.layers_mut() = Layers::default();
         self.tree.apply_batch(batch)?;
         // A snapshot from a node of an earlier version has the earlier layout.
         upgrade(&self.tree)?;
@@ -487,12 +524,6 @@ impl StateMachine {
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
         self.read(|view| view.get(key)?.map(|v| decode(key, &v)).transpose())
-    }
-
-    /// A record of the tree alone, without the writes in memory (for one who holds
-    /// `flush_lock`).
-    fn tree_get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
-        self.tree.get(key)?.map(|v| decode(key, &v)).transpose()
     }
 
     /// The cluster configuration, once bootstrapped.
@@ -764,51 +795,56 @@ impl StateMachine {
     /// Walks the whole chain and checks every link, from the checkpoint it finds (whose
     /// seal only the HSM can check: the caller's job) to the head.
     pub fn verify_audit_chain(&self) -> Result<ChainCheck, StateError> {
-        // One applied state, as of a flush: the walk reads the tree alone, and no flush
-        // (of a prune, say) may change it half-way through. Apply goes on into memory.
-        let _flush = self.hold_flushes();
-        self.flush_held()?;
-        let checkpoint: Option<AuditCheckpoint> = self.tree_get(keys::AUDIT_CHECKPOINT)?;
-        let verdict = self.walk_audit_chain(checkpoint.as_ref())?;
+        // One applied state: the walk reads a view, which no flush (of a prune, say)
+        // changes half-way through. Apply goes on into memory.
+        let pinned = self.pin()?;
+        let view = pinned.view();
+        let checkpoint: Option<AuditCheckpoint> = view
+            .get(keys::AUDIT_CHECKPOINT)?
+            .map(|v| decode(keys::AUDIT_CHECKPOINT, &v))
+            .transpose()?;
+        let verdict = walk_audit_chain(view, checkpoint.as_ref())?;
         Ok(ChainCheck {
             checkpoint,
             verdict,
         })
     }
+}
 
-    /// The walk of [`StateMachine::verify_audit_chain`], under its hold on flushes.
-    fn walk_audit_chain(
-        &self,
-        checkpoint: Option<&AuditCheckpoint>,
-    ) -> Result<Result<(u64, String), u64>, StateError> {
-        // Pruned events are replaced by a checkpoint; the chain continues from its hash.
-        let (mut prev, mut expected) = match checkpoint {
-            Some(c) => (c.hash.clone(), c.through + 1),
-            None => (GENESIS_HASH.to_string(), 1),
-        };
-        for item in self.tree.scan_prefix(keys::AUDIT_PREFIX) {
-            let (k, v) = item?;
-            // A chunk must start where its key says, or lookups by sequence would miss.
-            if keys::parse_audit(&k) != Some(expected) {
-                return Ok(Err(expected));
-            }
-            let events: Vec<AuditEvent> = decode(&k, &v)?;
-            for event in events {
-                if event.sequence != expected || !event.verify(&prev) {
-                    return Ok(Err(expected));
-                }
-                prev = event.hash;
-                expected += 1;
-            }
-        }
-        let head = self
-            .tree_get(keys::AUDIT_HEAD)?
-            .unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
-        if head.0 != expected - 1 || head.1 != prev {
+/// The walk of [`StateMachine::verify_audit_chain`] over one view of the state.
+fn walk_audit_chain(
+    view: View<'_>,
+    checkpoint: Option<&AuditCheckpoint>,
+) -> Result<Result<(u64, String), u64>, StateError> {
+    // Pruned events are replaced by a checkpoint; the chain continues from its hash.
+    let (mut prev, mut expected) = match checkpoint {
+        Some(c) => (c.hash.clone(), c.through + 1),
+        None => (GENESIS_HASH.to_string(), 1),
+    };
+    for item in view.scan_prefix(keys::AUDIT_PREFIX) {
+        let (k, v) = item?;
+        // A chunk must start where its key says, or lookups by sequence would miss.
+        if keys::parse_audit(&k) != Some(expected) {
             return Ok(Err(expected));
         }
-        Ok(Ok(head))
+        let events: Vec<AuditEvent> = decode(&k, &v)?;
+        for event in events {
+            if event.sequence != expected || !event.verify(&prev) {
+                return Ok(Err(expected));
+            }
+            prev = event.hash;
+            expected += 1;
+        }
     }
+    let head = view
+        .get(keys::AUDIT_HEAD)?
+        .map(|v| decode(keys::AUDIT_HEAD, &v))
+        .transpose()?
+        .unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
+    if head.0 != expected - 1 || head.1 != prev {
+        return Ok(Err(expected));
+    }
+    Ok(Ok(head))
 }
 
 /// What a walk of the audit chain found ([`StateMachine::verify_audit_chain`]).

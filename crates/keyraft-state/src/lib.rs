@@ -50,8 +50,8 @@ mod keys;
 pub mod storage;
 
 pub use apply::{
-    AppliedMeta, ChainCheck, StateMachine, StateSnapshot, MAX_ACCESS_KEYS, MAX_INLINE_POLICIES,
-    MAX_PRUNE,
+    AppliedMeta, ChainCheck, StateMachine, StateSnapshot, StateView, MAX_ACCESS_KEYS,
+    MAX_INLINE_POLICIES, MAX_PRUNE,
 };
 pub use command::{
     AccessKeyRecord, AccountQuota, AliasRecord, ApplyEntry, AuditCheckpoint, Bootstrap,

@@ -1169,7 +1169,7 @@ fn state_survives_reopen_and_snapshot_round_trip() {
     let (snap, meta) = a.sm.export().unwrap();
     let b = Runner::new();
     b.sm.install(
-        &snap,
+        snap.records.into_iter().map(Ok),
         meta.last_applied.clone().unwrap(),
         meta.membership.clone().unwrap_or_default(),
     )
@@ -1352,9 +1352,9 @@ fn a_backlog_is_flushed_one_sealed_layer_at_a_time() {
     assert_same_state(&r.sm, &sm);
 }
 
-/// An export and a verify of the audit chain read the tree as of a flush, under the
-/// flush's lock alone. Apply, which runs on the Raft task, never waits for their walk
-/// of the whole state, and what it applies meanwhile is not in what they read.
+/// An export and a verify of the audit chain read the state through a view
+/// ([`StateMachine::pin`]). Apply, which runs on the Raft task, never waits for their
+/// walk of the whole state, and what it applies meanwhile is not in what they read.
 #[test]
 fn export_and_verify_let_apply_go_on() {
     let mut r = Runner::new();
@@ -1386,24 +1386,107 @@ fn export_and_verify_let_apply_go_on() {
         );
         assert_eq!(verified.unwrap().verdict, Ok(sm.audit_head().unwrap()));
     }
-    // What is applied while a verify flushes is left to the next flush: the verify
-    // checks the chain as far as its flush took it.
+    // What is applied while a view is held is not in it, and no flush writes it to the
+    // tree under the view.
     apply(&sm, &log, half);
-    let before = sm.audit_head().unwrap();
-    let hook_log = log.clone();
-    *sm.mid_flush.lock().unwrap() = Some(Box::new(move |sm: &StateMachine| {
-        for i in half + 1..hook_log.len() {
-            apply(sm, &hook_log, i);
-        }
-    }));
-    assert_eq!(sm.verify_audit_chain().unwrap().verdict, Ok(before.clone()));
-    assert!(
-        sm.mid_flush.lock().unwrap().is_none(),
-        "the verify flushed nothing"
-    );
-    assert!(sm.audit_head().unwrap().0 > before.0);
+    let view = sm.pin().unwrap();
+    for i in half + 1..log.len() {
+        apply(&sm, &log, i);
+    }
+    let (_replica_dir, expected) = replica(&log, half + 1);
+    assert_eq!(view.meta(), &expected.applied_meta().unwrap());
+    let (expected, _) = expected.export().unwrap();
+    let seen: Vec<_> = view.records().map(Result::unwrap).collect();
+    assert_eq!(seen, expected.records);
+    drop(view);
+    sm.flush().unwrap();
     assert!(sm.verify_audit_chain().unwrap().is_ok());
     assert_same_state(&r.sm, &sm);
+}
+
+/// A view taken while a flush writes a backlog waits for one sled batch, not the whole
+/// backlog: the flush stops for it and leaves the rest to the next flush. The view is
+/// the state as applied, whatever the flush had written, and stays so as apply goes on.
+#[test]
+fn a_flush_under_way_stops_for_a_view() {
+    let mut r = Runner::new();
+    r.run("bootstrap");
+    for i in 0..8 {
+        r.run(&format!("create k{i}"));
+        r.run(&format!("crypto k{i}"));
+    }
+    let log = r.log.clone();
+    let half = log.len() / 2;
+    let three_quarters = log.len() * 3 / 4;
+    let (_dir, sm) = replica(&log, half);
+    let sm = Arc::new(sm);
+    sm.flush().unwrap();
+    sm.seal_every_apply();
+    {
+        let _held = sm.hold_flushes();
+        for i in half..three_quarters {
+            apply(&sm, &log, i);
+        }
+    }
+    let backlog = sm.sealed_applied_ids().len();
+    assert!(backlog > 2, "{backlog} layers");
+    let (send, views) = std::sync::mpsc::channel();
+    let pinner = sm.clone();
+    *sm.mid_flush.lock().unwrap() = Some(Box::new(move |sm: &StateMachine| {
+        std::thread::spawn(move || {
+            let _ = send.send(pinner.pin());
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !sm.hold_wanted() {
+            assert!(std::time::Instant::now() < deadline, "the view never asked");
+            std::thread::yield_now();
+        }
+    }));
+    sm.flush().unwrap();
+    let view = views
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the view waited for the whole flush")
+        .unwrap();
+    let left = sm.sealed_applied_ids().len();
+    assert!(
+        left > 0 && left < backlog,
+        "{left} of {backlog} layers left"
+    );
+    for i in three_quarters..log.len() {
+        apply(&sm, &log, i);
+    }
+    let (_replica_dir, expected) = replica(&log, three_quarters);
+    assert_eq!(view.meta(), &expected.applied_meta().unwrap());
+    let (expected, _) = expected.export().unwrap();
+    let seen: Vec<_> = view.records().map(Result::unwrap).collect();
+    assert_eq!(seen, expected.records);
+    drop(view);
+    sm.flush().unwrap();
+    assert_same_state(&r.sm, &sm);
+}
+
+/// A durable view is the state as written to sled and synced, as of an applied entry:
+/// what is applied after it is lost in a crash, what is in it is not.
+#[test]
+fn a_durable_view_is_what_a_crash_keeps() {
+    let mut r = Runner::new();
+    r.run("bootstrap");
+    for i in 0..4 {
+        r.run(&format!("create k{i}"));
+    }
+    let log = r.log.clone();
+    let half = log.len() / 2;
+    let (_dir, sm) = replica(&log, half);
+    let durable = sm.durable_view().unwrap();
+    let at = durable.meta().clone();
+    drop(durable);
+    for i in half..log.len() {
+        apply(&sm, &log, i);
+    }
+    sm.lose_unflushed();
+    assert_eq!(sm.applied_meta().unwrap(), at);
+    let (_replica_dir, expected) = replica(&log, half);
+    assert_same_state(&expected, &sm);
 }
 
 #[test]

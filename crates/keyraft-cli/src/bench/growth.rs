@@ -23,8 +23,8 @@
 //!    `--sample-every` operations, so it keeps pace; each sample follows its step.
 //!
 //! A sample holds, per node, its resident memory (`VmRSS` of `/proc/<pid>/status`) and
-//! the size of its data directory (the lengths of the files under it, so sled's log,
-//! its blob files and the Raft snapshot), and the audit head sequence. The summary gives
+//! the size of its data directory (the lengths of the files under it, so sled's files
+//! and the Raft log), and the audit head sequence. The summary gives
 //! per node the values at the start, at the end of phase 1, after the retention and at
 //! the end of phase 2, and the growth during phase 2, in MiB and in bytes per operation:
 //! near zero if the footprint is bounded.

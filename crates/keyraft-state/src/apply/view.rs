@@ -100,11 +100,7 @@ impl Default for Layers {
 impl Layers {
     /// The state as reads see it, over `tree`.
     pub(super) fn view<'a>(&'a self, tree: &'a sled::Tree) -> View<'a> {
-        View {
-            tree,
-            newer: &self.current.writes,
-            older: &self.sealed,
-        }
+        View::new(tree, &self.current.writes, &self.sealed)
     }
 
     /// Seals the current writes into a layer of their own, if there are any.
@@ -169,6 +165,15 @@ fn is_empty(range: &Range) -> bool {
 }
 
 impl<'a> View<'a> {
+    /// The view of `tree` under `older` layers (the last the newest) under `newer`.
+    pub(super) fn new(
+        tree: &'a sled::Tree,
+        newer: &'a Writes,
+        older: &'a [Arc<Writes>],
+    ) -> View<'a> {
+        View { tree, newer, older }
+    }
+
     /// The pending write of `key` in the layers, if any: `Some(None)` is a delete.
     fn pending(&self, key: &[u8]) -> Option<&'a Option<Vec<u8>>> {
         self.newer
