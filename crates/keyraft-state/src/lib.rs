@@ -25,9 +25,11 @@
 //! [`StateMachine::apply`]). Installing a snapshot syncs ([`storage::Durable::sync`]).
 //!
 //! The tree changes only in a flush (and an install). What must read one applied state
-//! from the tree alone, a snapshot export or a verify of the audit chain, flushes and
-//! then holds the next flush off while it reads; apply goes on into memory meanwhile and
-//! never waits for such a walk, however large the state.
+//! as a whole, a snapshot sent to a follower or a verify of the audit chain, takes a
+//! [`StateView`]: the tree under the layers not yet flushed, with the next flush held
+//! off while it reads. Apply goes on into memory meanwhile and never waits for such a
+//! walk, however large the state. A snapshot the Raft layer builds is
+//! [`StateMachine::durable_view`]: a flush and a sync, no copy.
 //!
 //! ## The audit chain
 //! Every request leaves one [`AuditEvent`]. Apply decides its final outcome (re-checking

@@ -13,12 +13,13 @@
 //! one. Every read goes through a [`View`], which sees the newest layer first, then the
 //! sealed ones from the newest, then the tree.
 //!
-//! A layer is sealed at [`FLUSH_BYTES`] even when no flush can run (an export holds
-//! flushes off while it copies the tree, for seconds with a large state), and a flush
+//! A layer is sealed at [`FLUSH_BYTES`] even when no flush can run (a view of the state
+//! held for a walk of it holds flushes off, for seconds with a large state: see
+//! [`super::pin`]), and a flush
 //! writes each sealed layer as a batch of its own. A sled batch holds a lock that every
 //! read of the tree waits for, so the writes of a long hold written as one batch stopped
 //! every read of the node, on every runtime worker, for seconds (a 2.4 s batch of 19 000
-//! records after a 14 s export). A layer holds the writes of whole applies, the applied
+//! records after a 14 s copy of the state for a snapshot). A layer holds the writes of whole applies, the applied
 //! log id among them, so the tree is always as of some applied entry.
 //!
 //! Nothing acknowledged depends on the flush. The entries are durable in the Raft log
