@@ -684,8 +684,12 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         let reply = match reply {
             Ok(reply) => reply,
             Err(status) => {
-                // A failure to read the state here is why the follower refused.
-                if let Ok(Err(e)) = records.await {
+                // A failure to read the state here is why the follower refused: the
+                // records ended without their end chunk. (The reader has returned by
+                // then; the deadline only guards against waiting on a reader that is
+                // still blocked on a body the call has not dropped yet.)
+                let read = tokio::time::timeout(Duration::from_secs(1), records).await;
+                if let Ok(Ok(Err(e))) = read {
                     tracing::warn!(error = %e, "reading the state for a snapshot failed");
                     return Err(network(&e));
                 }
@@ -729,6 +733,46 @@ fn send_records(
     }
     let mac = auth.stream_mac(transfer, 0, &digest.finalize());
     send(snapshot_chunk::Kind::End(mac))
+}
+
+/// Reads the data chunks of a snapshot transfer and its end chunk from `chunks`, and
+/// returns the data if the end chunk came last and holds the MAC of the data for
+/// `transfer`. Calls `progress` as each data chunk arrives.
+async fn read_snapshot_data<S>(
+    auth: &ClusterAuth,
+    transfer: &str,
+    mut chunks: S,
+    mut progress: impl FnMut(),
+) -> Result<Vec<u8>, Status>
+where
+    S: Stream<Item = Result<SnapshotChunk, Status>> + Unpin,
+{
+    let mut data = Vec::new();
+    let mut digest = Sha256::new();
+    let mut end = None;
+    while let Some(chunk) = chunks.next().await {
+        match (chunk?.kind, &end) {
+            (Some(snapshot_chunk::Kind::Data(d)), None) => {
+                progress();
+                if data.len() + d.len() > (1 << 32) {
+                    return Err(Status::resource_exhausted("snapshot too large"));
+                }
+                digest.update(&d);
+                data.extend_from_slice(&d)
+            }
+            (Some(snapshot_chunk::Kind::End(mac)), None) => end = Some(mac),
+            _ => return Err(Status::invalid_argument("unexpected snapshot chunk")),
+        }
+    }
+    let Some(mac) = end else {
+        return Err(Status::data_loss(
+            "the snapshot ended before its last chunk",
+        ));
+    };
+    if !auth.verify_stream_mac(transfer, 0, &digest.finalize(), &mac) {
+        return Err(Status::data_loss("snapshot data does not match its MAC"));
+    }
+    Ok(data)
 }
 
 /// The server side: hands verified messages to the local Raft.
@@ -917,34 +961,8 @@ impl RaftService for RaftServer {
         self.contact.touch();
         let (vote, meta, transfer): (Vote, SnapshotMeta, String) =
             from_bytes(&meta_bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut data = Vec::new();
-        let mut digest = Sha256::new();
-        let mut end = None;
-        while let Some(chunk) = stream.next().await {
-            match (chunk?.kind, &end) {
-                (Some(snapshot_chunk::Kind::Data(d)), None) => {
-                    self.contact.touch();
-                    if data.len() + d.len() > (1 << 32) {
-                        return Err(Status::resource_exhausted("snapshot too large"));
-                    }
-                    digest.update(&d);
-                    data.extend_from_slice(&d)
-                }
-                (Some(snapshot_chunk::Kind::End(mac)), None) => end = Some(mac),
-                _ => return Err(Status::invalid_argument("unexpected snapshot chunk")),
-            }
-        }
-        let Some(mac) = end else {
-            return Err(Status::data_loss(
-                "the snapshot ended before its last chunk",
-            ));
-        };
-        if !self
-            .auth
-            .verify_stream_mac(&transfer, 0, &digest.finalize(), &mac)
-        {
-            return Err(Status::data_loss("snapshot data does not match its MAC"));
-        }
+        let contact = &self.contact;
+        let data = read_snapshot_data(&self.auth, &transfer, stream, || contact.touch()).await?;
         let snapshot = Snapshot {
             meta,
             snapshot: SnapshotData::Received(data),
@@ -956,6 +974,93 @@ impl RaftService for RaftServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chunks `send_records` makes of a state installed with `records`, for
+    /// `transfer`, and the records of that state.
+    async fn snapshot_chunks(
+        auth: &ClusterAuth,
+        transfer: &str,
+        records: &[(&str, &str)],
+    ) -> (Vec<SnapshotChunk>, Vec<(String, String)>) {
+        let dir = tempfile::tempdir().unwrap();
+        let durable = keyraft_state::Durable::open(dir.path()).unwrap();
+        let sm = keyraft_state::StateMachine::open(&durable).unwrap();
+        let records: Vec<_> = records
+            .iter()
+            .map(|(k, v)| Ok((k.as_bytes().to_vec(), v.as_bytes().to_vec())))
+            .collect();
+        sm.install(records, Vec::new(), Vec::new()).unwrap();
+        let view = sm.pin().unwrap();
+        let state = view.records().map(|r| text(r.unwrap())).collect();
+        let (auth, transfer) = (auth.clone(), transfer.to_string());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
+        let sender =
+            tokio::task::spawn_blocking(move || send_records(&view, &auth, &transfer, &tx));
+        let mut chunks = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            chunks.push(chunk);
+        }
+        sender.await.unwrap().unwrap();
+        (chunks, state)
+    }
+
+    fn text((k, v): (Vec<u8>, Vec<u8>)) -> (String, String) {
+        (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap())
+    }
+
+    async fn read(
+        auth: &ClusterAuth,
+        transfer: &str,
+        chunks: Vec<SnapshotChunk>,
+    ) -> Result<Vec<(String, String)>, tonic::Code> {
+        let stream = futures::stream::iter(chunks.into_iter().map(Ok));
+        let data = read_snapshot_data(auth, transfer, stream, || ())
+            .await
+            .map_err(|s| s.code())?;
+        let installed = SnapshotData::Received(data);
+        Ok(installed.records().map(|r| text(r.unwrap())).collect())
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_installed_only_as_its_sender_sent_it() {
+        let auth = ClusterAuth::new(1, b"cluster secret");
+        let records = [("a", "1"), ("b", "22"), ("c", "")];
+        let (chunks, state) = snapshot_chunks(&auth, "t-1", &records).await;
+        for (k, v) in records {
+            assert!(state.contains(&(k.to_string(), v.to_string())));
+        }
+        assert_eq!(read(&auth, "t-1", chunks.clone()).await, Ok(state));
+
+        // Another transfer's end chunk, or another cluster's secret, does not verify.
+        assert_eq!(
+            read(&auth, "t-2", chunks.clone()).await,
+            Err(tonic::Code::DataLoss)
+        );
+        let stranger = ClusterAuth::new(1, b"another secret");
+        assert_eq!(
+            read(&stranger, "t-1", chunks.clone()).await,
+            Err(tonic::Code::DataLoss)
+        );
+        // Data changed on the way, or cut short of its end chunk, is refused.
+        let mut changed = chunks.clone();
+        if let Some(snapshot_chunk::Kind::Data(d)) = &mut changed[0].kind {
+            d[5] ^= 1;
+        }
+        assert_eq!(
+            read(&auth, "t-1", changed).await,
+            Err(tonic::Code::DataLoss)
+        );
+        let mut cut = chunks.clone();
+        cut.pop();
+        assert_eq!(read(&auth, "t-1", cut).await, Err(tonic::Code::DataLoss));
+        // Nothing may follow the end chunk.
+        let mut more = chunks.clone();
+        more.push(chunks[0].clone());
+        assert_eq!(
+            read(&auth, "t-1", more).await,
+            Err(tonic::Code::InvalidArgument)
+        );
+    }
 
     #[test]
     fn the_source_is_the_listen_ip_unless_unspecified() {
