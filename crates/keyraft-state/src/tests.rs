@@ -28,7 +28,7 @@ use crate::command::{
     AccessKeyRecord, ApplyEntry, Bootstrap, Command, IamChange, NodeRecord, Op, PreparedRotation,
     PrincipalKind, PrincipalRecord, Reply, Response,
 };
-use crate::{keys, Durable, StateMachine};
+use crate::{keys, Durable, StateMachine, StateView};
 
 const ACCOUNT: &str = "111122223333";
 
@@ -1238,6 +1238,28 @@ fn replica(log: &[(Command, Response)], upto: usize) -> (tempfile::TempDir, Stat
     (dir, sm)
 }
 
+/// That `view` holds the state, and the applied meta, of a replica that applied the
+/// first `upto` entries of `log`.
+fn assert_view_is_replica_at(view: &StateView, log: &[(Command, Response)], upto: usize) {
+    let (_dir, expected) = replica(log, upto);
+    assert_eq!(view.meta(), &expected.applied_meta().unwrap());
+    let (expected, _) = expected.export().unwrap();
+    let seen: Vec<_> = view.records().map(Result::unwrap).collect();
+    assert_eq!(seen, expected.records);
+}
+
+/// A runner that created `keys` keys and ran a crypto call under each, and its log.
+fn keys_and_calls(keys: usize) -> (Runner, Vec<(Command, Response)>) {
+    let mut r = Runner::new();
+    r.run("bootstrap");
+    for i in 0..keys {
+        r.run(&format!("create k{i}"));
+        r.run(&format!("crypto k{i}"));
+    }
+    let log = r.log.clone();
+    (r, log)
+}
+
 /// Applies `log[i]` (a runner's log) as entry i + 1 and checks its response.
 fn apply(sm: &StateMachine, log: &[(Command, Response)], i: usize) {
     let (cmd, expected) = &log[i];
@@ -1298,20 +1320,14 @@ fn reads_see_every_apply_while_a_flush_runs_beside_it() {
     assert_same_state(&r.sm, &sm);
 }
 
-/// While an export holds flushes off, apply goes on sealing layers, and the flush after
+/// While a view holds flushes off, apply goes on sealing layers, and the flush after
 /// it writes them one batch each, oldest first: no batch is the whole backlog (a sled
 /// batch stops every read of the tree while it is written), and since each layer ends
 /// where an apply ends and holds its applied log id, the tree is as of one applied
 /// entry after every batch.
 #[test]
 fn a_backlog_is_flushed_one_sealed_layer_at_a_time() {
-    let mut r = Runner::new();
-    r.run("bootstrap");
-    for i in 0..8 {
-        r.run(&format!("create k{i}"));
-        r.run(&format!("crypto k{i}"));
-    }
-    let log = r.log.clone();
+    let (r, log) = keys_and_calls(8);
     let half = log.len() / 2;
     let (_dir, sm) = replica(&log, half);
     sm.flush().unwrap();
@@ -1357,13 +1373,7 @@ fn a_backlog_is_flushed_one_sealed_layer_at_a_time() {
 /// walk of the whole state, and what it applies meanwhile is not in what they read.
 #[test]
 fn export_and_verify_let_apply_go_on() {
-    let mut r = Runner::new();
-    r.run("bootstrap");
-    for i in 0..12 {
-        r.run(&format!("create k{i}"));
-        r.run(&format!("crypto k{i}"));
-    }
-    let log = r.log.clone();
+    let (r, log) = keys_and_calls(12);
     let half = log.len() / 2;
     let (_dir, sm) = replica(&log, half);
     let sm = Arc::new(sm);
@@ -1393,11 +1403,7 @@ fn export_and_verify_let_apply_go_on() {
     for i in half + 1..log.len() {
         apply(&sm, &log, i);
     }
-    let (_replica_dir, expected) = replica(&log, half + 1);
-    assert_eq!(view.meta(), &expected.applied_meta().unwrap());
-    let (expected, _) = expected.export().unwrap();
-    let seen: Vec<_> = view.records().map(Result::unwrap).collect();
-    assert_eq!(seen, expected.records);
+    assert_view_is_replica_at(&view, &log, half + 1);
     drop(view);
     sm.flush().unwrap();
     assert!(sm.verify_audit_chain().unwrap().is_ok());
@@ -1409,13 +1415,7 @@ fn export_and_verify_let_apply_go_on() {
 /// the state as applied, whatever the flush had written, and stays so as apply goes on.
 #[test]
 fn a_flush_under_way_stops_for_a_view() {
-    let mut r = Runner::new();
-    r.run("bootstrap");
-    for i in 0..8 {
-        r.run(&format!("create k{i}"));
-        r.run(&format!("crypto k{i}"));
-    }
-    let log = r.log.clone();
+    let (r, log) = keys_and_calls(8);
     let half = log.len() / 2;
     let three_quarters = log.len() * 3 / 4;
     let (_dir, sm) = replica(&log, half);
@@ -1455,11 +1455,7 @@ fn a_flush_under_way_stops_for_a_view() {
     for i in three_quarters..log.len() {
         apply(&sm, &log, i);
     }
-    let (_replica_dir, expected) = replica(&log, three_quarters);
-    assert_eq!(view.meta(), &expected.applied_meta().unwrap());
-    let (expected, _) = expected.export().unwrap();
-    let seen: Vec<_> = view.records().map(Result::unwrap).collect();
-    assert_eq!(seen, expected.records);
+    assert_view_is_replica_at(&view, &log, three_quarters);
     drop(view);
     sm.flush().unwrap();
     assert_same_state(&r.sm, &sm);
