@@ -684,14 +684,17 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         let reply = match reply {
             Ok(reply) => reply,
             Err(status) => {
-                // A failure to read the state here is why the follower refused: the
+                // If reading the state failed, that is why the follower refused: the
                 // records ended without their end chunk. (The reader has returned by
-                // then; the deadline only guards against waiting on a reader that is
-                // still blocked on a body the call has not dropped yet.)
+                // then; the deadline only guards against waiting on a reader still
+                // blocked on a body the call has not dropped yet, whose error would
+                // only say the transfer ended.)
                 let read = tokio::time::timeout(Duration::from_secs(1), records).await;
                 if let Ok(Ok(Err(e))) = read {
-                    tracing::warn!(error = %e, "reading the state for a snapshot failed");
-                    return Err(network(&e));
+                    if e.kind() != TRANSFER_ENDED {
+                        tracing::warn!(error = %e, "reading the state for a snapshot failed");
+                        return Err(network(&e));
+                    }
                 }
                 return Err(match status_to_rpc(status) {
                     RPCError::Unreachable(u) => StreamingError::Unreachable(u),
@@ -702,6 +705,10 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         from_bytes(&reply.into_inner().data).map_err(|e| network(&e))
     }
 }
+
+/// The error of [`send_records`] when the transfer ended first (the call failed, or was
+/// cancelled): not the reason it failed.
+const TRANSFER_ENDED: std::io::ErrorKind = std::io::ErrorKind::BrokenPipe;
 
 /// Reads `view`'s records into snapshot chunks of about [`SNAPSHOT_CHUNK`] bytes and
 /// sends them to `out`, then the end chunk: the MAC of the data's SHA-256 under the
@@ -714,7 +721,7 @@ fn send_records(
 ) -> std::io::Result<()> {
     let send = |kind| {
         out.blocking_send(SnapshotChunk { kind: Some(kind) })
-            .map_err(|_| std::io::Error::other("the snapshot transfer ended"))
+            .map_err(|_| std::io::Error::new(TRANSFER_ENDED, "the snapshot transfer ended"))
     };
     let mut digest = Sha256::new();
     let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK + 4096);
