@@ -223,17 +223,17 @@ fn view_snapshot(view: StateView) -> io::Result<Snapshot> {
 }
 
 /// Installs the snapshot file an earlier version left in `dir` if it is newer than the
-/// state, then removes it.
+/// state, then removes `dir`.
 fn restore_legacy_snapshot(sm: &StateMachine, dir: &Path) -> io::Result<()> {
     let path = dir.join("current.snap");
     let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    let file: LegacySnapshotFile = from_bytes(&bytes)?;
+    let file: Option<LegacySnapshotFile> = bytes.as_deref().map(from_bytes).transpose()?;
     let (applied, _) = decode_meta(&sm.applied_meta()?)?;
-    if file.meta.last_log_id > applied {
+    if let Some(file) = file.filter(|f| f.meta.last_log_id > applied) {
         tracing::info!(
             snapshot = ?file.meta.last_log_id,
             ?applied,
@@ -246,7 +246,12 @@ fn restore_legacy_snapshot(sm: &StateMachine, dir: &Path) -> io::Result<()> {
             to_bytes(&file.meta.last_membership)?,
         )?;
     }
-    std::fs::remove_dir_all(dir)
+    // Also a directory without the file: a half-written one (`current.snap.tmp`) of a
+    // crash is of no use either.
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Runs blocking storage work (sled + fsync) off the async executor.

@@ -194,4 +194,15 @@ async fn an_earlier_versions_snapshot_file_is_taken_over_at_start() {
             assert_eq!(sm.export().unwrap().0.records, state.records);
         }
     }
+
+    // A half-written file that a crash left, without a whole one, goes too.
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = dir.path().join("snapshots");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    std::fs::write(snapshots.join("current.snap.tmp"), &file[..10]).unwrap();
+    let durable = Durable::open(&dir.path().join("store")).unwrap();
+    let sm = Arc::new(StateMachine::open(&durable).unwrap());
+    let mut store = StateMachineStore::new(sm, dir.path()).unwrap();
+    assert_eq!(store.applied_state().await.unwrap().0, None);
+    assert!(!snapshots.exists());
 }
