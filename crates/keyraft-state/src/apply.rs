@@ -33,7 +33,10 @@ use crate::{
 /// The replicated state of one node.
 pub struct StateMachine {
     durable: Durable,
-    pub(crate) tree: sled::Tree,
+    /// The sled tree the state is in. It changes only when a snapshot is installed
+    /// ([`StateMachine::install`]), and only with `layers` write-locked: a read holds
+    /// `layers` while it reads the tree, so it sees one state.
+    tree: RwLock<sled::Tree>,
     /// Applied writes not yet in `tree`; every read sees them first (see [`view`]).
     layers: RwLock<Layers>,
     /// The tree changes only as this gate lets it: one flush or install at a time, and
@@ -247,13 +250,17 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StateError
 }
 
 impl StateMachine {
-    /// Opens the state tree of `durable`.
+    /// Opens the state tree of `durable` (the one its last install made current), and
+    /// drops what a crash left of an install that did not finish.
     pub fn open(durable: &Durable) -> Result<StateMachine, StateError> {
-        let tree = durable.db().open_tree("state")?;
+        let db = durable.db();
+        let current = current_tree_name(db)?;
+        db.drop_tree(other_tree_name(&current))?;
+        let tree = db.open_tree(&current)?;
         upgrade(&tree)?;
         Ok(StateMachine {
             durable: durable.clone(),
-            tree,
+            tree: RwLock::new(tree),
             layers: RwLock::default(),
             gate: Arc::default(),
             flush_claimed: AtomicBool::new(false),
@@ -275,7 +282,13 @@ impl StateMachine {
     /// swap the layers waits, and so does every read that comes after that flush.
     fn read<R>(&self, f: impl FnOnce(View<'_>) -> R) -> R {
         let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
-        f(layers.view(&self.tree))
+        let tree = self.tree();
+        f(layers.view(&tree))
+    }
+
+    /// The sled tree the state is in now.
+    pub(crate) fn tree(&self) -> sled::Tree {
+        self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Holds flushes off until the hold drops (tests).
@@ -321,7 +334,7 @@ impl StateMachine {
             // Built before sled's batch lock is taken, which every read of the tree
             // waits for: between two layers, reads go on.
             let batch = view::batch(&oldest);
-            if let Err(e) = self.tree.apply_batch(batch) {
+            if let Err(e) = self.tree().apply_batch(batch) {
                 *self.flush_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 return Err(e.into());
             }
@@ -454,12 +467,12 @@ impl StateMachine {
     /// finish the sled batch it is writing. While it is held, no flush starts.
     pub fn pin(&self) -> Result<StateView, StateError> {
         let hold = self.gate.hold();
-        let layers = {
+        let (tree, layers) = {
             let mut layers = self.layers_mut();
             layers.seal();
-            layers.sealed.clone()
+            (self.tree(), layers.sealed.clone())
         };
-        StateView::new(hold, self.tree.clone(), layers)
+        StateView::new(hold, tree, layers)
     }
 
     /// Writes what is applied to sled, makes it durable (`fdatasync`) and returns the
@@ -472,7 +485,7 @@ impl StateMachine {
         self.flush_held()?;
         // No flush runs between the downgrade and the sync, so the sync covers everything
         // the view reads.
-        let view = StateView::new(write.downgrade(), self.tree.clone(), Vec::new())?;
+        let view = StateView::new(write.downgrade(), self.tree(), Vec::new())?;
         self.durable.sync()?;
         Ok(view)
     }
@@ -492,33 +505,55 @@ impl StateMachine {
     }
 
     /// Replaces the whole state with `records` (a snapshot's) as of `last_applied`,
-    /// atomically and durably. A record that fails to read fails the install and leaves
-    /// the state as it was.
+    /// durably, and as one change: reads see the old state until the new one is whole.
+    ///
+    /// The records go into a tree of their own in batches of about [`INSTALL_BATCH`]
+    /// bytes, so reads of the state go on meanwhile (a sled batch stops every read while
+    /// it is written: one batch of a large state stopped a node for tens of seconds) and
+    /// memory holds one batch, not the state. Once that tree is synced, the name of the
+    /// current tree is switched in one synced write, and the old tree is dropped. A
+    /// crash before the switch leaves the old state, and the next open drops the
+    /// partial tree; a crash after it leaves the new one. A record that fails to read
+    /// fails the install and leaves the state as it was.
     pub fn install(
         &self,
         records: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), StateError>>,
         last_applied: Vec<u8>,
         membership: Vec<u8>,
     ) -> Result<(), StateError> {
-        let _write = self.gate.write();
-        let _guard = self.lock();
+        let db = self.durable.db();
+        let current = current_tree_name(db)?;
+        let next = other_tree_name(&current);
+        db.drop_tree(next)?;
+        let incoming = db.open_tree(next)?;
         let mut batch = sled::Batch::default();
-        for item in self.tree.iter() {
-            let (k, _) = item?;
-            batch.remove(k);
-        }
+        let mut bytes = 0;
         for record in records {
             let (k, v) = record?;
+            bytes += k.len() + v.len();
             batch.insert(k, v);
+            if bytes >= INSTALL_BATCH {
+                incoming.apply_batch(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
         }
         batch.insert(keys::LAST_APPLIED, last_applied);
         batch.insert(keys::MEMBERSHIP, membership);
-        // The snapshot replaces what was applied, flushed or not.
-        *self.layers_mut() = Layers::default();
-        self.tree.apply_batch(batch)?;
+        incoming.apply_batch(batch)?;
         // A snapshot from a node of an earlier version has the earlier layout.
-        upgrade(&self.tree)?;
+        upgrade(&incoming)?;
         self.durable.sync()?;
+        {
+            let _write = self.gate.write();
+            let _guard = self.lock();
+            db.insert(CURRENT_TREE, next.as_bytes())?;
+            self.durable.sync()?;
+            // The snapshot replaces what was applied, flushed or not.
+            let mut layers = self.layers_mut();
+            *self.tree.write().unwrap_or_else(|p| p.into_inner()) = incoming;
+            *layers = Layers::default();
+        }
+        db.drop_tree(current.as_bytes())?;
         Ok(())
     }
 
@@ -870,6 +905,38 @@ impl Drop for StateMachine {
     /// again. A failure is left to that replay: the Raft log holds every applied entry.
     fn drop(&mut self) {
         let _ = self.flush();
+    }
+}
+
+/// About how many bytes of records an install writes to sled in one batch.
+const INSTALL_BATCH: usize = 8 << 20;
+
+/// The key, in sled's default tree, of the name of the tree the state is in.
+const CURRENT_TREE: &[u8] = b"keyraft/state-tree";
+
+/// The state tree's name before any install, and the other one installs alternate with.
+const TREE_NAMES: [&str; 2] = ["state", "state-b"];
+
+/// The name of the tree the state is in.
+fn current_tree_name(db: &sled::Db) -> Result<String, StateError> {
+    match db.get(CURRENT_TREE)? {
+        Some(name) => String::from_utf8(name.to_vec())
+            .ok()
+            .filter(|n| TREE_NAMES.contains(&n.as_str()))
+            .ok_or_else(|| StateError::Corrupt {
+                key: String::from_utf8_lossy(CURRENT_TREE).into_owned(),
+                detail: "not the name of a state tree".into(),
+            }),
+        None => Ok(TREE_NAMES[0].to_string()),
+    }
+}
+
+/// The name of the tree an install writes while the state is in `current`.
+fn other_tree_name(current: &str) -> &'static str {
+    if current == TREE_NAMES[0] {
+        TREE_NAMES[1]
+    } else {
+        TREE_NAMES[0]
     }
 }
 

@@ -28,7 +28,7 @@ use crate::command::{
     AccessKeyRecord, ApplyEntry, Bootstrap, Command, IamChange, NodeRecord, Op, PreparedRotation,
     PrincipalKind, PrincipalRecord, Reply, Response,
 };
-use crate::{keys, Durable, StateMachine, StateView};
+use crate::{keys, Durable, StateError, StateMachine, StateView};
 
 const ACCOUNT: &str = "111122223333";
 
@@ -891,16 +891,16 @@ impl Runner {
 fn rewrite_audit(sm: &StateMachine, f: impl FnOnce(&mut Vec<(u64, AuditEvent)>)) {
     sm.flush().unwrap();
     let mut events = Vec::new();
-    for item in sm.tree.scan_prefix(keys::AUDIT_PREFIX) {
+    for item in sm.tree().scan_prefix(keys::AUDIT_PREFIX) {
         let (k, v) = item.unwrap();
         let start = keys::parse_audit(&k).unwrap();
         let chunk: Vec<AuditEvent> = bincode::deserialize(&v).unwrap();
         events.extend((start..).zip(chunk));
-        sm.tree.remove(k).unwrap();
+        sm.tree().remove(k).unwrap();
     }
     f(&mut events);
     for (at, e) in events {
-        sm.tree
+        sm.tree()
             .insert(keys::audit(at), bincode::serialize(&vec![e]).unwrap())
             .unwrap();
     }
@@ -1304,7 +1304,7 @@ fn reads_see_every_apply_while_a_flush_runs_beside_it() {
     let hook_log = log.clone();
     *sm.mid_flush.lock().unwrap() = Some(Box::new(move |sm: &StateMachine| {
         // The first half is in the layer being flushed, not yet in the tree.
-        assert!(sm.tree.get(keys::LAST_APPLIED).unwrap().is_none());
+        assert!(sm.tree().get(keys::LAST_APPLIED).unwrap().is_none());
         for i in half..hook_log.len() {
             apply(sm, &hook_log, i);
             created(sm, &hook_log, i + 1);
@@ -1346,7 +1346,7 @@ fn a_backlog_is_flushed_one_sealed_layer_at_a_time() {
     *sm.mid_flush.lock().unwrap() = Some(Box::new(move |sm: &StateMachine| {
         // Reads see every sealed layer before any is written.
         assert_eq!(
-            sm.tree.get(keys::LAST_APPLIED).unwrap().as_deref(),
+            sm.tree().get(keys::LAST_APPLIED).unwrap().as_deref(),
             Some(&(half as u64).to_be_bytes()[..])
         );
         for (cmd, _) in &hook_log {
@@ -1362,7 +1362,7 @@ fn a_backlog_is_flushed_one_sealed_layer_at_a_time() {
     );
     assert!(sm.sealed_applied_ids().is_empty());
     assert_eq!(
-        sm.tree.get(keys::LAST_APPLIED).unwrap().as_deref(),
+        sm.tree().get(keys::LAST_APPLIED).unwrap().as_deref(),
         Some(&(log.len() as u64).to_be_bytes()[..])
     );
     assert_same_state(&r.sm, &sm);
@@ -1483,6 +1483,71 @@ fn a_durable_view_is_what_a_crash_keeps() {
     assert_eq!(sm.applied_meta().unwrap(), at);
     let (_replica_dir, expected) = replica(&log, half);
     assert_same_state(&expected, &sm);
+}
+
+/// An install writes the new state into a tree of its own, in batches, and switches to
+/// it in one synced write: until then the old state stands (a failed install leaves it,
+/// and the next open drops the partial tree); after, the new one does, reopen included.
+#[test]
+fn an_install_switches_to_the_new_state_whole() {
+    let (r, log) = keys_and_calls(6);
+    let half = log.len() / 2;
+    let (snapshot, meta) = r.sm.export().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let durable = Durable::open(dir.path()).unwrap();
+    let sm = StateMachine::open(&durable).unwrap();
+    for i in 0..half {
+        apply(&sm, &log, i);
+    }
+    let (_replica_dir, at_half) = replica(&log, half);
+    let trees = |durable: &Durable| -> Vec<String> {
+        let mut names: Vec<_> = durable
+            .db()
+            .tree_names()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .filter(|n| n.starts_with("state"))
+            .collect();
+        names.sort();
+        names
+    };
+    let applied = meta.last_applied.clone().unwrap();
+    let membership = meta.membership.clone().unwrap_or_default();
+
+    let cut = snapshot
+        .records
+        .iter()
+        .take(3)
+        .cloned()
+        .map(Ok)
+        .chain([Err(StateError::Io(std::io::Error::other("transfer cut")))]);
+    assert!(sm
+        .install(cut, applied.clone(), membership.clone())
+        .is_err());
+    assert_same_state(&at_half, &sm);
+    assert_eq!(trees(&durable), ["state", "state-b"], "the partial tree");
+    drop(sm);
+    let sm = StateMachine::open(&durable).unwrap();
+    assert_eq!(trees(&durable), ["state"]);
+    assert_same_state(&at_half, &sm);
+
+    let records = snapshot.records.clone().into_iter().map(Ok);
+    sm.install(records, applied.clone(), membership.clone())
+        .unwrap();
+    assert_same_state(&r.sm, &sm);
+    assert_eq!(
+        sm.applied_meta().unwrap().last_applied,
+        Some(applied.clone())
+    );
+    assert_eq!(trees(&durable), ["state-b"]);
+    drop(sm);
+    let sm = StateMachine::open(&durable).unwrap();
+    assert_same_state(&r.sm, &sm);
+    // The next install goes back to the first name.
+    let records = snapshot.records.into_iter().map(Ok);
+    sm.install(records, applied, membership).unwrap();
+    assert_eq!(trees(&durable), ["state"]);
+    assert_same_state(&r.sm, &sm);
 }
 
 #[test]
@@ -1689,7 +1754,7 @@ fn a_prune_inside_a_chunk_keeps_its_later_events() {
     let before = r.sm.audit_head().unwrap().0;
     let chunks = |r: &Runner| {
         r.sm.flush().unwrap();
-        r.sm.tree.scan_prefix(keys::AUDIT_PREFIX).count()
+        r.sm.tree().scan_prefix(keys::AUDIT_PREFIX).count()
     };
     let chunks_before = chunks(&r);
     let names = ["A", "B", "C", "D", "E"];
@@ -1749,19 +1814,19 @@ fn a_state_with_one_record_per_event_is_upgraded_at_open() {
         let events = sm.audit_events(1, 10).unwrap();
         sm.flush().unwrap();
         // Back to the first layout: one record per event, no format record.
-        for item in sm.tree.scan_prefix(keys::AUDIT_PREFIX) {
-            sm.tree.remove(item.unwrap().0).unwrap();
+        for item in sm.tree().scan_prefix(keys::AUDIT_PREFIX) {
+            sm.tree().remove(item.unwrap().0).unwrap();
         }
         for e in &events {
-            sm.tree
+            sm.tree()
                 .insert(keys::audit(e.sequence), bincode::serialize(e).unwrap())
                 .unwrap();
         }
-        sm.tree.remove(keys::FORMAT).unwrap();
+        sm.tree().remove(keys::FORMAT).unwrap();
         (events, sm.audit_head().unwrap())
     };
     let sm = StateMachine::open(&durable).unwrap();
     assert_eq!(sm.audit_events(1, 10).unwrap(), events);
     assert_eq!(sm.verify_audit_chain().unwrap().verdict, Ok(head));
-    assert_eq!(sm.tree.scan_prefix(keys::AUDIT_PREFIX).count(), 3);
+    assert_eq!(sm.tree().scan_prefix(keys::AUDIT_PREFIX).count(), 3);
 }
