@@ -72,6 +72,12 @@ pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 const SNAPSHOT_CHUNKS_AHEAD: usize = 4;
 /// Largest message a node accepts from a peer.
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// How many streams a peer may reset before the node accepted them, on one connection,
+/// before the node's HTTP/2 server closes it (h2's default is 20). A leader's
+/// heartbeats give up after 100 ms, about ten a second, so a node busy for two seconds
+/// reached 20 and lost its connection to the leader; a thousand is a hundred seconds of
+/// that.
+pub const PEER_RESET_STREAMS: usize = 1000;
 const TARGET_HEADER: &str = "x-keyraft-target-node";
 /// The id of a replication stream, which its opening signature covers.
 const STREAM_HEADER: &str = "x-keyraft-stream";
@@ -304,9 +310,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Connection {
         Connection {
             target,
-            client: self
-                .channel(&node.raft_addr)
-                .map(|c| RaftServiceClient::new(c).max_decoding_message_size(MAX_MESSAGE)),
+            client: self.channel(&node.raft_addr).map(raft_client),
+            raft_addr: node.raft_addr.clone(),
+            source: self.source,
             auth: self.auth.clone(),
             patience: self.patience,
         }
@@ -317,6 +323,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Connection {
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, tonic::transport::Error>,
+    /// The peer's address and our source IP, for a snapshot's connection of its own.
+    raft_addr: String,
+    source: Option<IpAddr>,
     auth: ClusterAuth,
     /// The least time a replication stream waits for an answer (see
     /// [`Network::with_stream_patience`]).
@@ -324,6 +333,10 @@ pub struct Connection {
 }
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
+
+fn raft_client(channel: Channel) -> RaftServiceClient<Channel> {
+    RaftServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE)
+}
 
 fn unreachable(e: &(impl std::error::Error + 'static)) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::new(e))
@@ -662,10 +675,13 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(queued));
         self.auth
             .sign(&mut request, methods::SNAPSHOT, self.target, &head);
-        let mut client = self.client().map_err(|e| match e {
-            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-            other => network(&other),
-        })?;
+        // A connection of its own: on the shared one, a follower too busy installing or
+        // syncing to accept the heartbeats the leader then gives up on answers with a
+        // GOAWAY ("too_many_resets"), and a keep-alive that times out closes it too,
+        // either of which cut the transfer off and had the whole state sent again.
+        let mut client = peer_channel(&self.raft_addr, self.source)
+            .map(raft_client)
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         let send = async {
             tokio::time::timeout(SNAPSHOT_TIMEOUT, client.install_snapshot(request)).await
         };

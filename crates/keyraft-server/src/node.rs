@@ -20,7 +20,9 @@ use keyraft_proto::v1::key_service_server::KeyServiceServer;
 use keyraft_raft::compaction::{self, CompactionPolicy};
 use keyraft_raft::leader_watch::{self, LeaderContact};
 use keyraft_raft::log_store::LogStore;
-use keyraft_raft::network::{source_ip, ClusterAuth, Network, RaftServer, MAX_MESSAGE};
+use keyraft_raft::network::{
+    source_ip, ClusterAuth, Network, RaftServer, MAX_MESSAGE, PEER_RESET_STREAMS,
+};
 use keyraft_raft::state_machine::StateMachineStore;
 use keyraft_raft::Raft;
 use keyraft_state::{Durable, StateMachine};
@@ -173,6 +175,11 @@ impl Node {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let raft_server = tonic::transport::Server::builder()
+            // h2 closes a connection on which more than 20 streams were reset by the
+            // peer before they were accepted (a defence against "rapid reset" floods).
+            // A node busy for seconds (installing a snapshot, a slow sync) sees exactly
+            // that from its leader, and the replication stream went with the connection.
+            .http2_max_pending_accept_reset_streams(Some(PEER_RESET_STREAMS))
             .add_service(
                 RaftServer::new(
                     raft.clone(),
