@@ -26,8 +26,9 @@
 //!   leader asked for it ([`keyraft_state::StateView`]), record by record as it streams
 //!   ([`crate::network`]), while apply goes on. Only a leader with a lagging follower
 //!   pays for the walk.
-//! - **Installing** one replaces the state with the received records in one atomic
-//!   batch and syncs it.
+//! - **Installing** one writes the received records into a second state tree in
+//!   batches, syncs it and switches to it whole
+//!   ([`keyraft_state::StateMachine::install`]).
 //!
 //! [`SnapshotData`] is therefore either a view of this node's own state or the records a
 //! leader sent ([`encode_record`] one after another).

@@ -90,6 +90,7 @@ impl Node {
         let compaction = CompactionPolicy {
             every_logs: config.raft.snapshot_every_logs,
             log_percent: config.raft.snapshot_log_percent,
+            keep_logs: config.raft.keep_logs_after_snapshot,
         };
         let (log_bytes, snapshot_bytes) = (log_store.appended_bytes(), sm_store.snapshot_bytes());
 
