@@ -421,9 +421,14 @@ async fn a_membership_change_while_an_add_waits_is_a_conflict_and_the_add_then_f
     c.start(4).unwrap();
     // The held add answers when node 4 has the key, or after its own 60 s. It retries
     // (as the SDK does by default) while node 4 is still starting and does not answer.
+    // Attempts far shorter than the hold: a membership change's attempt waits for the
+    // server's answer regardless (without that, the retry met the held add itself and
+    // answered ConflictException).
     let mut patient = one_shot(&c, l).config().clone();
     patient.timeout = Duration::from_secs(90);
-    let adder = Client::with_options(patient, ClientOptions::pinned()).unwrap();
+    let mut options = ClientOptions::pinned();
+    options.attempt_timeout = Duration::from_millis(20);
+    let adder = Client::with_options(patient, options).unwrap();
     let held =
         tokio::spawn(async move { adder.add_node(4, &spec.endpoint(), &spec.raft_addr()).await });
 

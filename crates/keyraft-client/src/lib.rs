@@ -76,7 +76,7 @@ pub use regions::RegionalClients;
 pub use routing::{ClusterView, NodeView};
 
 use routing::Route;
-use transport::Inner;
+use transport::{Inner, MEMBERSHIP_ATTEMPT};
 
 /// Re-exported wire types (requests and responses of the API).
 ///
@@ -1511,6 +1511,10 @@ impl Client {
 
     /// Adds a node (learner first, voter once caught up and holding the domain key).
     ///
+    /// The server may take over a minute to answer (the new node catches up first), so
+    /// each attempt waits at least 90 s, whatever the options' `attempt_timeout`; the
+    /// call's own deadline still bounds the whole.
+    ///
     /// ```no_run
     /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
     /// let status = client.add_node(4, "http://10.0.0.4:7101", "10.0.0.4:7201").await?;
@@ -1529,8 +1533,10 @@ impl Client {
             raft_addr: raft_addr.to_string(),
             request_id: Self::request_id(),
         };
+        let attempt = self.inner.options.attempt_timeout.max(MEMBERSHIP_ATTEMPT);
         let resp = self
-            .call(
+            .call_with_attempts_of(
+                attempt,
                 Route::Leader,
                 admin_method!("AddNode"),
                 req,
@@ -1541,7 +1547,8 @@ impl Client {
             .ok_or_else(|| Error::Transport("response without status".into()))
     }
 
-    /// Removes a node; its id is retired for good.
+    /// Removes a node; its id is retired for good. Each attempt waits at least 90 s, as
+    /// for [`Client::add_node`].
     ///
     /// ```no_run
     /// # async fn demo(client: &keyraft_client::Client) -> Result<(), keyraft_client::Error> {
@@ -1554,8 +1561,10 @@ impl Client {
             node_id,
             request_id: Self::request_id(),
         };
+        let attempt = self.inner.options.attempt_timeout.max(MEMBERSHIP_ATTEMPT);
         let resp = self
-            .call(
+            .call_with_attempts_of(
+                attempt,
                 Route::Leader,
                 admin_method!("RemoveNode"),
                 req,

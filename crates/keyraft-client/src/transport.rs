@@ -25,7 +25,7 @@ use std::error::Error as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio::sync::{watch, Notify};
@@ -119,10 +119,36 @@ impl Inner {
     }
 }
 
+/// The least time one attempt of a membership change may take. The server waits up to a
+/// minute for a new node to catch up and receive the domain key, and 20 s for the change
+/// to commit; an attempt cut off sooner was sent again while the first still ran, and
+/// the retry met only `ConflictException` (seen adding a node to an 850 MB state).
+pub(crate) const MEMBERSHIP_ATTEMPT: Duration = Duration::from_secs(90);
+
 impl Client {
     /// Runs one logical call with signing, routing and retries (see the module docs).
     pub(crate) async fn call<Req, Resp, F, Fut>(
         &self,
+        route: Route,
+        method: &'static str,
+        req: Req,
+        send: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: prost::Message + Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let attempt = self.inner.options.attempt_timeout;
+        self.call_with_attempts_of(attempt, route, method, req, send)
+            .await
+    }
+
+    /// [`Client::call`] with attempts of up to `attempt_timeout` each, for calls the
+    /// server may take longer to answer than the options' `attempt_timeout`.
+    pub(crate) async fn call_with_attempts_of<Req, Resp, F, Fut>(
+        &self,
+        attempt_timeout: Duration,
         route: Route,
         method: &'static str,
         req: Req,
@@ -153,7 +179,7 @@ impl Client {
                 view.target(i)
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            let limit = left.min(options.attempt_timeout);
+            let limit = left.min(attempt_timeout);
             let mut request = inner.sign(method, req.clone(), &digest)?;
             request.set_timeout(limit);
             let in_flight = InFlight::start(&target.stats);
@@ -168,7 +194,7 @@ impl Client {
                 }
                 Err(_elapsed) => {
                     let msg = format!("{}: no answer within {limit:?}", target.endpoint);
-                    if limit < options.attempt_timeout {
+                    if limit < attempt_timeout {
                         // The call's own deadline ran out, not the node's patience.
                         return Err(Error::Transport(msg));
                     }
