@@ -507,10 +507,10 @@ impl StateMachine {
     /// Replaces the whole state with `records` (a snapshot's) as of `last_applied`,
     /// durably, and as one change: reads see the old state until the new one is whole.
     ///
-    /// The records go into a tree of their own in batches of about [`INSTALL_BATCH`]
-    /// bytes, so reads of the state go on meanwhile (a sled batch stops every read while
-    /// it is written: one batch of a large state stopped a node for tens of seconds) and
-    /// memory holds one batch, not the state. Once that tree is synced, the name of the
+    /// The records go into a tree of their own in batches of about 8 MiB, so reads of
+    /// the state go on meanwhile (a sled batch stops every read while it is written: one
+    /// batch of a large state stopped a node for tens of seconds) and memory holds one
+    /// batch, not the state. Once that tree is synced, the name of the
     /// current tree is switched in one synced write, and the old tree is dropped. A
     /// crash before the switch leaves the old state, and the next open drops the
     /// partial tree; a crash after it leaves the new one. A record that fails to read
