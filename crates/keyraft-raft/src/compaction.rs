@@ -24,7 +24,9 @@
 //! A leader holds its next snapshot off (for [`CATCH_UP_GRACE`] at most) while a member
 //! it replicates to has not yet reached the point that snapshot would purge the log to
 //! (what is applied, less `keep_logs_after_snapshot`): that member would need a snapshot
-//! to catch up. openraft purges the log when the leader snapshots and only spares
+//! to catch up. The members it holds for are learners (nodes being added) and voters
+//! that answered in the last 3 s; a voter that is down gets a snapshot
+//! when it is back, and holding the log for it would only grow the log. openraft purges the log when the leader snapshots and only spares
 //! entries in flight, not a snapshot in flight, so a new node whose transfer and install
 //! took longer than the cluster took to write the kept log found the log after its
 //! snapshot purged, and was sent a newer snapshot, and again: it never caught up. (A
@@ -37,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
+use openraft::Instant as _;
 
 use crate::Raft;
 
@@ -51,6 +54,10 @@ const REQUEST_AGAIN_AFTER: Duration = Duration::from_secs(30);
 /// it would purge. A member that is down does not catch up at all; past this, the log
 /// is compacted anyway.
 pub const CATCH_UP_GRACE: Duration = Duration::from_secs(120);
+
+/// A voter whose last answer to the leader is older than this counts as down, and the
+/// log is not held for it.
+const ANSWERED_LATELY: Duration = Duration::from_secs(3);
 
 /// Whether a snapshot now would purge log a member still needs: some member's matched
 /// log index (`None` for nothing matched yet) is below `purge_to`, the index the log
@@ -124,8 +131,24 @@ pub async fn run(
             let purge_to = m
                 .last_applied
                 .and_then(|l| l.index.checked_sub(policy.keep_logs));
+            // Learners (nodes being added) and voters that answered lately: a voter that
+            // is down catches up from nothing, so holding the log for it only grows it.
+            let membership = m.membership_config.membership();
+            let answered_lately = |id: &u64| {
+                m.heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(id))
+                    .and_then(|at| at.as_ref())
+                    .is_some_and(|at| at.elapsed() < ANSWERED_LATELY)
+            };
             let catching_up = m.replication.as_ref().is_some_and(|r| {
-                would_purge_what_a_member_needs(purge_to, r.values().map(|l| l.map(|l| l.index)))
+                let matched = r
+                    .iter()
+                    .filter(|(id, _)| {
+                        membership.learner_ids().any(|l| l == **id) || answered_lately(id)
+                    })
+                    .map(|(_, l)| l.as_ref().map(|l| l.index));
+                would_purge_what_a_member_needs(purge_to, matched)
             });
             (m.last_applied.map(|l| l.index), snapshot, catching_up)
         };
