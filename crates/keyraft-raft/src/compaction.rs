@@ -25,14 +25,16 @@
 //! it replicates to has not yet reached the point that snapshot would purge the log to
 //! (what is applied, less `keep_logs_after_snapshot`): that member would need a snapshot
 //! to catch up. The members it holds for are learners (nodes being added) and voters
-//! that answered in the last 3 s; a voter that is down gets a snapshot
-//! when it is back, and holding the log for it would only grow the log. openraft purges the log when the leader snapshots and only spares
-//! entries in flight, not a snapshot in flight, so a new node whose transfer and install
-//! took longer than the cluster took to write the kept log found the log after its
-//! snapshot purged, and was sent a newer snapshot, and again: it never caught up. (A
-//! hold only while a member was behind the *current* snapshot ended the moment the new
-//! node installed one, and the snapshot due then purged past it while it caught up from
-//! the log: a node joining an 850 MB state under load was sent three snapshots.)
+//! that answered in the last 3 s; a voter that is down gets a snapshot when it is back,
+//! and holding the log for it would only grow the log.
+//!
+//! openraft purges the log when the leader snapshots and only spares entries in flight,
+//! not a snapshot in flight, so a new node whose transfer and install took longer than
+//! the cluster took to write the kept log found the log after its snapshot purged, and
+//! was sent a newer snapshot, and again: it never caught up. (A hold only while a member
+//! was behind the *current* snapshot ended the moment the new node installed one, and
+//! the snapshot due then purged past it while it caught up from the log: a node joining
+//! an 850 MB state under load was sent three snapshots.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,8 +53,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 const REQUEST_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
 /// The longest a leader holds a due snapshot off for a member that still needs the log
-/// it would purge. A member that is down does not catch up at all; past this, the log
-/// is compacted anyway.
+/// it would purge. A learner that went down does not catch up at all; past this, the
+/// log is compacted anyway.
 pub const CATCH_UP_GRACE: Duration = Duration::from_secs(120);
 
 /// A voter whose last answer to the leader is older than this counts as down, and the

@@ -282,7 +282,7 @@ impl StateMachine {
     /// swap the layers waits, and so does every read that comes after that flush.
     fn read<R>(&self, f: impl FnOnce(View<'_>) -> R) -> R {
         let layers = self.layers.read().unwrap_or_else(|p| p.into_inner());
-        let tree = self.tree();
+        let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
         f(layers.view(&tree))
     }
 
@@ -509,12 +509,12 @@ impl StateMachine {
     ///
     /// The records go into a tree of their own in batches of about 8 MiB, so reads of
     /// the state go on meanwhile (a sled batch stops every read while it is written: one
-    /// batch of a large state stopped a node for tens of seconds) and memory holds one
-    /// batch, not the state. Once that tree is synced, the name of the
-    /// current tree is switched in one synced write, and the old tree is dropped. A
-    /// crash before the switch leaves the old state, and the next open drops the
-    /// partial tree; a crash after it leaves the new one. A record that fails to read
-    /// fails the install and leaves the state as it was.
+    /// batch of a large state stopped a node for tens of seconds), and the install holds
+    /// one batch in memory besides `records`, not a second copy of the state. Once that
+    /// tree is synced, the name of the current tree is switched in one synced write, and
+    /// the old tree is dropped. A crash before the switch leaves the old state, and the
+    /// next open drops the partial tree; a crash after it leaves the new one. A record
+    /// that fails to read fails the install and leaves the state as it was.
     pub fn install(
         &self,
         records: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), StateError>>,

@@ -4,10 +4,9 @@
 //! A view is the tree under the layers of applied writes that were not yet flushed when
 //! it was taken ([`super::StateMachine::pin`]). Apply goes on into newer layers, which
 //! the view does not see; what it must not see either is one of them written to the
-//! tree, so no flush starts while a view is held ([`FlushGate`]). A flush already under
-//! way when a view is taken writes only layers the view holds as well, and a record the
-//! view holds in a layer is read from the layer whatever the tree says, so the view is
-//! the same before, during and after such a flush.
+//! tree, so no flush starts while a view is held ([`FlushGate`]). Taking a view waits for
+//! a flush under way, which stops after the sled batch it is writing when a view waits:
+//! the view is taken between two batches, with the tree as of one applied entry.
 //!
 //! Views are how a node reads a whole state at one point of the log without stopping
 //! apply: a snapshot sent to a follower, an export, a verify of the audit chain. While
