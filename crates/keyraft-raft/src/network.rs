@@ -20,7 +20,8 @@
 //! snapshot metadata and a random id of the transfer (covered by the call's signature),
 //! then the records in chunks of about 1 MiB, then an end chunk with the MAC of the
 //! data's SHA-256 under the cluster secret, bound to the transfer's id. The receiver
-//! installs nothing unless the end chunk came and its MAC matches. Unlike appends,
+//! writes the records to disk as they come ([`Spool`]) and installs nothing unless the
+//! end chunk came and its MAC matches. Unlike appends,
 //! openraft puts no deadline on a snapshot transfer, so we enforce [`SNAPSHOT_TIMEOUT`]
 //! and honour openraft's cancel signal.
 //!
@@ -32,6 +33,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,7 +62,7 @@ use keyraft_state::StateView;
 use keyraft_types::NodeId;
 
 use crate::leader_watch::LeaderContact;
-use crate::state_machine::{encode_record, SnapshotData};
+use crate::state_machine::{encode_record, SnapshotData, Spool};
 use crate::typ::{Snapshot, SnapshotMeta, Vote};
 use crate::{from_bytes, to_bytes, NodeAddr, Raft, TypeConfig};
 
@@ -758,30 +760,32 @@ fn send_records(
     send(snapshot_chunk::Kind::End(mac))
 }
 
-/// Reads the data chunks of a snapshot transfer and its end chunk from `chunks`, and
-/// returns the data if the end chunk came last and holds the MAC of the data for
+/// Reads the data chunks of a snapshot transfer and its end chunk from `chunks` into
+/// `spool`, and returns it if the end chunk came last and holds the MAC of the data for
 /// `transfer`. Calls `progress` as each data chunk arrives.
 async fn read_snapshot_data<S>(
     auth: &ClusterAuth,
     transfer: &str,
     mut chunks: S,
+    mut spool: Spool,
     mut progress: impl FnMut(),
-) -> Result<Vec<u8>, Status>
+) -> Result<Spool, Status>
 where
     S: Stream<Item = Result<SnapshotChunk, Status>> + Unpin,
 {
-    let mut data = Vec::new();
     let mut digest = Sha256::new();
     let mut end = None;
     while let Some(chunk) = chunks.next().await {
         match (chunk?.kind, &end) {
             (Some(snapshot_chunk::Kind::Data(d)), None) => {
                 progress();
-                if data.len() + d.len() > (1 << 32) {
-                    return Err(Status::resource_exhausted("snapshot too large"));
-                }
                 digest.update(&d);
-                data.extend_from_slice(&d)
+                spool = tokio::task::spawn_blocking(move || spool.append(&d).map(|()| spool))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| {
+                        Status::internal(format!("writing the received snapshot to disk: {e}"))
+                    })?;
             }
             (Some(snapshot_chunk::Kind::End(mac)), None) => end = Some(mac),
             _ => return Err(Status::invalid_argument("unexpected snapshot chunk")),
@@ -795,7 +799,7 @@ where
     if !auth.verify_stream_mac(transfer, 0, &digest.finalize(), &mac) {
         return Err(Status::data_loss("snapshot data does not match its MAC"));
     }
-    Ok(data)
+    Ok(spool)
 }
 
 /// The server side: hands verified messages to the local Raft.
@@ -804,11 +808,14 @@ pub struct RaftServer {
     auth: ClusterAuth,
     contact: LeaderContact,
     stop: watch::Receiver<bool>,
+    spool_dir: PathBuf,
 }
 
 impl RaftServer {
     /// Serves `raft`, accepting calls signed with `auth`'s secret, and records in
-    /// `contact` when a leader's AppendEntries or snapshot arrived.
+    /// `contact` when a leader's AppendEntries or snapshot arrived. A snapshot is
+    /// received into a file of no name in `spool_dir` (see [`Spool`]), which should be
+    /// the node's data directory.
     ///
     /// When `stop` turns true (or its sender is dropped) every open replication stream
     /// ends. A leader keeps its stream open for as long as it replicates, so without this
@@ -818,12 +825,14 @@ impl RaftServer {
         auth: ClusterAuth,
         contact: LeaderContact,
         stop: watch::Receiver<bool>,
+        spool_dir: PathBuf,
     ) -> RaftServer {
         RaftServer {
             raft,
             auth,
             contact,
             stop,
+            spool_dir,
         }
     }
 
@@ -984,11 +993,15 @@ impl RaftService for RaftServer {
         self.contact.touch();
         let (vote, meta, transfer): (Vote, SnapshotMeta, String) =
             from_bytes(&meta_bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let spool = Spool::new_in(&self.spool_dir).map_err(|e| {
+            Status::internal(format!("creating a file for the received snapshot: {e}"))
+        })?;
         let contact = &self.contact;
-        let data = read_snapshot_data(&self.auth, &transfer, stream, || contact.touch()).await?;
+        let spool =
+            read_snapshot_data(&self.auth, &transfer, stream, spool, || contact.touch()).await?;
         let snapshot = Snapshot {
             meta,
-            snapshot: SnapshotData::Received(data),
+            snapshot: SnapshotData::Received(spool),
         };
         encode_reply(self.raft.install_full_snapshot(vote, snapshot).await)
     }
@@ -1037,10 +1050,12 @@ mod tests {
         chunks: Vec<SnapshotChunk>,
     ) -> Result<Vec<(String, String)>, tonic::Code> {
         let stream = futures::stream::iter(chunks.into_iter().map(Ok));
-        let data = read_snapshot_data(auth, transfer, stream, || ())
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new_in(dir.path()).unwrap();
+        let spool = read_snapshot_data(auth, transfer, stream, spool, || ())
             .await
             .map_err(|s| s.code())?;
-        let installed = SnapshotData::Received(data);
+        let installed = SnapshotData::Received(spool);
         Ok(installed.records().map(|r| text(r.unwrap())).collect())
     }
 

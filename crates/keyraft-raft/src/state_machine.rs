@@ -26,14 +26,17 @@
 //!   leader asked for it ([`keyraft_state::StateView`]), record by record as it streams
 //!   ([`crate::network`]), while apply goes on. Only a leader with a lagging follower
 //!   pays for the walk.
+//! - **Receiving** one writes the records to a file of no name in the node's data
+//!   directory as they arrive ([`Spool`]), not to memory.
 //! - **Installing** one writes the received records into a second state tree in
 //!   batches, syncs it and switches to it whole
 //!   ([`keyraft_state::StateMachine::install`]).
 //!
 //! [`SnapshotData`] is therefore either a view of this node's own state or the records a
-//! leader sent ([`encode_record`] one after another).
+//! leader sent ([`encode_record`] one after another), spooled.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,8 +58,8 @@ use crate::{from_bytes, to_bytes, TypeConfig};
 pub enum SnapshotData {
     /// This node's own state as of the snapshot's log id, read when it is sent.
     Local(StateView),
-    /// The records a leader sent, [`encode_record`] one after another.
-    Received(Vec<u8>),
+    /// The records a leader sent, on disk.
+    Received(Spool),
 }
 
 /// A state record as it is read out of a snapshot.
@@ -67,7 +70,7 @@ impl SnapshotData {
     pub fn records(&self) -> Box<dyn Iterator<Item = Record> + Send + '_> {
         match self {
             SnapshotData::Local(view) => Box::new(view.records()),
-            SnapshotData::Received(data) => Box::new(Records { data }),
+            SnapshotData::Received(spool) => Box::new(spool.records()),
         }
     }
 }
@@ -78,7 +81,7 @@ impl std::fmt::Debug for SnapshotData {
             SnapshotData::Local(view) => {
                 f.debug_struct("Local").field("meta", view.meta()).finish()
             }
-            SnapshotData::Received(data) => f.debug_tuple("Received").field(&data.len()).finish(),
+            SnapshotData::Received(spool) => f.debug_tuple("Received").field(&spool.len()).finish(),
         }
     }
 }
@@ -95,27 +98,115 @@ pub fn encode_record(key: &[u8], value: &[u8], out: &mut Vec<u8>) -> io::Result<
     Ok(())
 }
 
-/// The records of received snapshot data; a truncated record is an error.
+/// Snapshot data received from a leader ([`encode_record`] one record after another),
+/// written to a file as it arrives so that a follower never holds a whole state in
+/// memory, however large.
+///
+/// The file has no name: the kernel frees its space when the spool is dropped, and a
+/// crash leaves nothing to clean up.
+pub struct Spool {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl Spool {
+    /// An empty spool in `dir`, which should be on the same disk as the node's state
+    /// (not a memory file system).
+    pub fn new_in(dir: &Path) -> io::Result<Spool> {
+        Ok(Spool {
+            file: tempfile::tempfile_in(dir)?,
+            len: 0,
+        })
+    }
+
+    /// Appends `data`. Blocking: call it off the async executor.
+    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        (&self.file).write_all(data)?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// The bytes appended so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The records, read from the start; a truncated record is an error. Reads are
+    /// positioned, so several readers may walk the same spool.
+    fn records(&self) -> Records<'_> {
+        Records {
+            reader: io::BufReader::with_capacity(
+                SPOOL_READ_BUFFER,
+                ReadAt {
+                    file: &self.file,
+                    at: 0,
+                },
+            ),
+            left: self.len,
+        }
+    }
+}
+
+/// The read buffer of a spool's records.
+const SPOOL_READ_BUFFER: usize = 1 << 20;
+
+/// Reads a file from a position of its own.
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// The error of snapshot data cut inside a record.
+fn truncated() -> StateError {
+    StateError::Io(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "snapshot data ends inside a record",
+    ))
+}
+
+/// The records of a spool.
 struct Records<'a> {
-    data: &'a [u8],
+    reader: io::BufReader<ReadAt<'a>>,
+    /// Bytes not yet read.
+    left: u64,
 }
 
 impl Records<'_> {
-    fn part(&mut self) -> Result<Vec<u8>, StateError> {
-        let truncated = || {
-            StateError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "snapshot data ends inside a record",
-            ))
-        };
-        let (len, rest) = self.data.split_first_chunk::<4>().ok_or_else(truncated)?;
-        let len = u32::from_be_bytes(*len) as usize;
-        if rest.len() < len {
+    /// Fills `buf` from the records' bytes, or fails if fewer are left.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), StateError> {
+        if (buf.len() as u64) > self.left {
             return Err(truncated());
         }
-        let (part, rest) = rest.split_at(len);
-        self.data = rest;
-        Ok(part.to_vec())
+        self.reader.read_exact(buf)?;
+        self.left -= buf.len() as u64;
+        Ok(())
+    }
+
+    fn part(&mut self) -> Result<Vec<u8>, StateError> {
+        let mut len = [0; 4];
+        self.fill(&mut len)?;
+        let len = u32::from_be_bytes(len) as u64;
+        // Checked before the allocation: a length past the end is a truncated record,
+        // not a reason to reserve gigabytes.
+        if len > self.left {
+            return Err(truncated());
+        }
+        let mut part = vec![0; len as usize];
+        self.fill(&mut part)?;
+        Ok(part)
     }
 }
 
@@ -123,12 +214,12 @@ impl Iterator for Records<'_> {
     type Item = Record;
 
     fn next(&mut self) -> Option<Record> {
-        if self.data.is_empty() {
+        if self.left == 0 {
             return None;
         }
         let record = self.part().and_then(|k| Ok((k, self.part()?)));
         if record.is_err() {
-            self.data = &[];
+            self.left = 0;
         }
         Some(record)
     }

@@ -10,7 +10,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::testing::log_id;
 use openraft::RaftSnapshotBuilder;
 
-use keyraft_raft::state_machine::{SnapshotData, StateMachineStore};
+use keyraft_raft::state_machine::{SnapshotData, Spool, StateMachineStore};
 use keyraft_raft::typ::{Entry, LogId, SnapshotMeta};
 use keyraft_raft::TypeConfig;
 use keyraft_state::{Command, Durable, Op, StateMachine, StateSnapshot};
@@ -55,6 +55,16 @@ fn node() -> Node {
 async fn apply(store: &mut StateMachineStore, indexes: std::ops::RangeInclusive<u64>) {
     let entries: Vec<_> = indexes.map(|i| Ok((entry(i), None))).collect();
     store.apply(stream::iter(entries)).await.unwrap();
+}
+
+/// `data` as a follower receives it: spooled to a file in `node`'s data directory.
+fn received(node: &Node, data: &[u8]) -> SnapshotData {
+    let mut spool = Spool::new_in(node._dir.path()).unwrap();
+    for piece in data.chunks(7) {
+        spool.append(piece).unwrap();
+    }
+    assert_eq!(spool.len(), data.len() as u64);
+    SnapshotData::Received(spool)
 }
 
 fn records(data: &SnapshotData) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -126,7 +136,7 @@ async fn a_built_snapshot_is_on_disk_and_sent_as_records() {
     let mut follower = node();
     apply(&mut follower.store, 1..=1).await;
     let before = follower.sm.export().unwrap().0.records;
-    let truncated = SnapshotData::Received(data[..data.len() - 3].to_vec());
+    let truncated = received(&follower, &data[..data.len() - 3]);
     assert!(follower
         .store
         .install_snapshot(&snapshot.meta, truncated)
@@ -140,7 +150,7 @@ async fn a_built_snapshot_is_on_disk_and_sent_as_records() {
 
     follower
         .store
-        .install_snapshot(&snapshot.meta, SnapshotData::Received(data))
+        .install_snapshot(&snapshot.meta, received(&follower, &data))
         .await
         .unwrap();
     assert_eq!(
@@ -205,4 +215,40 @@ async fn an_earlier_versions_snapshot_file_is_taken_over_at_start() {
     let mut store = StateMachineStore::new(sm, dir.path()).unwrap();
     assert_eq!(store.applied_state().await.unwrap().0, None);
     assert!(!snapshots.exists());
+}
+
+/// A follower receives a snapshot into a file of no name: nothing of it shows in the data
+/// directory (a crash leaves nothing to clean up), and its records read back whole, by
+/// any number of readers at once.
+#[test]
+fn a_spool_has_no_name_and_reads_back_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = Vec::new();
+    for i in 0..2000u32 {
+        let key = format!("key-{i:05}");
+        let value = vec![b'v'; (i % 300) as usize];
+        keyraft_raft::state_machine::encode_record(key.as_bytes(), &value, &mut data).unwrap();
+    }
+    let mut spool = Spool::new_in(dir.path()).unwrap();
+    assert!(spool.is_empty());
+    for piece in data.chunks(4096) {
+        spool.append(piece).unwrap();
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    let snapshot = SnapshotData::Received(spool);
+    let mut first = snapshot.records();
+    let mut second = snapshot.records();
+    for i in 0..2000u32 {
+        let (k1, v1) = first.next().unwrap().unwrap();
+        assert_eq!(k1, format!("key-{i:05}").into_bytes());
+        assert_eq!(v1.len(), (i % 300) as usize);
+        // The second reader goes at half the pace, from a position of its own.
+        if i % 2 == 0 {
+            let (k2, _) = second.next().unwrap().unwrap();
+            assert_eq!(k2, format!("key-{:05}", i / 2).into_bytes());
+        }
+    }
+    assert!(first.next().is_none());
+    assert_eq!(second.count(), 1000);
 }
