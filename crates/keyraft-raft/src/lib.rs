@@ -2,8 +2,10 @@
 //!
 //! The glue between openraft and Keyraft's storage and network:
 //!
-//! - [`TypeConfig`]: commands are [`keyraft_state::Command`], responses
-//!   [`keyraft_state::Response`], nodes are addressed by [`NodeAddr`].
+//! - [`TypeConfig`]: commands are [`keyraft_state::Command`]s, shared (`Arc`) so that
+//!   the log store's recent entries, replication and apply pass them on without a
+//!   copy (encoded exactly as the command), responses [`keyraft_state::Response`], nodes
+//!   are addressed by [`NodeAddr`].
 //! - [`log_store::LogStore`]: the Raft log in segment files and the vote in sled, made
 //!   durable with a real `fdatasync` before openraft is told an append is flushed.
 //! - [`state_machine::StateMachineStore`]: the adapter that feeds committed entries to
@@ -51,7 +53,7 @@ impl std::fmt::Display for NodeAddr {
 openraft::declare_raft_types!(
     /// Keyraft's openraft type configuration.
     pub TypeConfig:
-        D = keyraft_state::Command,
+        D = std::sync::Arc<keyraft_state::Command>,
         R = keyraft_state::Response,
         NodeId = u64,
         Node = NodeAddr,

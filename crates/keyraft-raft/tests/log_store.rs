@@ -33,14 +33,14 @@ fn blank(term: u64, index: u64) -> Entry {
 fn normal(term: u64, index: u64) -> Entry {
     Entry::new_normal(
         lid(term, index),
-        Command {
+        std::sync::Arc::new(Command {
             request_id: format!("req-{index}"),
             time_ms: 1_700_000_000_000 + index,
             op: Op::Tick {
                 node_id: LEADER,
                 rotations: Vec::new(),
             },
-        },
+        }),
     )
 }
 

@@ -23,14 +23,14 @@ fn lid(index: u64) -> LogId {
 fn entry(index: u64) -> Entry {
     Entry::new_normal(
         lid(index),
-        Command {
+        std::sync::Arc::new(Command {
             request_id: format!("req-{index}"),
             time_ms: 1_700_000_000_000 + index,
             op: Op::Tick {
                 node_id: 1,
                 rotations: Vec::new(),
             },
-        },
+        }),
     )
 }
 

@@ -278,7 +278,8 @@ impl NodeCore {
 
     /// Proposes on this node, which believes it leads.
     pub(crate) async fn propose_local(&self, cmd: Command) -> Result<StateResponse, KmsError> {
-        match tokio::time::timeout(self.commit_timeout(), self.raft.client_write(cmd)).await {
+        match tokio::time::timeout(self.commit_timeout(), self.raft.client_write(cmd.into())).await
+        {
             Err(_) => Err(KmsError::new(
                 ErrorCode::DependencyTimeout,
                 "commit timed out",

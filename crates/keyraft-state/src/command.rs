@@ -711,7 +711,7 @@ pub type Response = Result<Reply, KmsError>;
 #[derive(Debug, Clone)]
 pub struct ApplyEntry {
     /// The command, or `None` for a blank or membership entry.
-    pub command: Option<Command>,
+    pub command: Option<std::sync::Arc<Command>>,
 }
 
 impl std::fmt::Display for Command {

@@ -98,7 +98,7 @@ impl Runner {
             .sm
             .apply(
                 &[ApplyEntry {
-                    command: Some(cmd.clone()),
+                    command: Some(cmd.clone().into()),
                 }],
                 self.index.to_be_bytes().to_vec(),
                 None,
@@ -971,7 +971,7 @@ fn assert_batching_changes_nothing(name: &str, runner: &Runner) {
             let entries: Vec<ApplyEntry> = chunk
                 .iter()
                 .map(|(cmd, _)| ApplyEntry {
-                    command: Some(cmd.clone()),
+                    command: Some(cmd.clone().into()),
                 })
                 .collect();
             responses.extend(
@@ -1264,7 +1264,7 @@ fn keys_and_calls(keys: usize) -> (Runner, Vec<(Command, Response)>) {
 fn apply(sm: &StateMachine, log: &[(Command, Response)], i: usize) {
     let (cmd, expected) = &log[i];
     let entry = ApplyEntry {
-        command: Some(cmd.clone()),
+        command: Some(cmd.clone().into()),
     };
     let got = sm
         .apply(&[entry], (i as u64 + 1).to_be_bytes().to_vec(), None)
@@ -1594,11 +1594,14 @@ fn batch_is_one_atomic_apply() {
     .into_iter()
     .enumerate()
     .map(|(i, op)| ApplyEntry {
-        command: Some(Command {
-            request_id: format!("r{i}"),
-            time_ms: 5,
-            op,
-        }),
+        command: Some(
+            Command {
+                request_id: format!("r{i}"),
+                time_ms: 5,
+                op,
+            }
+            .into(),
+        ),
     })
     .collect();
     let out = r.sm.apply(&entries, vec![9], None).unwrap();
@@ -1631,7 +1634,9 @@ fn an_export_during_apply_describes_one_point_of_the_log() {
                     op: Op::AuditBatch { records },
                 };
                 sm.apply(
-                    &[ApplyEntry { command: Some(cmd) }],
+                    &[ApplyEntry {
+                        command: Some(cmd.into()),
+                    }],
                     i.to_be_bytes().to_vec(),
                     None,
                 )
@@ -1678,8 +1683,14 @@ fn a_group_applies_each_command_once() {
     };
     let apply = |r: &Runner, cmd: Command, at: u8| {
         let mut out =
-            r.sm.apply(&[ApplyEntry { command: Some(cmd) }], vec![at], None)
-                .unwrap();
+            r.sm.apply(
+                &[ApplyEntry {
+                    command: Some(cmd.into()),
+                }],
+                vec![at],
+                None,
+            )
+            .unwrap();
         out.pop().unwrap()
     };
     let head = |r: &Runner| r.sm.audit_head().unwrap().0;
@@ -1809,8 +1820,14 @@ fn a_state_with_one_record_per_event_is_upgraded_at_open() {
             time_ms: 1,
             op: Op::AuditBatch { records },
         };
-        sm.apply(&[ApplyEntry { command: Some(cmd) }], vec![1], None)
-            .unwrap();
+        sm.apply(
+            &[ApplyEntry {
+                command: Some(cmd.into()),
+            }],
+            vec![1],
+            None,
+        )
+        .unwrap();
         let events = sm.audit_events(1, 10).unwrap();
         sm.flush().unwrap();
         // Back to the first layout: one record per event, no format record.
