@@ -402,6 +402,9 @@ impl Drop for Syncer {
 /// The sync thread: waits for a request, takes every other queued one, syncs each file
 /// they name once and completes them all in submission order. Each request was queued
 /// after its write reached the file, so the sync covers it.
+/// A log sync that takes this long is logged as a warning.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn run_syncer(rx: &mpsc::Receiver<SyncRequest>, flushed: &watch::Sender<OnDisk>) {
     // After a failed sync nothing is trusted to be durable any more (see the module doc).
     let mut failed: Option<(io::ErrorKind, String)> = None;
@@ -417,9 +420,20 @@ fn run_syncer(rx: &mpsc::Receiver<SyncRequest>, flushed: &watch::Sender<OnDisk>)
             }
             // A `return` at either fail point is a failed sync, with the same sticky
             // consequence; both run on this thread, so blocking actions are allowed.
+            let started = std::time::Instant::now();
             let synced = failpoints::io_check(failpoints::LOG_BEFORE_FSYNC)
                 .and_then(|()| files.iter().try_for_each(|f| f.sync_data()))
                 .and_then(|()| failpoints::io_check(failpoints::LOG_AFTER_FSYNC));
+            let took = started.elapsed();
+            if took >= SLOW_SYNC {
+                // Every write this node acknowledges waited that long: the disk is shared
+                // with something busier, or failing.
+                tracing::warn!(
+                    ?took,
+                    appends = requests.len(),
+                    "slow fdatasync of the Raft log"
+                );
+            }
             if let Err(e) = synced {
                 tracing::error!(error = %e, "syncing the Raft log failed; the log store is now failed");
                 failed = Some((e.kind(), format!("syncing the Raft log: {e}")));
