@@ -8,7 +8,8 @@
 //!   follower would forward them). If no leader is known, or it is benched, any healthy
 //!   node takes them and forwards — a stale view costs a hop, never an error.
 //! - **cryptography and reads** are spread over the healthy members, by
-//!   [`Balance`](crate::Balance): round-robin, or least outstanding requests.
+//!   [`Balance`](crate::Balance): round-robin, or least outstanding requests. A node
+//!   being added (a learner) is not among them until it is a voter.
 //! - **node-addressed calls** (`advance_clock`; `cluster_status` prefers them) go to the
 //!   configured endpoints, because they ask *that* node.
 //!
@@ -32,6 +33,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::options::{Balance, ClientOptions};
 use crate::types::ClusterStatusResponse;
 use crate::Error;
+
+/// The role `ClusterStatus` gives a node that is joining.
+const LEARNER: &str = "Learner";
 
 /// Where a call should go.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -308,7 +312,10 @@ impl View {
     ) {
         let mut members = Vec::new();
         for m in &status.members {
-            if m.endpoint.is_empty() {
+            // A learner is a node still joining: until it has caught up and holds the
+            // domain key, a call sent there waits for it or fails. It is spread to once
+            // it is a voter.
+            if m.endpoint.is_empty() || m.role == LEARNER {
                 continue;
             }
             if let Some(i) = self.ensure(&m.endpoint, options) {
@@ -590,6 +597,35 @@ mod tests {
             let i = v.choose(Route::Seeds, now, &o).unwrap();
             assert_eq!(ep(&v, i), "http://b");
         }
+    }
+
+    #[test]
+    fn a_joining_node_gets_calls_only_once_it_is_a_voter() {
+        let o = ClientOptions {
+            balance: Balance::RoundRobin,
+            ..ClientOptions::default()
+        };
+        let mut v = view(&["http://a"], &o);
+        let now = Instant::now();
+        let mut joining = status(
+            1,
+            3,
+            &[
+                (1, "http://a"),
+                (2, "http://b"),
+                (3, "http://c"),
+                (4, "http://d"),
+            ],
+        );
+        joining.members[3].role = "Learner".into();
+        v.merge(&joining, "r", now, &o);
+        for _ in 0..8 {
+            assert_ne!(pick(&mut v, Route::Any, now, &o), "http://d");
+        }
+        joining.members[3].role = "Follower".into();
+        v.merge(&joining, "r", now, &o);
+        let seen: Vec<String> = (0..8).map(|_| pick(&mut v, Route::Any, now, &o)).collect();
+        assert!(seen.iter().any(|e| e == "http://d"), "{seen:?}");
     }
 
     #[test]

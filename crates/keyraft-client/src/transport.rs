@@ -288,6 +288,7 @@ impl Client {
                     other => other,
                 });
             }
+            tracing::debug!(method, error = %error, ?wait, "retrying");
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(options.retry.max_backoff);
         }
