@@ -12,7 +12,8 @@
 # state".
 #
 # Usage: bench/join-large-state.sh [--grow 90s] [--during 60s] [--concurrency 64]
-#                                  [--out join-results.json] [--no-build]
+#                                  [--out join-results.json] [--no-build] [--keep]
+# --keep leaves the cluster's directory (node logs, per-second CSV) behind for a look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,7 @@ DURING=60s
 CONCURRENCY=64
 OUT=join-results.json
 BUILD=1
+KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --grow) GROW=$2; shift 2 ;;
@@ -28,7 +30,8 @@ while [ $# -gt 0 ]; do
     --concurrency) CONCURRENCY=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -50,7 +53,11 @@ cleanup() {
   # `keyraft dev` stops its nodes when it is stopped.
   [ -n "$DEV_PID" ] && kill "$DEV_PID" 2>/dev/null || true
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ "$KEEP" = 1 ]; then
+    echo "== kept $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
 }
 trap cleanup EXIT
 
