@@ -399,12 +399,12 @@ impl Drop for Syncer {
     }
 }
 
-/// The sync thread: waits for a request, takes every other queued one, syncs each file
-/// they name once and completes them all in submission order. Each request was queued
-/// after its write reached the file, so the sync covers it.
 /// A log sync that takes this long is logged as a warning.
 const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The sync thread: waits for a request, takes every other queued one, syncs each file
+/// they name once and completes them all in submission order. Each request was queued
+/// after its write reached the file, so the sync covers it.
 fn run_syncer(rx: &mpsc::Receiver<SyncRequest>, flushed: &watch::Sender<OnDisk>) {
     // After a failed sync nothing is trusted to be durable any more (see the module doc).
     let mut failed: Option<(io::ErrorKind, String)> = None;
