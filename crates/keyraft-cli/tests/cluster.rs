@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keyraft_client::{Client, EncryptionContext, Error, ErrorCode};
+use keyraft_client::{Client, ClientOptions, EncryptionContext, Error, ErrorCode};
 use keyraft_testkit::LocalCluster;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -476,6 +476,19 @@ async fn an_added_node_decrypts_what_was_encrypted_before_it_joined() {
 
     let spec = c.add_node_spec(4).unwrap();
     c.start(4).unwrap();
+    // Started but not added, node 4 serves nothing: a caller pinned to it is told to try
+    // another node, not that its credentials are unknown (which it would not retry).
+    let mut pinned = c.client_config();
+    pinned.endpoints = vec![spec.endpoint()];
+    pinned.timeout = Duration::from_secs(2);
+    let early = Client::with_options(pinned, ClientOptions::pinned()).unwrap();
+    eventually(Duration::from_secs(30), || async {
+        match early.describe_key(&key.key_id).await {
+            Err(e) if e.code() == Some(ErrorCode::KeyUnavailable) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     let status = client
         .add_node(4, &spec.endpoint(), &spec.raft_addr())
         .await

@@ -541,6 +541,34 @@ impl NodeCore {
         }
     }
 
+    /// Whether this node serves client calls: only a voter that holds the domain key
+    /// does. A node being added (a learner), or started and not added yet, has neither
+    /// the whole state nor the key: it would refuse a caller's credentials it has not
+    /// received yet (`UnrecognizedClientException`, which a client does not retry) or
+    /// hold the call until it caught up. It answers `KeyUnavailableException` instead,
+    /// which clients retry on another node; so does a node removed from the cluster.
+    fn serving(&self) -> Result<(), KmsError> {
+        let voter = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.id);
+        if voter && self.hsm.has_domain_key() {
+            return Ok(());
+        }
+        Err(KmsError::new(
+            ErrorCode::KeyUnavailable,
+            format!(
+                "node {} does not serve calls: it is not a voter of the cluster holding the \
+                 domain key (it is joining, was not added, or was removed)",
+                self.id
+            ),
+        ))
+    }
+
     /// Runs one client request through authentication, the handler and the audit log.
     ///
     /// `handler` gets the authenticated [`Call`] and the message; it fills in the audit
@@ -564,6 +592,9 @@ impl NodeCore {
         F: FnOnce(Arc<NodeCore>, Call, Req) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = (Call, Result<Resp, KmsError>)> + Send + 'static,
     {
+        if let Err(e) = self.serving() {
+            return Err(self.status(&e));
+        }
         let core = self.clone();
         let task = tokio::spawn(async move {
             core.run_to_completion(request, event_name, method, read_only, handler)
