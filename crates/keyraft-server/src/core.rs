@@ -546,7 +546,8 @@ impl NodeCore {
     /// the whole state nor the key: it would refuse a caller's credentials it has not
     /// received yet (`UnrecognizedClientException`, which a client does not retry) or
     /// hold the call until it caught up. It answers `KeyUnavailableException` instead,
-    /// which clients retry on another node; so does a node removed from the cluster.
+    /// which clients retry on another node; so does a removed node, once its own log
+    /// holds the membership without it (no one tells it otherwise).
     fn serving(&self) -> Result<(), KmsError> {
         let voter = self
             .raft
