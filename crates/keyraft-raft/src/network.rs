@@ -20,8 +20,12 @@
 //! snapshot metadata and a random id of the transfer (covered by the call's signature),
 //! then the records in chunks of about 1 MiB, then an end chunk with the MAC of the
 //! data's SHA-256 under the cluster secret, bound to the transfer's id. The receiver
-//! writes the records to disk as they come ([`Spool`]) and installs nothing unless the
-//! end chunk came and its MAC matches. Unlike appends,
+//! writes the records into its second state tree as they come
+//! ([`keyraft_state::Incoming`]) and installs nothing unless the end chunk came and its
+//! MAC matches. It refuses to fill its disk: a transfer that would leave less free than
+//! [`SNAPSHOT_RESERVE_MIN`] (or [`SNAPSHOT_RESERVE_PERCENT`] of the disk, if more) is
+//! refused with `RESOURCE_EXHAUSTED`, its partial tree dropped, and the node goes on as
+//! it was; the leader asks again after [`REFUSED_SNAPSHOT_PAUSE`]. Unlike appends,
 //! openraft puts no deadline on a snapshot transfer, so we enforce [`SNAPSHOT_TIMEOUT`]
 //! and honour openraft's cancel signal.
 //!
@@ -33,7 +37,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,16 +62,28 @@ use keyraft_proto::auth;
 use keyraft_proto::v1::internal::raft_service_client::RaftServiceClient;
 use keyraft_proto::v1::internal::raft_service_server::RaftService;
 use keyraft_proto::v1::internal::{snapshot_chunk, RaftMessage, SnapshotChunk, StreamMessage};
-use keyraft_state::StateView;
+use keyraft_state::{Incoming, StateError, StateMachine, StateView};
 use keyraft_types::NodeId;
 
 use crate::leader_watch::LeaderContact;
-use crate::state_machine::{encode_record, SnapshotData, Spool};
+use crate::state_machine::{encode_record, RecordReader, SnapshotData};
 use crate::typ::{Snapshot, SnapshotMeta, Vote};
 use crate::{from_bytes, to_bytes, NodeAddr, Raft, TypeConfig};
 
 /// The longest a snapshot transfer may take.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The least free space a snapshot being received leaves on the disk of the node's data:
+/// the node needs room beside it for its log and its state's own writes.
+pub const SNAPSHOT_RESERVE_MIN: u64 = 64 << 20;
+
+/// The share of the disk, in percent, a snapshot being received leaves free if that is
+/// more than [`SNAPSHOT_RESERVE_MIN`].
+pub const SNAPSHOT_RESERVE_PERCENT: u64 = 5;
+
+/// How long a leader waits before it offers a snapshot again to a follower that refused
+/// one for want of disk.
+pub const REFUSED_SNAPSHOT_PAUSE: Duration = Duration::from_secs(5);
 /// Snapshot data chunk size.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// How many snapshot chunks are read ahead of the transfer.
@@ -687,8 +703,9 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         let send = async {
             tokio::time::timeout(SNAPSHOT_TIMEOUT, client.install_snapshot(request)).await
         };
+        let mut cancel = std::pin::pin!(cancel);
         let reply = tokio::select! {
-            closed = cancel => return Err(StreamingError::Closed(closed)),
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
             r = send => r,
         };
         let reply = reply.map_err(|_| {
@@ -701,6 +718,14 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         })?;
         let reply = match reply {
             Ok(reply) => reply,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                tracing::warn!(target = self.target, error = %status.message(), "a follower refused a snapshot");
+                tokio::select! {
+                    closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                    () = tokio::time::sleep(REFUSED_SNAPSHOT_PAUSE) => {}
+                }
+                return Err(StreamingError::Unreachable(Unreachable::new(&status)));
+            }
             Err(status) => {
                 // If reading the state failed, that is why the follower refused: the
                 // records ended without their end chunk. (The reader has returned by
@@ -761,31 +786,40 @@ fn send_records(
 }
 
 /// Reads the data chunks of a snapshot transfer and its end chunk from `chunks` into
-/// `spool`, and returns it if the end chunk came last and holds the MAC of the data for
-/// `transfer`. Calls `progress` as each data chunk arrives.
+/// `incoming`, and returns it, sealed ([`Incoming::seal`]), if the end chunk came last
+/// and holds the MAC of the data for `transfer`. Refuses the transfer rather than leave the disk of `data_dir` with
+/// less free than the reserve ([`SNAPSHOT_RESERVE_MIN`]). Calls `progress` as each data
+/// chunk arrives.
 async fn read_snapshot_data<S>(
     auth: &ClusterAuth,
     transfer: &str,
     mut chunks: S,
-    mut spool: Spool,
+    incoming: Incoming,
+    data_dir: &Path,
     mut progress: impl FnMut(),
-) -> Result<Spool, Status>
+) -> Result<Incoming, Status>
 where
     S: Stream<Item = Result<SnapshotChunk, Status>> + Unpin,
 {
     let mut digest = Sha256::new();
     let mut end = None;
+    let mut receiving = (incoming, RecordReader::default());
     while let Some(chunk) = chunks.next().await {
         match (chunk?.kind, &end) {
             (Some(snapshot_chunk::Kind::Data(d)), None) => {
                 progress();
                 digest.update(&d);
-                spool = tokio::task::spawn_blocking(move || spool.append(&d).map(|()| spool))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .map_err(|e| {
-                        Status::internal(format!("writing the received snapshot to disk: {e}"))
+                let dir = data_dir.to_path_buf();
+                let (mut incoming, mut reader) = receiving;
+                receiving = tokio::task::spawn_blocking(move || {
+                    check_room(&dir, d.len() as u64)?;
+                    incoming.write(reader.feed(&d)).map_err(|e| {
+                        Status::internal(format!("writing the received snapshot: {e}"))
                     })?;
+                    Ok::<_, Status>((incoming, reader))
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
             }
             (Some(snapshot_chunk::Kind::End(mac)), None) => end = Some(mac),
             _ => return Err(Status::invalid_argument("unexpected snapshot chunk")),
@@ -799,7 +833,35 @@ where
     if !auth.verify_stream_mac(transfer, 0, &digest.finalize(), &mac) {
         return Err(Status::data_loss("snapshot data does not match its MAC"));
     }
-    Ok(spool)
+    let (mut incoming, reader) = receiving;
+    reader
+        .finish()
+        .map_err(|e| Status::data_loss(e.to_string()))?;
+    incoming
+        .seal()
+        .map_err(|e| Status::aborted(e.to_string()))?;
+    Ok(incoming)
+}
+
+/// Fails with `RESOURCE_EXHAUSTED` if writing `more` bytes to the disk of `dir` would
+/// leave less free than a snapshot must leave ([`SNAPSHOT_RESERVE_MIN`],
+/// [`SNAPSHOT_RESERVE_PERCENT`]).
+#[allow(clippy::result_large_err)]
+fn check_room(dir: &Path, more: u64) -> Result<(), Status> {
+    let disk = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| Status::internal(format!("reading the free space of the data disk: {e}")))?;
+    let unit = disk.fragment_size() as u64;
+    let free = (disk.blocks_available() as u64).saturating_mul(unit);
+    let size = (disk.blocks() as u64).saturating_mul(unit);
+    let reserve = SNAPSHOT_RESERVE_MIN.max(size / 100 * SNAPSHOT_RESERVE_PERCENT);
+    if free < reserve.saturating_add(more) {
+        return Err(Status::resource_exhausted(format!(
+            "the data disk has {} MiB free and a snapshot must leave {} MiB",
+            free >> 20,
+            reserve >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// The server side: hands verified messages to the local Raft.
@@ -808,14 +870,15 @@ pub struct RaftServer {
     auth: ClusterAuth,
     contact: LeaderContact,
     stop: watch::Receiver<bool>,
-    spool_dir: PathBuf,
+    state: Arc<StateMachine>,
+    data_dir: PathBuf,
 }
 
 impl RaftServer {
     /// Serves `raft`, accepting calls signed with `auth`'s secret, and records in
     /// `contact` when a leader's AppendEntries or snapshot arrived. A snapshot is
-    /// received into a file of no name in `spool_dir` (see [`Spool`]), which should be
-    /// the node's data directory.
+    /// received into `state`'s second tree (see [`Incoming`]), and refused if it would
+    /// leave the disk of `data_dir`, where `state` is, without its reserve.
     ///
     /// When `stop` turns true (or its sender is dropped) every open replication stream
     /// ends. A leader keeps its stream open for as long as it replicates, so without this
@@ -825,14 +888,16 @@ impl RaftServer {
         auth: ClusterAuth,
         contact: LeaderContact,
         stop: watch::Receiver<bool>,
-        spool_dir: PathBuf,
+        state: Arc<StateMachine>,
+        data_dir: PathBuf,
     ) -> RaftServer {
         RaftServer {
             raft,
             auth,
             contact,
             stop,
-            spool_dir,
+            state,
+            data_dir,
         }
     }
 
@@ -993,15 +1058,29 @@ impl RaftService for RaftServer {
         self.contact.touch();
         let (vote, meta, transfer): (Vote, SnapshotMeta, String) =
             from_bytes(&meta_bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let spool = Spool::new_in(&self.spool_dir).map_err(|e| {
-            Status::internal(format!("creating a file for the received snapshot: {e}"))
-        })?;
+        let (state, dir) = (self.state.clone(), self.data_dir.clone());
+        let incoming = tokio::task::spawn_blocking(move || {
+            check_room(&dir, 0)?;
+            state.receive().map_err(|e| match e {
+                StateError::InstallPending => Status::unavailable(e.to_string()),
+                e => Status::internal(format!("preparing to receive a snapshot: {e}")),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         let contact = &self.contact;
-        let spool =
-            read_snapshot_data(&self.auth, &transfer, stream, spool, || contact.touch()).await?;
+        let incoming = read_snapshot_data(
+            &self.auth,
+            &transfer,
+            stream,
+            incoming,
+            &self.data_dir,
+            || contact.touch(),
+        )
+        .await?;
         let snapshot = Snapshot {
             meta,
-            snapshot: SnapshotData::Received(spool),
+            snapshot: SnapshotData::Received(incoming),
         };
         encode_reply(self.raft.install_full_snapshot(vote, snapshot).await)
     }
@@ -1044,6 +1123,8 @@ mod tests {
         (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap())
     }
 
+    /// The state a node that receives `chunks` of `transfer` installs; if it refuses
+    /// them, why, once it has dropped what it received.
     async fn read(
         auth: &ClusterAuth,
         transfer: &str,
@@ -1051,12 +1132,49 @@ mod tests {
     ) -> Result<Vec<(String, String)>, tonic::Code> {
         let stream = futures::stream::iter(chunks.into_iter().map(Ok));
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::new_in(dir.path()).unwrap();
-        let spool = read_snapshot_data(auth, transfer, stream, spool, || ())
-            .await
-            .map_err(|s| s.code())?;
-        let installed = SnapshotData::Received(spool);
-        Ok(installed.records().map(|r| text(r.unwrap())).collect())
+        let durable = keyraft_state::Durable::open(dir.path()).unwrap();
+        let sm = StateMachine::open(&durable).unwrap();
+        let incoming = sm.receive().unwrap();
+        let read = read_snapshot_data(auth, transfer, stream, incoming, dir.path(), || ()).await;
+        let incoming = match read {
+            Ok(incoming) => incoming,
+            Err(status) => {
+                // The partial tree goes (on a thread of its own).
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while durable.db().tree_names().len() > 2 {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the partial tree stays"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                return Err(status.code());
+            }
+        };
+        sm.install_received(incoming, Vec::new(), Vec::new())
+            .unwrap();
+        let view = sm.pin().unwrap();
+        let state = view.records().map(|r| text(r.unwrap())).collect();
+        Ok(state)
+    }
+
+    /// `chunks` with their data cut into pieces of `size` bytes: records across pieces.
+    fn recut(chunks: &[SnapshotChunk], size: usize) -> Vec<SnapshotChunk> {
+        let mut data = Vec::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            match &chunk.kind {
+                Some(snapshot_chunk::Kind::Data(d)) => data.extend_from_slice(d),
+                _ => {
+                    out.extend(data.chunks(size).map(|piece| SnapshotChunk {
+                        kind: Some(snapshot_chunk::Kind::Data(piece.to_vec())),
+                    }));
+                    data.clear();
+                    out.push(chunk.clone());
+                }
+            }
+        }
+        out
     }
 
     #[tokio::test]
@@ -1067,7 +1185,9 @@ mod tests {
         for (k, v) in records {
             assert!(state.contains(&(k.to_string(), v.to_string())));
         }
-        assert_eq!(read(&auth, "t-1", chunks.clone()).await, Ok(state));
+        assert_eq!(read(&auth, "t-1", chunks.clone()).await, Ok(state.clone()));
+        // However the data is cut, as long as it is all there.
+        assert_eq!(read(&auth, "t-1", recut(&chunks, 3)).await, Ok(state));
 
         // Another transfer's end chunk, or another cluster's secret, does not verify.
         assert_eq!(
@@ -1091,12 +1211,36 @@ mod tests {
         let mut cut = chunks.clone();
         cut.pop();
         assert_eq!(read(&auth, "t-1", cut).await, Err(tonic::Code::DataLoss));
+        // So is data that ends inside a record, even under a MAC that matches.
+        assert_eq!(chunks.len(), 2, "one data chunk and the end");
+        let mut inside = chunks.clone();
+        let Some(snapshot_chunk::Kind::Data(d)) = &mut inside[0].kind else {
+            panic!("the first chunk holds records");
+        };
+        d.pop();
+        let data = d.clone();
+        let mac = auth.stream_mac("t-1", 0, &Sha256::digest(&data));
+        inside[1].kind = Some(snapshot_chunk::Kind::End(mac));
+        assert_eq!(read(&auth, "t-1", inside).await, Err(tonic::Code::DataLoss));
         // Nothing may follow the end chunk.
         let mut more = chunks.clone();
         more.push(chunks[0].clone());
         assert_eq!(
             read(&auth, "t-1", more).await,
             Err(tonic::Code::InvalidArgument)
+        );
+    }
+
+    /// A snapshot may not take a disk's last free space.
+    #[test]
+    fn a_snapshot_that_would_fill_the_disk_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = check_room(dir.path(), u64::MAX / 2).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("MiB free"),
+            "{}",
+            refused.message()
         );
     }
 

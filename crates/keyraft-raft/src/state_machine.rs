@@ -26,17 +26,16 @@
 //!   leader asked for it ([`keyraft_state::StateView`]), record by record as it streams
 //!   ([`crate::network`]), while apply goes on. Only a leader with a lagging follower
 //!   pays for the walk.
-//! - **Receiving** one writes the records to a file of no name in the node's data
-//!   directory as they arrive ([`Spool`]), not to memory.
-//! - **Installing** one writes the received records into a second state tree in
-//!   batches, syncs it and switches to it whole
-//!   ([`keyraft_state::StateMachine::install`]).
+//! - **Receiving** one writes the records into a second state tree as they arrive
+//!   ([`keyraft_state::Incoming`]), in batches, while the node goes on reading and
+//!   applying over the first: no copy in memory, and no disk but the new state's.
+//! - **Installing** one, once the sender's MAC over all of it verified, syncs that tree
+//!   and switches to it whole ([`keyraft_state::StateMachine::install_received`]).
 //!
-//! [`SnapshotData`] is therefore either a view of this node's own state or the records a
-//! leader sent ([`encode_record`] one after another), spooled.
+//! [`SnapshotData`] is therefore either a view of this node's own state or a leader's
+//! records ([`encode_record`] one after another) received into the second tree.
 
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,7 +46,9 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::Deserialize;
 
-use keyraft_state::{AppliedMeta, ApplyEntry, StateError, StateMachine, StateSnapshot, StateView};
+use keyraft_state::{
+    AppliedMeta, ApplyEntry, Incoming, StateError, StateMachine, StateSnapshot, StateView,
+};
 
 use crate::failpoints;
 use crate::log_store::Flushed;
@@ -58,21 +59,9 @@ use crate::{from_bytes, to_bytes, TypeConfig};
 pub enum SnapshotData {
     /// This node's own state as of the snapshot's log id, read when it is sent.
     Local(StateView),
-    /// The records a leader sent, on disk.
-    Received(Spool),
-}
-
-/// A state record as it is read out of a snapshot.
-pub type Record = Result<(Vec<u8>, Vec<u8>), StateError>;
-
-impl SnapshotData {
-    /// The snapshot's records, in key order.
-    pub fn records(&self) -> Box<dyn Iterator<Item = Record> + Send + '_> {
-        match self {
-            SnapshotData::Local(view) => Box::new(view.records()),
-            SnapshotData::Received(spool) => Box::new(spool.records()),
-        }
-    }
+    /// The records a leader sent, already in the state tree this node is not using
+    /// (see [`keyraft_state::Incoming`]).
+    Received(Incoming),
 }
 
 impl std::fmt::Debug for SnapshotData {
@@ -81,7 +70,7 @@ impl std::fmt::Debug for SnapshotData {
             SnapshotData::Local(view) => {
                 f.debug_struct("Local").field("meta", view.meta()).finish()
             }
-            SnapshotData::Received(spool) => f.debug_tuple("Received").field(&spool.len()).finish(),
+            SnapshotData::Received(_) => f.write_str("Received"),
         }
     }
 }
@@ -98,131 +87,61 @@ pub fn encode_record(key: &[u8], value: &[u8], out: &mut Vec<u8>) -> io::Result<
     Ok(())
 }
 
-/// Snapshot data received from a leader ([`encode_record`] one record after another),
-/// written to a file as it arrives so that a follower never holds a whole state in
-/// memory, however large.
-///
-/// The file has no name: the kernel frees its space when the spool is dropped, and a
-/// crash leaves nothing to clean up.
-pub struct Spool {
-    file: std::fs::File,
-    len: u64,
+/// Splits snapshot data, which arrives in pieces ([`encode_record`] one record after
+/// another, cut anywhere), into its records.
+#[derive(Default)]
+pub struct RecordReader {
+    /// The bytes of a record not yet whole.
+    pending: Vec<u8>,
 }
 
-impl Spool {
-    /// An empty spool in `dir`, which should be on the same disk as the node's state
-    /// (not a memory file system).
-    pub fn new_in(dir: &Path) -> io::Result<Spool> {
-        Ok(Spool {
-            file: tempfile::tempfile_in(dir)?,
-            len: 0,
-        })
+impl RecordReader {
+    /// The records that `data` completes, in order. The bytes of a record it leaves
+    /// unfinished are kept for the next piece.
+    pub fn feed(&mut self, data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut records = Vec::new();
+        if self.pending.is_empty() {
+            let used = split_records(data, &mut records);
+            self.pending.extend_from_slice(&data[used..]);
+        } else {
+            self.pending.extend_from_slice(data);
+            let used = split_records(&self.pending, &mut records);
+            self.pending.drain(..used);
+        }
+        records
     }
 
-    /// Appends `data`. Blocking: call it off the async executor.
-    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        (&self.file).write_all(data)?;
-        self.len += data.len() as u64;
-        Ok(())
-    }
-
-    /// The bytes appended so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether nothing was appended.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The records, read from the start; a truncated record is an error. Reads are
-    /// positioned, so several readers may walk the same spool.
-    fn records(&self) -> Records<'_> {
-        Records {
-            reader: io::BufReader::with_capacity(
-                SPOOL_READ_BUFFER,
-                ReadAt {
-                    file: &self.file,
-                    at: 0,
-                },
-            ),
-            left: self.len,
+    /// Fails if the data ended inside a record.
+    pub fn finish(&self) -> Result<(), StateError> {
+        if self.pending.is_empty() {
+            Ok(())
+        } else {
+            Err(StateError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "snapshot data ends inside a record",
+            )))
         }
     }
 }
 
-/// The read buffer of a spool's records.
-const SPOOL_READ_BUFFER: usize = 1 << 20;
-
-/// Reads a file from a position of its own.
-struct ReadAt<'a> {
-    file: &'a std::fs::File,
-    at: u64,
-}
-
-impl io::Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.at)?;
-        self.at += n as u64;
-        Ok(n)
+/// Pushes the whole records at the start of `data` to `out`; returns how many bytes they
+/// took.
+fn split_records(data: &[u8], out: &mut Vec<(Vec<u8>, Vec<u8>)>) -> usize {
+    let part = |at: usize| -> Option<(&[u8], usize)> {
+        let len = data.get(at..at + 4)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let start = at + 4;
+        Some((data.get(start..start.checked_add(len)?)?, start + len))
+    };
+    let mut at = 0;
+    while let Some((key, after_key)) = part(at) {
+        let Some((value, end)) = part(after_key) else {
+            break;
+        };
+        out.push((key.to_vec(), value.to_vec()));
+        at = end;
     }
-}
-
-/// The error of snapshot data cut inside a record.
-fn truncated() -> StateError {
-    StateError::Io(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "snapshot data ends inside a record",
-    ))
-}
-
-/// The records of a spool.
-struct Records<'a> {
-    reader: io::BufReader<ReadAt<'a>>,
-    /// Bytes not yet read.
-    left: u64,
-}
-
-impl Records<'_> {
-    /// Fills `buf` from the records' bytes, or fails if fewer are left.
-    fn fill(&mut self, buf: &mut [u8]) -> Result<(), StateError> {
-        if (buf.len() as u64) > self.left {
-            return Err(truncated());
-        }
-        self.reader.read_exact(buf)?;
-        self.left -= buf.len() as u64;
-        Ok(())
-    }
-
-    fn part(&mut self) -> Result<Vec<u8>, StateError> {
-        let mut len = [0; 4];
-        self.fill(&mut len)?;
-        let len = u32::from_be_bytes(len) as u64;
-        // Checked before the allocation: a length past the end is a truncated record,
-        // not a reason to reserve gigabytes.
-        if len > self.left {
-            return Err(truncated());
-        }
-        let mut part = vec![0; len as usize];
-        self.fill(&mut part)?;
-        Ok(part)
-    }
-}
-
-impl Iterator for Records<'_> {
-    type Item = Record;
-
-    fn next(&mut self) -> Option<Record> {
-        if self.left == 0 {
-            return None;
-        }
-        let record = self.part().and_then(|k| Ok((k, self.part()?)));
-        if record.is_err() {
-            self.left = 0;
-        }
-        Some(record)
-    }
+    at
 }
 
 /// openraft's view of a node's state machine.
@@ -455,9 +374,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let membership = to_bytes(&meta.last_membership)?;
         let this = self.clone();
         blocking(move || {
-            this.sm
-                .install(snapshot.records(), applied, membership)
-                .map_err(io::Error::from)?;
+            match snapshot {
+                SnapshotData::Received(incoming) => {
+                    this.sm.install_received(incoming, applied, membership)
+                }
+                SnapshotData::Local(view) => this.sm.install(view.records(), applied, membership),
+            }
+            .map_err(io::Error::from)?;
             this.note_size()
         })
         .await

@@ -10,10 +10,10 @@ use openraft::storage::RaftStateMachine;
 use openraft::testing::log_id;
 use openraft::RaftSnapshotBuilder;
 
-use keyraft_raft::state_machine::{SnapshotData, Spool, StateMachineStore};
+use keyraft_raft::state_machine::{encode_record, RecordReader, SnapshotData, StateMachineStore};
 use keyraft_raft::typ::{Entry, LogId, SnapshotMeta};
 use keyraft_raft::TypeConfig;
-use keyraft_state::{Command, Durable, Op, StateMachine, StateSnapshot};
+use keyraft_state::{Command, Durable, Op, StateError, StateMachine, StateSnapshot};
 
 fn lid(index: u64) -> LogId {
     log_id::<TypeConfig>(1, 1, index)
@@ -57,18 +57,24 @@ async fn apply(store: &mut StateMachineStore, indexes: std::ops::RangeInclusive<
     store.apply(stream::iter(entries)).await.unwrap();
 }
 
-/// `data` as a follower receives it: spooled to a file in `node`'s data directory.
-fn received(node: &Node, data: &[u8]) -> SnapshotData {
-    let mut spool = Spool::new_in(node._dir.path()).unwrap();
+/// `data` as a follower receives it, in pieces cut anywhere: written into `node`'s second
+/// state tree. Data that ends inside a record is refused.
+fn received(node: &Node, data: &[u8]) -> Result<SnapshotData, StateError> {
+    let mut incoming = node.sm.receive()?;
+    let mut reader = RecordReader::default();
     for piece in data.chunks(7) {
-        spool.append(piece).unwrap();
+        incoming.write(reader.feed(piece))?;
     }
-    assert_eq!(spool.len(), data.len() as u64);
-    SnapshotData::Received(spool)
+    reader.finish()?;
+    Ok(SnapshotData::Received(incoming))
 }
 
+/// The records of a node's own snapshot.
 fn records(data: &SnapshotData) -> Vec<(Vec<u8>, Vec<u8>)> {
-    data.records().map(Result::unwrap).collect()
+    let SnapshotData::Local(view) = data else {
+        panic!("not a node's own snapshot");
+    };
+    view.records().map(Result::unwrap).collect()
 }
 
 #[tokio::test]
@@ -131,17 +137,12 @@ async fn a_built_snapshot_is_on_disk_and_sent_as_records() {
     let snapshot = leader.store.get_current_snapshot().await.unwrap().unwrap();
     let mut data = Vec::new();
     for (k, v) in records(&snapshot.snapshot) {
-        keyraft_raft::state_machine::encode_record(&k, &v, &mut data).unwrap();
+        encode_record(&k, &v, &mut data).unwrap();
     }
     let mut follower = node();
     apply(&mut follower.store, 1..=1).await;
     let before = follower.sm.export().unwrap().0.records;
-    let truncated = received(&follower, &data[..data.len() - 3]);
-    assert!(follower
-        .store
-        .install_snapshot(&snapshot.meta, truncated)
-        .await
-        .is_err());
+    assert!(received(&follower, &data[..data.len() - 3]).is_err());
     assert_eq!(
         follower.store.applied_state().await.unwrap().0,
         Some(lid(1))
@@ -150,7 +151,7 @@ async fn a_built_snapshot_is_on_disk_and_sent_as_records() {
 
     follower
         .store
-        .install_snapshot(&snapshot.meta, received(&follower, &data))
+        .install_snapshot(&snapshot.meta, received(&follower, &data).unwrap())
         .await
         .unwrap();
     assert_eq!(
@@ -217,38 +218,32 @@ async fn an_earlier_versions_snapshot_file_is_taken_over_at_start() {
     assert!(!snapshots.exists());
 }
 
-/// A follower receives a snapshot into a file of no name: nothing of it shows in the data
-/// directory (a crash leaves nothing to clean up), and its records read back whole, by
-/// any number of readers at once.
+/// Snapshot data arrives in pieces cut anywhere, inside a length or a record included:
+/// every record reads back whole and in order, whatever the cut, and data that ends
+/// inside a record is an error.
 #[test]
-fn a_spool_has_no_name_and_reads_back_its_records() {
-    let dir = tempfile::tempdir().unwrap();
+fn records_read_back_whole_however_the_data_is_cut() {
     let mut data = Vec::new();
+    let mut expected = Vec::new();
     for i in 0..2000u32 {
-        let key = format!("key-{i:05}");
+        let key = format!("key-{i:05}").into_bytes();
         let value = vec![b'v'; (i % 300) as usize];
-        keyraft_raft::state_machine::encode_record(key.as_bytes(), &value, &mut data).unwrap();
+        encode_record(&key, &value, &mut data).unwrap();
+        expected.push((key, value));
     }
-    let mut spool = Spool::new_in(dir.path()).unwrap();
-    assert!(spool.is_empty());
-    for piece in data.chunks(4096) {
-        spool.append(piece).unwrap();
-    }
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-
-    let snapshot = SnapshotData::Received(spool);
-    let mut first = snapshot.records();
-    let mut second = snapshot.records();
-    for i in 0..2000u32 {
-        let (k1, v1) = first.next().unwrap().unwrap();
-        assert_eq!(k1, format!("key-{i:05}").into_bytes());
-        assert_eq!(v1.len(), (i % 300) as usize);
-        // The second reader goes at half the pace, from a position of its own.
-        if i % 2 == 0 {
-            let (k2, _) = second.next().unwrap().unwrap();
-            assert_eq!(k2, format!("key-{:05}", i / 2).into_bytes());
+    for piece in [1, 3, 7, 4096, data.len()] {
+        let mut reader = RecordReader::default();
+        let mut got = Vec::new();
+        for part in data.chunks(piece) {
+            got.extend(reader.feed(part));
         }
+        reader.finish().unwrap();
+        assert!(got == expected, "pieces of {piece} bytes");
     }
-    assert!(first.next().is_none());
-    assert_eq!(second.count(), 1000);
+    for cut in [1, 4, 5, data.len() - 1] {
+        let mut reader = RecordReader::default();
+        let got = reader.feed(&data[..cut]);
+        assert!(got.len() < expected.len());
+        assert!(reader.finish().is_err(), "cut after {cut} bytes");
+    }
 }

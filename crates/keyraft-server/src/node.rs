@@ -187,6 +187,7 @@ impl Node {
                     core.cluster_auth().clone(),
                     contact.clone(),
                     shutdown_rx.clone(),
+                    core.state.clone(),
                     core.config.data_dir.clone(),
                 )
                 .into_service(),

@@ -54,6 +54,8 @@ pub struct StateMachine {
     /// Serialises apply with a snapshot install. Apply runs on the Raft task, so nothing
     /// may hold this lock for long.
     write_lock: Mutex<()>,
+    /// Which snapshot transfer writes the second state tree (see [`Incoming`]).
+    receiving: Arc<install::Receiving>,
 }
 
 /// What a test runs in the middle of a flush.
@@ -84,12 +86,14 @@ struct StoredResponse {
 }
 
 mod iam;
+mod install;
 mod pin;
 mod view;
 
 use pin::FlushGate;
 use view::{prefix_range, Layers, View, Writes};
 
+pub use install::Incoming;
 pub use pin::StateView;
 
 pub use iam::{MAX_ACCESS_KEYS, MAX_INLINE_POLICIES};
@@ -268,6 +272,7 @@ impl StateMachine {
             #[cfg(test)]
             mid_flush: Mutex::new(None),
             write_lock: Mutex::new(()),
+            receiving: Arc::default(),
         })
     }
 
@@ -502,59 +507,6 @@ impl StateMachine {
         let view = self.pin()?;
         let records = view.records().collect::<Result<Vec<_>, _>>()?;
         Ok((StateSnapshot { records }, view.meta().clone()))
-    }
-
-    /// Replaces the whole state with `records` (a snapshot's) as of `last_applied`,
-    /// durably, and as one change: reads see the old state until the new one is whole.
-    ///
-    /// The records go into a tree of their own in batches of about 8 MiB, so reads of
-    /// the state go on meanwhile (a sled batch stops every read while it is written: one
-    /// batch of a large state stopped a node for tens of seconds), and the install holds
-    /// one batch in memory besides `records`, not a second copy of the state. Once that
-    /// tree is synced, the name of the current tree is switched in one synced write, and
-    /// the old tree is dropped. A crash before the switch leaves the old state, and the
-    /// next open drops the partial tree; a crash after it leaves the new one. A record
-    /// that fails to read fails the install and leaves the state as it was.
-    pub fn install(
-        &self,
-        records: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), StateError>>,
-        last_applied: Vec<u8>,
-        membership: Vec<u8>,
-    ) -> Result<(), StateError> {
-        let db = self.durable.db();
-        let current = current_tree_name(db)?;
-        let next = other_tree_name(&current);
-        db.drop_tree(next)?;
-        let incoming = db.open_tree(next)?;
-        let mut batch = sled::Batch::default();
-        let mut bytes = 0;
-        for record in records {
-            let (k, v) = record?;
-            bytes += k.len() + v.len();
-            batch.insert(k, v);
-            if bytes >= INSTALL_BATCH {
-                incoming.apply_batch(std::mem::take(&mut batch))?;
-                bytes = 0;
-            }
-        }
-        batch.insert(keys::LAST_APPLIED, last_applied);
-        batch.insert(keys::MEMBERSHIP, membership);
-        incoming.apply_batch(batch)?;
-        // A snapshot from a node of an earlier version has the earlier layout.
-        upgrade(&incoming)?;
-        self.durable.sync()?;
-        {
-            let _write = self.gate.write();
-            let _guard = self.lock();
-            db.insert(CURRENT_TREE, next.as_bytes())?;
-            self.durable.sync()?;
-            // The snapshot replaces what was applied, flushed or not.
-            let mut layers = self.layers_mut();
-            *self.tree.write().unwrap_or_else(|p| p.into_inner()) = incoming;
-            *layers = Layers::default();
-        }
-        db.drop_tree(current.as_bytes())?;
-        Ok(())
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
@@ -907,9 +859,6 @@ impl Drop for StateMachine {
         let _ = self.flush();
     }
 }
-
-/// About how many bytes of records an install writes to sled in one batch.
-const INSTALL_BATCH: usize = 8 << 20;
 
 /// The key, in sled's default tree, of the name of the tree the state is in.
 const CURRENT_TREE: &[u8] = b"keyraft/state-tree";

@@ -52,7 +52,7 @@ mod keys;
 pub mod storage;
 
 pub use apply::{
-    AppliedMeta, ChainCheck, StateMachine, StateSnapshot, StateView, MAX_ACCESS_KEYS,
+    AppliedMeta, ChainCheck, Incoming, StateMachine, StateSnapshot, StateView, MAX_ACCESS_KEYS,
     MAX_INLINE_POLICIES, MAX_PRUNE,
 };
 pub use command::{

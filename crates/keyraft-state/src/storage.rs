@@ -37,6 +37,13 @@ pub enum StateError {
         /// What failed.
         detail: String,
     },
+    /// A snapshot transfer was overtaken by a newer one, which now writes the state tree
+    /// it was writing.
+    #[error("a newer snapshot transfer took over from this one")]
+    Superseded,
+    /// A snapshot was received whole and waits to be installed: no other may start.
+    #[error("a received snapshot is being installed")]
+    InstallPending,
 }
 
 impl From<StateError> for io::Error {

@@ -1486,8 +1486,9 @@ fn a_durable_view_is_what_a_crash_keeps() {
 }
 
 /// An install writes the new state into a tree of its own, in batches, and switches to
-/// it in one synced write: until then the old state stands (a failed install leaves it,
-/// and the next open drops the partial tree); after, the new one does, reopen included.
+/// it in one synced write: until then the old state stands (a failed install drops the
+/// partial tree, and after a crash the next open does); after, the new one does, reopen
+/// included.
 #[test]
 fn an_install_switches_to_the_new_state_whole() {
     let (r, log) = keys_and_calls(6);
@@ -1525,6 +1526,15 @@ fn an_install_switches_to_the_new_state_whole() {
         .install(cut, applied.clone(), membership.clone())
         .is_err());
     assert_same_state(&at_half, &sm);
+    assert_eq!(trees(&durable), ["state"], "the partial tree is dropped");
+
+    // A crash in the middle of a transfer leaves its partial tree to the next open.
+    let mut incoming = sm.receive().unwrap();
+    incoming
+        .write(snapshot.records.iter().take(3).cloned())
+        .unwrap();
+    std::mem::forget(incoming);
+    assert_same_state(&at_half, &sm);
     assert_eq!(trees(&durable), ["state", "state-b"], "the partial tree");
     drop(sm);
     let sm = StateMachine::open(&durable).unwrap();
@@ -1547,6 +1557,62 @@ fn an_install_switches_to_the_new_state_whole() {
     let records = snapshot.records.into_iter().map(Ok);
     sm.install(records, applied, membership).unwrap();
     assert_eq!(trees(&durable), ["state"]);
+    assert_same_state(&r.sm, &sm);
+}
+
+/// One transfer at a time writes the second tree: a newer one takes it over, the older
+/// one can neither write nor install any more, and letting go of it leaves the newer
+/// one's records alone.
+#[test]
+fn a_newer_snapshot_transfer_takes_over_from_an_older_one() {
+    let (r, _log) = keys_and_calls(3);
+    let (snapshot, meta) = r.sm.export().unwrap();
+    let applied = meta.last_applied.clone().unwrap();
+    let membership = meta.membership.clone().unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap();
+    let durable = Durable::open(dir.path()).unwrap();
+    let sm = StateMachine::open(&durable).unwrap();
+
+    let mut older = sm.receive().unwrap();
+    older
+        .write([(b"stale".to_vec(), b"record".to_vec())])
+        .unwrap();
+    let mut newer = sm.receive().unwrap();
+    newer.write(snapshot.records.iter().cloned()).unwrap();
+    assert!(matches!(
+        sm.install_received(older, applied.clone(), membership.clone()),
+        Err(StateError::Superseded)
+    ));
+    sm.install_received(newer, applied.clone(), membership)
+        .unwrap();
+    // A superseded transfer cannot be sealed either.
+    let mut older = sm.receive().unwrap();
+    let _newer = sm.receive().unwrap();
+    assert!(matches!(older.seal(), Err(StateError::Superseded)));
+    drop((older, _newer));
+    assert_same_state(&r.sm, &sm);
+    assert_eq!(
+        sm.applied_meta().unwrap().last_applied,
+        Some(applied.clone())
+    );
+
+    // A transfer that has all its records is not taken over while it waits to be
+    // installed.
+    let mut whole = sm.receive().unwrap();
+    whole.write(snapshot.records.iter().cloned()).unwrap();
+    whole.seal().unwrap();
+    assert!(matches!(sm.receive(), Err(StateError::InstallPending)));
+    sm.install_received(whole, applied, meta.membership.unwrap_or_default())
+        .unwrap();
+    assert_same_state(&r.sm, &sm);
+
+    // A transfer given up drops its tree; the next one starts empty.
+    let mut given_up = sm.receive().unwrap();
+    given_up
+        .write([(b"stale".to_vec(), b"record".to_vec())])
+        .unwrap();
+    given_up.abandon().unwrap();
+    assert_eq!(durable.db().tree_names().len(), 2, "default and the state");
     assert_same_state(&r.sm, &sm);
 }
 
