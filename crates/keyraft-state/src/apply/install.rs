@@ -56,7 +56,13 @@ impl Owner {
 }
 
 /// A snapshot being received: its records so far, in the tree the state is not in.
-/// See the [module documentation](self).
+///
+/// [`StateMachine::receive`] hands it out; [`Incoming::write`] adds records as they
+/// arrive, while the node reads and applies over its old tree; once all of them are in
+/// and checked, [`Incoming::seal`] marks it whole and
+/// [`StateMachine::install_received`] switches the state to it. Dropped before that, it
+/// drops its partial tree. One transfer at a time owns the tree: a newer one takes it
+/// over from one not yet sealed.
 pub struct Incoming {
     receiving: Arc<Receiving>,
     number: u64,
