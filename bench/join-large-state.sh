@@ -5,8 +5,9 @@
 #   2. a fourth node is started, and `keyraft cluster add-node` runs while the same load
 #      goes on for --during.
 # Reports whether and how fast the add succeeded, how often the state was sent, how long
-# the new node took to install it, the peak memory of the new node and of the leader
-# while it joined, and the calls' rate and slowest call meanwhile.
+# the new node took to receive and to install it, the peak memory of the new node and of
+# the leader while it joined, the new node's peak disk use (its data directory and any
+# deleted file it still holds open), and the calls' rate and slowest call meanwhile.
 #
 # Prints a summary and writes it as JSON. See BENCHMARKS.md, "Joining a node to a large
 # state".
@@ -106,6 +107,39 @@ sleep 3
     awk '/VmRSS/ { print int($2 / 1024) }' "/proc/$LEADER_PID/status" 2>/dev/null || true
     sleep 0.5
   done ) >"$WORK/leader-rss.txt" &
+# The new node's disk use: its data directory, and files it holds open that have no name.
+python3 - "$WORK/d/node4" "$NODE4_PID" "$BENCH_PID" >"$WORK/node4-disk.txt" <<'EOF' &
+import os, sys, time
+top, node, bench = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+
+def used(path):
+    try:
+        return os.stat(path, follow_symlinks=False).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+while alive(bench):
+    total = sum(used(os.path.join(d, f)) for d, _, fs in os.walk(top) for f in fs)
+    fds = f"/proc/{node}/fd"
+    for fd in os.listdir(fds) if os.path.isdir(fds) else []:
+        try:
+            if os.readlink(os.path.join(fds, fd)).endswith("(deleted)"):
+                total += os.stat(os.path.join(fds, fd)).st_blocks * 512
+        except OSError:
+            pass
+    print(total >> 20, flush=True)
+    time.sleep(0.5)
+EOF
 START=$(date +%s.%N)
 ADD_OK=true
 "$KEYRAFT" cluster add-node --node-id 4 --endpoint "http://127.0.0.1:$API" \
@@ -125,6 +159,7 @@ rates = [int(l.split(",")[1]) for l in open(f"{work}/during.csv").read().split("
 rates = rates[:-1] if len(rates) > 1 else rates
 before = rates[:3]
 leader_rss = [int(l) for l in open(f"{work}/leader-rss.txt") if l.strip()]
+node4_disk = [int(l) for l in open(f"{work}/node4-disk.txt") if l.strip()]
 
 
 def stamp(line):
@@ -137,6 +172,8 @@ node4 = [strip.sub("", l) for l in open(f"{work}/node4.log", errors="replace")]
 starts = [stamp(l) for l in node4 if "worker_loop: install complete snapshot" in l]
 dones = [stamp(l) for l in node4 if "Done install complete snapshot" in l]
 installs = [round((d - s).total_seconds(), 1) for s, d in zip(starts, dones) if s and d]
+receiving = [stamp(l) for l in node4 if "receiving a snapshot" in l]
+transfers = [round((d - s).total_seconds(), 1) for s, d in zip(receiving, dones) if s and d]
 leader_log = f"{work}/d/node{leader}.log"
 sends = sum("finished sending full_snapshot" in l for l in open(leader_log, errors="replace"))
 report = {
@@ -145,8 +182,10 @@ report = {
     "state_mib_per_node": int(state_mib),
     "snapshot_installs": len(starts),
     "snapshots_sent": sends,
+    "receive_and_install_s": transfers,
     "install_s": installs,
     "new_node_peak_mib": int(node4_peak),
+    "new_node_disk_peak_mib": max(node4_disk, default=0),
     "leader_peak_mib_while_joining": max(leader_rss, default=0),
     "ops_per_s_during": round(during["ops_per_s"]),
     "ops_per_s_first_3s": round(sum(before) / max(len(before), 1)),

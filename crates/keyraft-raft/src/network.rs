@@ -788,15 +788,15 @@ fn send_records(
 /// Reads the data chunks of a snapshot transfer and its end chunk from `chunks` into
 /// `incoming`, and returns it, sealed ([`Incoming::seal`]), if the end chunk came last
 /// and holds the MAC of the data for `transfer`. Refuses the transfer rather than leave the disk of `data_dir` with
-/// less free than the reserve ([`SNAPSHOT_RESERVE_MIN`]). Calls `progress` as each data
-/// chunk arrives.
+/// less free than the reserve ([`SNAPSHOT_RESERVE_MIN`]). Calls `progress` with the size
+/// of each data chunk as it arrives.
 async fn read_snapshot_data<S>(
     auth: &ClusterAuth,
     transfer: &str,
     mut chunks: S,
     incoming: Incoming,
     data_dir: &Path,
-    mut progress: impl FnMut(),
+    mut progress: impl FnMut(usize),
 ) -> Result<Incoming, Status>
 where
     S: Stream<Item = Result<SnapshotChunk, Status>> + Unpin,
@@ -807,7 +807,7 @@ where
     while let Some(chunk) = chunks.next().await {
         match (chunk?.kind, &end) {
             (Some(snapshot_chunk::Kind::Data(d)), None) => {
-                progress();
+                progress(d.len());
                 digest.update(&d);
                 let dir = data_dir.to_path_buf();
                 let (mut incoming, mut reader) = receiving;
@@ -1068,16 +1068,32 @@ impl RaftService for RaftServer {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
+        let snapshot_id = format!("{:?}", meta.last_log_id);
+        tracing::info!(snapshot = %snapshot_id, "receiving a snapshot");
+        let started = Instant::now();
         let contact = &self.contact;
+        let mut bytes = 0;
         let incoming = read_snapshot_data(
             &self.auth,
             &transfer,
             stream,
             incoming,
             &self.data_dir,
-            || contact.touch(),
+            |n| {
+                bytes += n;
+                contact.touch();
+            },
         )
-        .await?;
+        .await
+        .inspect_err(
+            |e| tracing::warn!(snapshot = %snapshot_id, error = %e, "a snapshot transfer failed"),
+        )?;
+        tracing::info!(
+            snapshot = %snapshot_id,
+            mib = bytes >> 20,
+            seconds = started.elapsed().as_secs_f32(),
+            "received a snapshot whole"
+        );
         let snapshot = Snapshot {
             meta,
             snapshot: SnapshotData::Received(incoming),
@@ -1135,7 +1151,7 @@ mod tests {
         let durable = keyraft_state::Durable::open(dir.path()).unwrap();
         let sm = StateMachine::open(&durable).unwrap();
         let incoming = sm.receive().unwrap();
-        let read = read_snapshot_data(auth, transfer, stream, incoming, dir.path(), || ()).await;
+        let read = read_snapshot_data(auth, transfer, stream, incoming, dir.path(), |_| ()).await;
         let incoming = match read {
             Ok(incoming) => incoming,
             Err(status) => {
