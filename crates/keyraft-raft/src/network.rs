@@ -1068,7 +1068,9 @@ impl RaftService for RaftServer {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
-        let snapshot_id = format!("{:?}", meta.last_log_id);
+        let snapshot_id = meta
+            .last_log_id
+            .map_or_else(|| "none".to_string(), |id| id.to_string());
         tracing::info!(snapshot = %snapshot_id, "receiving a snapshot");
         let started = Instant::now();
         let contact = &self.contact;
@@ -1091,7 +1093,7 @@ impl RaftService for RaftServer {
         tracing::info!(
             snapshot = %snapshot_id,
             mib = bytes >> 20,
-            seconds = started.elapsed().as_secs_f32(),
+            seconds = format!("{:.1}", started.elapsed().as_secs_f32()),
             "received a snapshot whole"
         );
         let snapshot = Snapshot {
