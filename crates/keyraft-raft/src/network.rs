@@ -787,9 +787,9 @@ fn send_records(
 
 /// Reads the data chunks of a snapshot transfer and its end chunk from `chunks` into
 /// `incoming`, and returns it, sealed ([`Incoming::seal`]), if the end chunk came last
-/// and holds the MAC of the data for `transfer`. Refuses the transfer rather than leave the disk of `data_dir` with
-/// less free than the reserve ([`SNAPSHOT_RESERVE_MIN`]). Calls `progress` with the size
-/// of each data chunk as it arrives.
+/// and holds the MAC of the data for `transfer`. Refuses the transfer rather than leave
+/// the disk of `data_dir` with less free than the reserve ([`SNAPSHOT_RESERVE_MIN`]).
+/// Calls `progress` with the size of each data chunk as it arrives.
 async fn read_snapshot_data<S>(
     auth: &ClusterAuth,
     transfer: &str,
@@ -1058,6 +1058,9 @@ impl RaftService for RaftServer {
         self.contact.touch();
         let (vote, meta, transfer): (Vote, SnapshotMeta, String) =
             from_bytes(&meta_bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let snapshot_id = meta
+            .last_log_id
+            .map_or_else(|| "none".to_string(), |id| id.to_string());
         let (state, dir) = (self.state.clone(), self.data_dir.clone());
         let incoming = tokio::task::spawn_blocking(move || {
             check_room(&dir, 0)?;
@@ -1067,10 +1070,11 @@ impl RaftService for RaftServer {
             })
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))??;
-        let snapshot_id = meta
-            .last_log_id
-            .map_or_else(|| "none".to_string(), |id| id.to_string());
+        .map_err(|e| Status::internal(e.to_string()))
+        .and_then(|r| r)
+        .inspect_err(
+            |e| tracing::warn!(snapshot = %snapshot_id, error = %e, "refused a snapshot"),
+        )?;
         tracing::info!(snapshot = %snapshot_id, "receiving a snapshot");
         let started = Instant::now();
         let contact = &self.contact;
