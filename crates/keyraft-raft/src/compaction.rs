@@ -24,9 +24,14 @@
 //! A leader holds its next snapshot off (for [`CATCH_UP_GRACE`] at most) while a member
 //! it replicates to has not yet reached the point that snapshot would purge the log to
 //! (what is applied, less `keep_logs_after_snapshot`): that member would need a snapshot
-//! to catch up. The members it holds for are learners (nodes being added) and voters
-//! that answered in the last 3 s; a voter that is down gets a snapshot when it is back,
-//! and holding the log for it would only grow the log.
+//! to catch up. The members it holds for are learners (nodes being added), voters that
+//! answered in the last 3 s, and members it is sending a snapshot to or sent one in the
+//! last 30 s ([`SnapshotTransfers`]); a voter that is down gets a snapshot when it is
+//! back, and holding the log for it would only grow the log. (A node busy writing a
+//! whole state answers heartbeats late: counted as down, it had the log purged past the
+//! snapshot it was installing, and was sent another as soon as it was done, and again.
+//! Each install leaves the dropped tree's space to sled to reclaim, which it does
+//! slowly, so back-to-back installs ran a node out of disk.)
 //!
 //! openraft purges the log when the leader snapshots and only spares entries in flight,
 //! not a snapshot in flight, so a new node whose transfer and install took longer than
@@ -36,12 +41,15 @@
 //! the snapshot due then purged past it while it caught up from the log: a node joining
 //! an 850 MB state under load was sent three snapshots.)
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::Instant as _;
+
+use keyraft_types::NodeId;
 
 use crate::Raft;
 
@@ -60,6 +68,61 @@ pub const CATCH_UP_GRACE: Duration = Duration::from_secs(120);
 /// A voter whose last answer to the leader is older than this counts as down, and the
 /// log is not held for it.
 const ANSWERED_LATELY: Duration = Duration::from_secs(3);
+
+/// A member sent a snapshot this long ago or less counts as catching up: it installs the
+/// snapshot and then needs the log after it.
+const SENT_A_SNAPSHOT_LATELY: Duration = Duration::from_secs(30);
+
+/// The snapshots this node sends, by target, for [`run`] to tell a member busy with
+/// one from a member that is down. The transport records each transfer
+/// ([`SnapshotTransfers::start`]); clones share the record.
+#[derive(Clone, Default)]
+pub struct SnapshotTransfers(Arc<Mutex<HashMap<NodeId, Transfers>>>);
+
+#[derive(Default)]
+struct Transfers {
+    /// Transfers under way.
+    sending: usize,
+    /// When the last one ended.
+    ended: Option<Instant>,
+}
+
+/// A transfer under way; it ends when this drops.
+pub struct Sending {
+    transfers: SnapshotTransfers,
+    target: NodeId,
+}
+
+impl SnapshotTransfers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Transfers>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a transfer to `target` until the returned guard drops.
+    pub fn start(&self, target: NodeId) -> Sending {
+        self.lock().entry(target).or_default().sending += 1;
+        Sending {
+            transfers: self.clone(),
+            target,
+        }
+    }
+
+    /// Whether a transfer to `target` is under way or ended less than `within` ago.
+    pub fn lately(&self, target: NodeId, within: Duration) -> bool {
+        self.lock()
+            .get(&target)
+            .is_some_and(|t| t.sending > 0 || t.ended.is_some_and(|at| at.elapsed() < within))
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        let mut transfers = self.transfers.lock();
+        let t = transfers.entry(self.target).or_default();
+        t.sending = t.sending.saturating_sub(1);
+        t.ended = Some(Instant::now());
+    }
+}
 
 /// Whether a snapshot now would purge log a member still needs: some member's matched
 /// log index (`None` for nothing matched yet) is below `purge_to`, the index the log
@@ -105,12 +168,14 @@ impl CompactionPolicy {
 /// `log_bytes` counts the bytes appended to the log since the process started
 /// ([`crate::log_store::LogStore::appended_bytes`]); `snapshot_bytes` is the size of the
 /// node's state on disk as of its last snapshot
-/// ([`crate::state_machine::StateMachineStore::snapshot_bytes`]).
+/// ([`crate::state_machine::StateMachineStore::snapshot_bytes`]); `transfers` are the
+/// snapshots the node's transport sends ([`crate::network::Network::snapshot_transfers`]).
 pub async fn run(
     raft: Raft,
     policy: CompactionPolicy,
     log_bytes: Arc<AtomicU64>,
     snapshot_bytes: Arc<AtomicU64>,
+    transfers: SnapshotTransfers,
 ) {
     let metrics = raft.metrics();
     let mut interval = tokio::time::interval(CHECK_EVERY);
@@ -133,8 +198,9 @@ pub async fn run(
             let purge_to = m
                 .last_applied
                 .and_then(|l| l.index.checked_sub(policy.keep_logs));
-            // Learners (nodes being added) and voters that answered lately: a voter that
-            // is down catches up from nothing, so holding the log for it only grows it.
+            // Learners (nodes being added), voters that answered lately and members busy
+            // with a snapshot: a voter that is down catches up from nothing, so holding
+            // the log for it only grows it.
             let membership = m.membership_config.membership();
             let answered_lately = |id: &u64| {
                 m.heartbeat
@@ -147,7 +213,9 @@ pub async fn run(
                 let matched = r
                     .iter()
                     .filter(|(id, _)| {
-                        membership.learner_ids().any(|l| l == **id) || answered_lately(id)
+                        membership.learner_ids().any(|l| l == **id)
+                            || answered_lately(id)
+                            || transfers.lately(**id, SENT_A_SNAPSHOT_LATELY)
                     })
                     .map(|(_, l)| l.as_ref().map(|l| l.index));
                 would_purge_what_a_member_needs(purge_to, matched)
@@ -235,6 +303,23 @@ mod tests {
             [Some(250), None]
         ));
         assert!(!would_purge_what_a_member_needs(Some(100), []));
+    }
+
+    /// A member counts as busy with a snapshot while one is sent to it and for a while
+    /// after, and only that member.
+    #[test]
+    fn a_member_sent_a_snapshot_lately_is_catching_up() {
+        let transfers = SnapshotTransfers::default();
+        assert!(!transfers.lately(2, Duration::from_secs(30)));
+        let first = transfers.start(2);
+        let second = transfers.start(2);
+        assert!(transfers.lately(2, Duration::ZERO));
+        assert!(!transfers.lately(3, Duration::from_secs(30)));
+        drop(first);
+        assert!(transfers.lately(2, Duration::ZERO), "one still under way");
+        drop(second);
+        assert!(transfers.lately(2, Duration::from_secs(30)));
+        assert!(!transfers.lately(2, Duration::ZERO));
     }
 
     #[test]

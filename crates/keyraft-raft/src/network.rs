@@ -65,6 +65,7 @@ use keyraft_proto::v1::internal::{snapshot_chunk, RaftMessage, SnapshotChunk, St
 use keyraft_state::{Incoming, StateError, StateMachine, StateView};
 use keyraft_types::NodeId;
 
+use crate::compaction::SnapshotTransfers;
 use crate::leader_watch::LeaderContact;
 use crate::state_machine::{encode_record, RecordReader, SnapshotData};
 use crate::typ::{Snapshot, SnapshotMeta, Vote};
@@ -266,6 +267,7 @@ pub struct Network {
     source: Option<IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     patience: Duration,
+    transfers: SnapshotTransfers,
 }
 
 impl Network {
@@ -277,6 +279,7 @@ impl Network {
             source: None,
             channels: Arc::new(Mutex::new(HashMap::new())),
             patience: Duration::ZERO,
+            transfers: SnapshotTransfers::default(),
         }
     }
 
@@ -303,6 +306,12 @@ impl Network {
     /// The source IP outgoing connections are bound to, if any.
     pub fn source(&self) -> Option<IpAddr> {
         self.source
+    }
+
+    /// The record of the snapshots this network sends, by target, for
+    /// [`crate::compaction::run`].
+    pub fn snapshot_transfers(&self) -> SnapshotTransfers {
+        self.transfers.clone()
     }
 
     /// The shared channel to `raft_addr`.
@@ -333,6 +342,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             source: self.source,
             auth: self.auth.clone(),
             patience: self.patience,
+            transfers: self.transfers.clone(),
         }
     }
 }
@@ -348,6 +358,8 @@ pub struct Connection {
     /// The least time a replication stream waits for an answer (see
     /// [`Network::with_stream_patience`]).
     patience: Duration,
+    /// Where the snapshots sent to `target` are recorded.
+    transfers: SnapshotTransfers,
 }
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
@@ -679,6 +691,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             let e = std::io::Error::other("only a node's own state is sent as a snapshot");
             return Err(network(&e));
         };
+        let _sending = self.transfers.start(self.target);
         let transfer = random_nonce();
         let head = to_bytes(&(vote, snapshot.meta, &transfer)).map_err(|e| network(&e))?;
         let (chunks, queued) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);

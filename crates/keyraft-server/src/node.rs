@@ -160,6 +160,7 @@ impl Node {
             compaction,
             log_bytes,
             snapshot_bytes,
+            core.network.snapshot_transfers(),
         )));
         let contact = LeaderContact::default();
         tasks.push(tokio::spawn(leader_watch::run(
