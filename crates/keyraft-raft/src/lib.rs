@@ -10,11 +10,11 @@
 //!   durable with a real `fdatasync` before openraft is told an append is flushed.
 //! - [`state_machine::StateMachineStore`]: the adapter that feeds committed entries to
 //!   [`keyraft_state::StateMachine`] in batches, and snapshots: a sync of the state on
-//!   disk, read as it is sent to a follower, received into a file and installed into a
-//!   second state tree in batches.
+//!   disk, read as it is sent to a follower, written into a second state tree as it
+//!   arrives and switched to whole.
 //! - [`compaction`]: when a node snapshots (and so may purge its log): once it has
 //!   written as much log as a share of its state's size, and not while a joining or
-//!   live member still needs the log it would purge.
+//!   live member (or one being sent a snapshot) still needs the log it would purge.
 //! - [`leader_watch`]: a follower that finds its leader's port refusing connections
 //!   gets an election going at once instead of waiting out the election timeout.
 //! - [`network`]: the node-to-node transport over tonic, every call signed with the
