@@ -30,8 +30,8 @@
 //! back, and holding the log for it would only grow the log. (A node busy writing a
 //! whole state answers heartbeats late: counted as down, it had the log purged past the
 //! snapshot it was installing, and was sent another as soon as it was done, and again.
-//! Each install leaves the dropped tree's space to sled to reclaim, which it does
-//! slowly, so back-to-back installs ran a node out of disk.)
+//! A running sled does not reuse the space of the tree each install drops, so
+//! back-to-back installs ran a node out of disk.)
 //!
 //! openraft purges the log when the leader snapshots and only spares entries in flight,
 //! not a snapshot in flight, so a new node whose transfer and install took longer than
