@@ -16,7 +16,7 @@
 //! may not end for a long time; its successor's transfer must not wait for it.) A
 //! transfer that has all its records ([`Incoming::seal`]) is not taken over: it is on its
 //! way to the Raft layer, which treats a failed install as fatal. A newer transfer is
-//! refused until it is installed or dropped ([`StateError::InstallPending`]).
+//! refused until that one is installed or dropped ([`StateError::InstallPending`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
