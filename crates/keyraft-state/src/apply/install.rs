@@ -48,6 +48,15 @@ impl Receiving {
 }
 
 impl Owner {
+    /// Fails unless transfer `number` still owns the tree.
+    fn check(&self, number: u64) -> Result<(), StateError> {
+        if self.current == Some(number) {
+            Ok(())
+        } else {
+            Err(StateError::Superseded)
+        }
+    }
+
     /// No transfer owns the tree any more.
     fn release(&mut self) {
         self.current = None;
@@ -72,8 +81,8 @@ pub struct Incoming {
     /// Records not yet written, and their size.
     batch: sled::Batch,
     bytes: usize,
-    /// Installed: the tree is the state's now and must not be dropped.
-    installed: bool,
+    /// Installed or given up: nothing is left for `drop` to do.
+    settled: bool,
 }
 
 impl Incoming {
@@ -97,10 +106,7 @@ impl Incoming {
 
     /// Writes the records held so far, if this transfer still owns the tree.
     fn write_batch(&mut self) -> Result<(), StateError> {
-        let owner = self.receiving.lock();
-        if owner.current != Some(self.number) {
-            return Err(StateError::Superseded);
-        }
+        self.receiving.lock().check(self.number)?;
         self.tree.apply_batch(std::mem::take(&mut self.batch))?;
         self.bytes = 0;
         Ok(())
@@ -110,9 +116,7 @@ impl Incoming {
     /// before this one is installed or dropped. Fails if one already has.
     pub fn seal(&mut self) -> Result<(), StateError> {
         let mut owner = self.receiving.lock();
-        if owner.current != Some(self.number) {
-            return Err(StateError::Superseded);
-        }
+        owner.check(self.number)?;
         owner.sealed = true;
         Ok(())
     }
@@ -120,7 +124,7 @@ impl Incoming {
     /// Gives the transfer up and drops its partial tree now (dropping an `Incoming` does
     /// it on a thread of its own). Blocking.
     pub fn abandon(mut self) -> Result<(), StateError> {
-        self.installed = true; // Nothing left for `drop` to do.
+        self.settled = true;
         abandon(&self.receiving, self.number, &self.db, self.name)
     }
 }
@@ -146,7 +150,7 @@ impl Drop for Incoming {
     /// takes a while, so it runs on a thread of its own rather than on whatever task
     /// let go of the transfer.
     fn drop(&mut self) {
-        if self.installed {
+        if self.settled {
             return;
         }
         let (receiving, number, db, name) = (
@@ -202,7 +206,7 @@ impl StateMachine {
             name,
             batch: sled::Batch::default(),
             bytes: 0,
-            installed: false,
+            settled: false,
         })
     }
 
@@ -229,9 +233,7 @@ impl StateMachine {
         incoming.batch.insert(keys::MEMBERSHIP, membership);
         // Held to the end: no transfer may start on the old tree before it is dropped.
         let mut owner = self.receiving.lock();
-        if owner.current != Some(incoming.number) {
-            return Err(StateError::Superseded);
-        }
+        owner.check(incoming.number)?;
         incoming
             .tree
             .apply_batch(std::mem::take(&mut incoming.batch))?;
@@ -250,7 +252,7 @@ impl StateMachine {
             *self.tree.write().unwrap_or_else(|p| p.into_inner()) = incoming.tree.clone();
             *layers = Layers::default();
         }
-        incoming.installed = true;
+        incoming.settled = true;
         owner.release();
         db.drop_tree(old.as_bytes())?;
         Ok(())
