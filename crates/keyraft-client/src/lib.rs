@@ -278,7 +278,7 @@ impl Client {
 
     /// A fresh request id: one per logical call, reused by all its attempts.
     fn request_id() -> String {
-        uuid::Uuid::new_v4().to_string()
+        keyraft_types::new_id()
     }
 
     /// Creates a symmetric key.

@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn malformed_blobs_are_invalid_ciphertext() {
-        let id = KeyId::random();
+        let id = KeyId::generate();
         let mut blob = header(&id, 7, &[1; SALT_LEN], &[2; NONCE_LEN]);
         blob.extend_from_slice(&[0; TAG_LEN]);
         let parsed = CiphertextBlob::parse(&blob).unwrap();
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_layout_is_as_documented() {
-        let id = KeyId::random();
+        let id = KeyId::generate();
         let salt = [0x11; SALT_LEN];
         let nonce = [0x22; NONCE_LEN];
         let mut blob = header(&id, 0x0102_0304, &salt, &nonce);

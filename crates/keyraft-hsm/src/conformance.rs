@@ -45,7 +45,7 @@ pub fn check_key_pairs(hsm: &dyn Hsm) {
     use crate::asymmetric;
     use keyraft_types::{EncryptionAlgorithm, KeySpec, SigningAlgorithm};
     for spec in [KeySpec::EccNistP256, KeySpec::Rsa2048] {
-        let id = KeyId::random();
+        let id = KeyId::generate();
         let (key, public) = hsm.generate_key_pair(&id, 1, spec).expect("key pair");
         if spec != KeySpec::EccNistP256 {
             // A plaintext PKCS#8 RSA key repeats the modulus, which ends the SPKI but for
@@ -66,7 +66,7 @@ pub fn check_key_pairs(hsm: &dyn Hsm) {
         let digest = asymmetric::digest(keyraft_types::Sha2::Sha256, b"m");
         let alg = spec.signing_algorithms()[0];
         assert!(matches!(
-            hsm.sign(&key, &KeyId::random(), 1, spec, alg, &digest),
+            hsm.sign(&key, &KeyId::generate(), 1, spec, alg, &digest),
             Err(HsmError::UnwrapFailed)
         ));
         assert!(matches!(
@@ -84,7 +84,7 @@ pub fn check_key_pairs(hsm: &dyn Hsm) {
             )
             .is_err());
     }
-    let id = KeyId::random();
+    let id = KeyId::generate();
     let (key, public) = hsm
         .generate_key_pair(&id, 1, KeySpec::Rsa2048)
         .expect("key pair");
@@ -139,7 +139,7 @@ pub fn check_no_domain_key(hsm: &dyn Hsm) {
         !hsm.has_domain_key(),
         "a fresh HSM must not hold a domain key"
     );
-    let id = KeyId::random();
+    let id = KeyId::generate();
     let no_key = |what: &str, r: Result<(), HsmError>| {
         assert!(
             matches!(r, Err(HsmError::NoDomainKey)),
@@ -210,7 +210,7 @@ pub fn check_generate_domain_key(hsm: &dyn Hsm) {
 
 /// Encrypt/decrypt round trips, and fresh randomness per encryption.
 pub fn check_round_trips(hsm: &dyn Hsm) {
-    let id = KeyId::random();
+    let id = KeyId::generate();
     let key = hsm.generate_key_material(&id, 1).expect("material");
     for (pt, c) in [
         (&b""[..], ctx(&[])),
@@ -240,7 +240,7 @@ pub fn check_round_trips(hsm: &dyn Hsm) {
     assert_ne!(a, b, "two encryptions of one plaintext must differ");
 
     // ReEncrypt moves a ciphertext to another key and context.
-    let id2 = KeyId::random();
+    let id2 = KeyId::generate();
     let key2 = hsm.generate_key_material(&id2, 1).expect("material");
     let (c1, c2) = (ctx(&[("from", "a")]), ctx(&[("to", "b")]));
     let blob = CiphertextBlob::parse(&hsm.encrypt(&key, &id, 1, b"moved", &c1).expect("encrypt"))
@@ -266,7 +266,7 @@ pub fn check_round_trips(hsm: &dyn Hsm) {
 /// Flipping any bit of a blob, truncating it or extending it is detected, and always
 /// as `InvalidCiphertext`.
 pub fn check_tampering(hsm: &dyn Hsm) {
-    let id = KeyId::random();
+    let id = KeyId::generate();
     let key = hsm.generate_key_material(&id, 1).expect("material");
     let c = ctx(&[("a", "b")]);
     for pt in [&b"secret"[..], b""] {
@@ -305,7 +305,7 @@ pub fn check_tampering(hsm: &dyn Hsm) {
 
 /// The encryption context must match exactly, and its encoding is unambiguous.
 pub fn check_contexts(hsm: &dyn Hsm) {
-    let id = KeyId::random();
+    let id = KeyId::generate();
     let key = hsm.generate_key_material(&id, 1).expect("material");
     let good = ctx(&[("dept", "hr"), ("user", "x")]);
     let blob = CiphertextBlob::parse(&hsm.encrypt(&key, &id, 1, b"pt", &good).expect("encrypt"))
@@ -360,7 +360,7 @@ pub fn check_contexts(hsm: &dyn Hsm) {
 /// A blob only decrypts with the key (and version) it was made under, whatever key id
 /// the blob claims.
 pub fn check_wrong_key(hsm: &dyn Hsm) {
-    let (ida, idb) = (KeyId::random(), KeyId::random());
+    let (ida, idb) = (KeyId::generate(), KeyId::generate());
     let a = hsm.generate_key_material(&ida, 1).expect("material");
     let b = hsm.generate_key_material(&idb, 1).expect("material");
     let blob = CiphertextBlob::parse(&hsm.encrypt(&a, &ida, 1, b"pt", &ctx(&[])).expect("encrypt"))
@@ -392,7 +392,7 @@ pub fn check_wrong_key(hsm: &dyn Hsm) {
 /// Wrapped material is bound to its key id and version: it cannot be used as the
 /// material of another key or version.
 pub fn check_material_binding(hsm: &dyn Hsm) {
-    let (ida, idb) = (KeyId::random(), KeyId::random());
+    let (ida, idb) = (KeyId::generate(), KeyId::generate());
     let a = hsm.generate_key_material(&ida, 1).expect("material");
     assert!(
         hsm.encrypt(&a, &idb, 1, b"pt", &ctx(&[])).is_err(),
@@ -434,7 +434,7 @@ pub fn check_material_binding(hsm: &dyn Hsm) {
 
 /// Data keys of every allowed size decrypt to what was returned.
 pub fn check_data_keys(hsm: &dyn Hsm) {
-    let id = KeyId::random();
+    let id = KeyId::generate();
     let key = hsm.generate_key_material(&id, 1).expect("material");
     let c = ctx(&[("k", "v")]);
     for len in [1usize, 16, 32, 1024] {
@@ -518,7 +518,7 @@ pub fn check_transfer(make: &dyn Fn() -> Box<dyn Hsm>) {
     let a = make();
     a.generate_domain_key().expect("domain key");
     let fp = a.domain_key_fingerprint().expect("fingerprint");
-    let id = KeyId::random();
+    let id = KeyId::generate();
     let key = a.generate_key_material(&id, 1).expect("material");
     let c0 = ctx(&[("joined", "later")]);
     let blob = a
@@ -665,7 +665,7 @@ pub fn check_transfer(make: &dyn Fn() -> Box<dyn Hsm>) {
 /// RSAES-OAEP-SHA-256, usable after import, fingerprinted for re-import checks.
 pub fn check_import(hsm: &dyn Hsm) {
     use rsa::pkcs8::DecodePublicKey;
-    let id = KeyId::random();
+    let id = KeyId::generate();
     let wrapping = hsm
         .generate_import_wrapping_key(2048, b"token-1")
         .expect("wrapping key");
@@ -728,7 +728,7 @@ pub fn check_import(hsm: &dyn Hsm) {
 /// HMAC keys: a MAC verifies for its message and key only.
 pub fn check_mac(hsm: &dyn Hsm) {
     for (len, bits) in [(32usize, 256usize), (48, 384), (64, 512)] {
-        let id = KeyId::random();
+        let id = KeyId::generate();
         let key = hsm.generate_mac_key(&id, 1, len).expect("mac key");
         let mac = hsm.mac(&key, &id, 1, bits, b"message").expect("mac");
         assert_eq!(mac.len(), bits / 8);
@@ -746,5 +746,5 @@ pub fn check_mac(hsm: &dyn Hsm) {
         let other = hsm.generate_mac_key(&id, 1, len).expect("mac key");
         assert_ne!(hsm.mac(&other, &id, 1, bits, b"message").expect("mac"), mac);
     }
-    assert!(hsm.generate_mac_key(&KeyId::random(), 1, 16).is_err());
+    assert!(hsm.generate_mac_key(&KeyId::generate(), 1, 16).is_err());
 }

@@ -732,7 +732,7 @@ mod tests {
         let fp = a.domain_key_fingerprint().unwrap();
         assert_eq!(fp.len(), 64);
         assert!(fp.bytes().all(|b| b.is_ascii_hexdigit()));
-        let id = KeyId::random();
+        let id = KeyId::generate();
         let key = a.generate_key_material(&id, 1).unwrap();
         let blob = a
             .encrypt(&key, &id, 1, b"survives", &EncryptionContext::new())
@@ -921,14 +921,14 @@ mod tests {
         let shown = format!("{a:?}");
         assert!(shown.contains("has_domain_key: true"), "{shown}");
         assert!(!shown.contains(&format!("{:?}", raw.as_slice())));
-        let w = a.generate_key_material(&KeyId::random(), 1).unwrap();
+        let w = a.generate_key_material(&KeyId::generate(), 1).unwrap();
         assert_eq!(format!("{w:?}"), format!("WrappedKey({} bytes)", w.0.len()));
     }
 
     #[test]
     fn the_insecure_accessor_returns_the_material() {
         let (_dir, a) = sealed_hsm();
-        let id = KeyId::random();
+        let id = KeyId::generate();
         let w = a.generate_key_material(&id, 3).unwrap();
         let raw = a.insecure_unwrap_for_tests(&w, &id, 3).unwrap();
         assert_eq!(raw.len(), KEY_LEN);

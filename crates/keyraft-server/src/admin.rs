@@ -403,7 +403,7 @@ impl NodeCore {
         }
         crate::failpoints::check(crate::failpoints::BEFORE_RETIRE_NODE, "RemoveNode")?;
         let cmd = Command {
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: keyraft_types::new_id(),
             time_ms: self.clock.now_ms(),
             op: Op::RetireNode {
                 node_id: id,
@@ -730,7 +730,7 @@ impl AdminService for AdminApi {
                     }
                     let alias = AliasName::parse(&format!("alias/keyraft/{}", req.service))?;
                     call.record.request_parameters.alias_name = Some(alias.to_string());
-                    let key_id = KeyId::random();
+                    let key_id = KeyId::generate();
                     let material = core.hsm.generate_key_material(&key_id, 1)?;
                     let now = core.clock.now_ms();
                     let key = KeyMetadata {

@@ -245,7 +245,7 @@ impl NodeCore {
     /// changed) is retried until the deadline without acting twice.
     pub async fn propose(&self, mut cmd: Command) -> Result<StateResponse, KmsError> {
         if cmd.request_id.is_empty() {
-            cmd.request_id = uuid::Uuid::new_v4().to_string();
+            cmd.request_id = keyraft_types::new_id();
         }
         let deadline = Instant::now() + self.commit_timeout();
         let mut backoff = Duration::from_millis(20);
@@ -477,7 +477,7 @@ impl NodeCore {
         // Its own request id makes the batch safe to propose again after an unknown
         // outcome, alone or inside a group.
         let own = (!records.is_empty()).then(|| Command {
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: keyraft_types::new_id(),
             time_ms: self.clock.now_ms(),
             op: Op::AuditBatch { records },
         });
@@ -627,7 +627,7 @@ impl NodeCore {
             event_id: uuid::Uuid::new_v4().to_string(),
             event_time_ms: self.clock.now_ms(),
             event_name: event_name.to_string(),
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: keyraft_types::new_id(),
             event_type: EventType::AwsApiCall,
             read_only,
             user_identity: UserIdentity::default(),

@@ -43,7 +43,7 @@ pub(crate) fn service_record(
         event_id: uuid::Uuid::new_v4().to_string(),
         event_time_ms: core.clock.now_ms(),
         event_name: event_name.to_string(),
-        request_id: uuid::Uuid::new_v4().to_string(),
+        request_id: keyraft_types::new_id(),
         event_type: EventType::AwsServiceEvent,
         read_only: false,
         user_identity: UserIdentity {
@@ -144,7 +144,7 @@ impl NodeCore {
             return Ok(false);
         }
         let cmd = Command {
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: keyraft_types::new_id(),
             time_ms: self.clock.now_ms(),
             op: Op::AuthorizeJoin {
                 node: node.clone(),

@@ -468,7 +468,7 @@ pub(crate) fn request_id(given: String) -> Result<String, KmsError> {
         ));
     }
     Ok(if given.is_empty() {
-        uuid::Uuid::new_v4().to_string()
+        keyraft_types::new_id()
     } else {
         given
     })
@@ -582,7 +582,7 @@ impl KeyService for KeyApi {
                             "imported key material is supported for SYMMETRIC_DEFAULT keys only",
                         ));
                     }
-                    let key_id = KeyId::random();
+                    let key_id = KeyId::generate();
                     let (material, public_key) =
                         new_key_material(&core, &key_id, key_spec, origin).await?;
                     let account = call.principal.account.clone();

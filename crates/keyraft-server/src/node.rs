@@ -307,7 +307,7 @@ async fn run_ticker(core: Arc<NodeCore>) {
             continue;
         }
         let cmd = Command {
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: keyraft_types::new_id(),
             time_ms: now,
             op: Op::Tick {
                 node_id: core.id,

@@ -9,14 +9,30 @@ use crate::error::KmsError;
 /// A Raft node id. Ids are never reused within a cluster.
 pub type NodeId = u64;
 
+/// A fresh unique id in the form of a lowercase UUID, for key ids and request ids.
+///
+/// It is a version 7 UUID: the first 48 bits are the time in milliseconds, the other 74
+/// bits (besides version and variant) random, so ids are as hard to guess as before but
+/// sort by when they were made. That matters because the state tree is a B-tree keyed by
+/// them: a new key's record and a request's deduplication record are looked up (to
+/// prove them new) and inserted on every replica, and with random ids each lookup and
+/// insert went to a different leaf, mostly not in the page cache once the tree outgrew
+/// it. Time-ordered ids all land on the tree's newest leaves. What the id reveals is when
+/// it was made, to the millisecond, which for a key is its `CreationDate` anyway.
+///
+/// Called by the proposing node, never inside apply.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext)).to_string()
+}
+
 /// A KMS key id: a lowercase UUID, as AWS uses.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct KeyId(String);
 
 impl KeyId {
-    /// A fresh random key id. Called by the proposing node, never inside apply.
-    pub fn random() -> Self {
-        KeyId(uuid::Uuid::new_v4().to_string())
+    /// A fresh key id (see [`new_id`]). Called by the proposing node, never inside apply.
+    pub fn generate() -> Self {
+        KeyId(new_id())
     }
 
     /// Validates a key id given by a caller or read from a ciphertext.
@@ -257,10 +273,27 @@ mod tests {
     use crate::ErrorCode;
 
     #[test]
+    fn new_ids_are_valid_key_ids_and_sort_by_time() {
+        let first = new_id();
+        // The first 12 hex digits are the millisecond; take the first id of a later one.
+        let second = loop {
+            let id = new_id();
+            if id[..13] != first[..13] {
+                break id;
+            }
+        };
+        assert!(first < second, "{first} then {second}");
+        assert_eq!(KeyId::parse(&second).unwrap().as_str(), second);
+        // Made in the same millisecond, ids still differ in their random bits.
+        let many: std::collections::BTreeSet<String> = (0..1000).map(|_| new_id()).collect();
+        assert_eq!(many.len(), 1000);
+    }
+
+    #[test]
     fn key_refs_resolve() {
         let region = Region::parse("dev-1").unwrap();
         let account = AccountId::parse("111122223333").unwrap();
-        let id = KeyId::random();
+        let id = KeyId::generate();
         let arn = region.key_arn(&account, &id);
         let key = |r: &str| region.parse_key_ref(r);
         assert_eq!(key(id.as_str()).unwrap(), KeyRef::Key(id.clone()));

@@ -19,7 +19,9 @@ pub use audit::{
     AuditEvent, AuditRecord, AuthzCheck, EventType, KeyCheck, RequestParameters, UserIdentity,
 };
 pub use error::{ErrorCode, KmsError, KmsResult};
-pub use ids::{AccountId, AliasName, KeyId, KeyRef, NodeId, Region, RESERVED_ALIAS_PREFIXES};
+pub use ids::{
+    new_id, AccountId, AliasName, KeyId, KeyRef, NodeId, Region, RESERVED_ALIAS_PREFIXES,
+};
 pub use key::{
     CryptoOperation, DataKeySpec, EncryptionAlgorithm, EncryptionContext, KeyManager, KeyMetadata,
     KeySpec, KeyState, KeyUsage, MessageType, Origin, Sha2, SigningAlgorithm,
