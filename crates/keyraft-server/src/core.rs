@@ -624,7 +624,7 @@ impl NodeCore {
         Fut: std::future::Future<Output = (Call, Result<Resp, KmsError>)>,
     {
         let mut record = AuditRecord {
-            event_id: uuid::Uuid::new_v4().to_string(),
+            event_id: keyraft_types::new_id(),
             event_time_ms: self.clock.now_ms(),
             event_name: event_name.to_string(),
             request_id: keyraft_types::new_id(),

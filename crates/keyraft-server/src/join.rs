@@ -40,7 +40,7 @@ pub(crate) fn service_record(
     node_id: Option<NodeId>,
 ) -> AuditRecord {
     AuditRecord {
-        event_id: uuid::Uuid::new_v4().to_string(),
+        event_id: keyraft_types::new_id(),
         event_time_ms: core.clock.now_ms(),
         event_name: event_name.to_string(),
         request_id: keyraft_types::new_id(),
