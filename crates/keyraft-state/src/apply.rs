@@ -343,7 +343,7 @@ impl StateMachine {
                 *self.flush_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 return Err(e.into());
             }
-            self.layers_mut().sealed.remove(0);
+            self.layers_mut().drop_flushed();
         }
         Ok(())
     }
