@@ -11,7 +11,8 @@
 //! over the tree), so it happens beside apply, not in it: the writes to be flushed are
 //! sealed into a layer of their own ([`Layers::sealed`]) and apply goes on into a fresh
 //! one. Every read goes through a [`View`], which sees the newest layer first, then the
-//! sealed ones from the newest, then the tree.
+//! sealed ones from the newest, then the tree. What a lookup finds in the tree is
+//! remembered until the next flush changes the tree ([`TreeCache`]).
 //!
 //! A layer is sealed at [`FLUSH_BYTES`] even when no flush can run (a view of the state
 //! held for a walk of it holds flushes off, for seconds with a large state: see
