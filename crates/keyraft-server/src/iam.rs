@@ -356,7 +356,7 @@ async fn assume_role(
     .map_err(|_| denied())?;
     // A stored policy that no longer parses denies, as in every other decision.
     let own = keyraft_state::authz::principal_policies(&call.principal.holder)?;
-    let refs: Vec<&PolicyDocument> = own.iter().collect();
+    let refs: Vec<&PolicyDocument> = own.iter().map(|p| &**p).collect();
     let caller = AuthzPrincipal::parse(&call.principal.caller_arn)?;
     let question = AuthzRequest::new(caller, "sts:AssumeRole", role_arn.clone())
         .with_time_ms(call.record.event_time_ms);

@@ -14,6 +14,9 @@
 //! of an assumed-role session), the key (its policy, or the default key policy of its
 //! account), the action, and the condition values. Nothing here reads a clock.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
 use keyraft_types::policy::{
     evaluate, AllowedBy, AuthzPrincipal, AuthzRequest, GrantOperation, GrantRequest, ANY_RESOURCE,
 };
@@ -66,20 +69,81 @@ fn denied(message: String) -> KmsError {
     KmsError::new(ErrorCode::AccessDenied, message)
 }
 
-fn stored(text: &str, kind: PolicyKind) -> Result<PolicyDocument, KmsError> {
-    // Documents are validated before they are proposed; one that no longer parses
-    // (a stricter parser after an upgrade) denies rather than allows.
-    PolicyDocument::parse(text, kind).map_err(|e| {
-        denied(format!(
-            "a stored {} does not parse: {}",
-            kind.aws_term(),
-            e.message
-        ))
+/// Where a parsed policy came from.
+#[derive(PartialEq, Eq, Hash)]
+enum Source {
+    /// A stored document of a kind, by its text.
+    Stored(PolicyKind, String),
+    /// The default key policy of an account.
+    DefaultKey(AccountId),
+}
+
+/// The most policies [`PARSED`] holds, and the most bytes of their text; past either,
+/// it starts again empty.
+const PARSED_MAX: usize = 1024;
+const PARSED_MAX_BYTES: usize = 4 << 20;
+
+/// Policies parsed lately. A document is a pure function of its text and kind (and the
+/// default key policy of its account), so a remembered one is what parsing again would
+/// give: a policy changed by PutKeyPolicy or PutPrincipalPolicy has a new text, and is
+/// parsed anew. Every request is decided at least once, by its node, and nearly always
+/// over the same few policies; parsing the JSON each time was the largest part of a
+/// decision.
+static PARSED: LazyLock<Mutex<Parsed>> = LazyLock::new(Mutex::default);
+
+#[derive(Default)]
+struct Parsed {
+    documents: HashMap<Source, Arc<PolicyDocument>>,
+    bytes: usize,
+}
+
+/// The policy `source` gives, parsed by `parse` unless it was lately.
+fn parsed(
+    source: Source,
+    parse: impl FnOnce() -> Result<PolicyDocument, KmsError>,
+) -> Result<Arc<PolicyDocument>, KmsError> {
+    let lock = || PARSED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(document) = lock().documents.get(&source) {
+        return Ok(document.clone());
+    }
+    let document = Arc::new(parse()?);
+    let size = match &source {
+        Source::Stored(_, text) => text.len(),
+        Source::DefaultKey(_) => document.text().len(),
+    };
+    let mut cache = lock();
+    if cache.documents.len() >= PARSED_MAX || cache.bytes + size > PARSED_MAX_BYTES {
+        cache.documents.clear();
+        cache.bytes = 0;
+    }
+    if cache.documents.insert(source, document.clone()).is_none() {
+        cache.bytes += size;
+    }
+    Ok(document)
+}
+
+fn stored(text: &str, kind: PolicyKind) -> Result<Arc<PolicyDocument>, KmsError> {
+    parsed(Source::Stored(kind, text.to_string()), || {
+        // Documents are validated before they are proposed; one that no longer parses
+        // (a stricter parser after an upgrade) denies rather than allows.
+        PolicyDocument::parse(text, kind).map_err(|e| {
+            denied(format!(
+                "a stored {} does not parse: {}",
+                kind.aws_term(),
+                e.message
+            ))
+        })
+    })
+}
+
+fn default_key_policy(account: &AccountId) -> Result<Arc<PolicyDocument>, KmsError> {
+    parsed(Source::DefaultKey(account.clone()), || {
+        Ok(PolicyDocument::default_key_policy(account))
     })
 }
 
 /// A principal's inline policies, parsed; one that no longer parses is a refusal.
-pub fn principal_policies(holder: &PrincipalRecord) -> Result<Vec<PolicyDocument>, KmsError> {
+pub fn principal_policies(holder: &PrincipalRecord) -> Result<Vec<Arc<PolicyDocument>>, KmsError> {
     holder
         .policies
         .values()
@@ -97,7 +161,7 @@ pub fn decide(q: &Question<'_>) -> Result<AllowedBy, KmsError> {
     };
     let caller = AuthzPrincipal::parse(q.caller_arn)?;
     let principal_policies = principal_policies(holder)?;
-    let refs: Vec<&PolicyDocument> = principal_policies.iter().collect();
+    let refs: Vec<&PolicyDocument> = principal_policies.iter().map(|p| &**p).collect();
     let mut req = AuthzRequest::new(
         caller,
         q.action,
@@ -116,7 +180,7 @@ pub fn decide(q: &Question<'_>) -> Result<AllowedBy, KmsError> {
             req = req.with_key(&key.metadata);
             Some(match &key.policy {
                 Some(text) => stored(text, PolicyKind::Key)?,
-                None => PolicyDocument::default_key_policy(&key.metadata.account),
+                None => default_key_policy(&key.metadata.account)?,
             })
         }
         None => None,
@@ -137,7 +201,7 @@ pub fn decide(q: &Question<'_>) -> Result<AllowedBy, KmsError> {
             q.grants.iter().any(|g| g.grant.allows(&asked))
         })
     };
-    evaluate(key_policy.as_ref(), &refs, grant_allows, &req).into_result(&req)
+    evaluate(key_policy.as_deref(), &refs, grant_allows, &req).into_result(&req)
 }
 
 /// The record a node keeps of a decision it made, for apply to repeat.
@@ -186,4 +250,31 @@ pub fn recheck(
         new_grant: None,
     })
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(action: &str) -> String {
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"{action}","Resource":"*"}}]}}"#
+        )
+    }
+
+    #[test]
+    fn a_policy_is_parsed_once_per_text_and_a_new_text_is_parsed_anew() {
+        let encrypt = policy("kms:Encrypt");
+        let first = stored(&encrypt, PolicyKind::Principal).unwrap();
+        let again = stored(&encrypt, PolicyKind::Principal).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let decrypt = stored(&policy("kms:Decrypt"), PolicyKind::Principal).unwrap();
+        assert_eq!(decrypt.text(), policy("kms:Decrypt"));
+        assert_eq!(first.text(), encrypt);
+        // A key policy must name principals: the same text is a different document
+        // there, and this one does not parse as a key policy.
+        let err = stored(&encrypt, PolicyKind::Key).unwrap_err();
+        assert_eq!(err.code, ErrorCode::AccessDenied);
+        assert!(stored(&encrypt, PolicyKind::Key).is_err());
+    }
 }
