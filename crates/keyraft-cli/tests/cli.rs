@@ -56,6 +56,9 @@ impl Dev {
     fn start(region: &str) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("dev");
+        // Kept for the failure message: why `dev` did not come up.
+        let log_path = dir.path().join("dev.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut child = keyraft()
             .args([
                 "dev",
@@ -69,7 +72,7 @@ impl Dev {
             ])
             .arg(&data)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         // `dev` prints one JSON line once the cluster is ready.
@@ -86,7 +89,8 @@ impl Dev {
             // SIGINT, not SIGKILL: `dev` must get the chance to stop its nodes.
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
             let _ = child.wait();
-            panic!("keyraft dev did not come up: {line:?}")
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("keyraft dev did not come up: {line:?}; its log:\n{log}")
         });
         assert_eq!(ready["Region"], region);
         let pids = ready["Nodes"]
