@@ -134,6 +134,11 @@ pub(crate) struct LoadArgs {
     /// Use these keys instead of creating some (repeatable).
     #[arg(long = "key-id")]
     key_ids: Vec<String>,
+    /// A key policy (a JSON file) to put on the keys the run creates; without it they
+    /// keep the default key policy. Deciding over a policy of a key's own costs more
+    /// than over the default one.
+    #[arg(long, conflicts_with = "key_ids")]
+    key_policy: Option<PathBuf>,
     /// Concurrent callers, each its own task in a closed loop.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -710,6 +715,7 @@ async fn load(conn: &Connection, args: LoadArgs) -> Result<ExitCode, String> {
         concurrency: plan.concurrency,
         clients: plan.clients,
         payload_bytes: args.payload_bytes,
+        key_policy: args.key_policy.as_ref().map(|p| p.display().to_string()),
         warmup_s: args.warmup.as_secs_f64(),
         duration_s: outcome.elapsed.as_secs_f64(),
         operations,
@@ -772,16 +778,34 @@ async fn keyraft_backend(
     let keys = if !args.key_ids.is_empty() {
         args.key_ids.clone()
     } else if needs_key {
+        let policy = match &args.key_policy {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading the key policy {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         let mut set = JoinSet::new();
         for _ in 0..args.keys {
             let setup = setup.clone();
-            set.spawn(async move { setup.create_key("keyraft-bench").await });
+            let policy = policy.clone();
+            set.spawn(async move {
+                let meta = setup
+                    .create_key("keyraft-bench")
+                    .await
+                    .map_err(|e| format!("creating a key: {e}"))?;
+                if let Some(policy) = policy {
+                    setup
+                        .put_key_policy(&meta.arn, &policy)
+                        .await
+                        .map_err(|e| format!("putting the key policy: {e}"))?;
+                }
+                Ok::<_, String>(meta)
+            });
         }
         let mut keys = Vec::new();
         while let Some(joined) = set.join_next().await {
-            let meta = joined
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("creating a key: {e}"))?;
+            let meta = joined.map_err(|e| e.to_string())??;
             keys.push(meta.arn);
         }
         keys
@@ -1194,6 +1218,7 @@ mod tests {
             concurrency: 64,
             clients: 8,
             payload_bytes: 64,
+            key_policy: None,
             warmup_s: 2.0,
             duration_s: 10.0,
             operations: BTreeMap::from([(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use keyraft_testkit::LocalCluster;
+use keyraft_testkit::{LocalCluster, DEV_ACCOUNT};
 
 fn keyraft() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keyraft"))
@@ -158,4 +158,41 @@ async fn encrypt_and_a_mix_against_a_local_cluster_count_every_call() {
     for op in r["operations"].as_object().unwrap().values() {
         assert!(op["errors"].as_object().unwrap().is_empty(), "{r}");
     }
+
+    // The keys a run creates get --key-policy: one that lets the account administer
+    // them but denies Encrypt refuses every call.
+    let policy = dir.path().join("deny-encrypt.json");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[
+            {{"Effect":"Allow","Principal":{{"AWS":"{DEV_ACCOUNT}"}},"Action":"kms:*","Resource":"*"}},
+            {{"Effect":"Deny","Principal":"*","Action":"kms:Encrypt","Resource":"*"}}]}}"#
+        ),
+    )
+    .unwrap();
+    let r = bench(
+        &env,
+        &[
+            "--workload",
+            "encrypt",
+            "--count",
+            "20",
+            "--concurrency",
+            "2",
+            "--keys",
+            "2",
+            "--warmup",
+            "0s",
+            "--key-policy",
+            policy.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r["key_policy"], policy.to_str().unwrap());
+    assert_eq!(r["operations"]["Encrypt"]["count"], 0, "{r}");
+    assert_eq!(
+        r["operations"]["Encrypt"]["errors"]["AccessDeniedException"], 20,
+        "{r}"
+    );
 }

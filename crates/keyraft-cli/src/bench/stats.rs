@@ -245,6 +245,9 @@ pub(crate) struct Report {
     pub(crate) clients: usize,
     /// Plaintext (or value) bytes per call.
     pub(crate) payload_bytes: usize,
+    /// The key policy file put on the keys the run created (`--key-policy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) key_policy: Option<String>,
     /// Warm-up before measuring, in seconds.
     pub(crate) warmup_s: f64,
     /// The measured window, in seconds.
@@ -259,13 +262,17 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "workload {}{}, {} callers on {} clients, target {}, {} bytes, {:.1} s measured after {:.1} s warm-up",
+            "workload {}{}, {} callers on {} clients, target {}, {} bytes{}, {:.1} s measured after {:.1} s warm-up",
             self.workload,
             self.mix.as_ref().map(|m| format!(" ({m})")).unwrap_or_default(),
             self.concurrency,
             self.clients,
             self.target,
             self.payload_bytes,
+            self.key_policy
+                .as_ref()
+                .map(|p| format!(", key policy {p}"))
+                .unwrap_or_default(),
             self.duration_s,
             self.warmup_s
         );
