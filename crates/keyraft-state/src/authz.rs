@@ -78,9 +78,9 @@ enum Source {
     DefaultKey(AccountId),
 }
 
-/// The most policies [`PARSED`] holds, and the most bytes of their text; past either,
-/// it starts again empty.
+/// The most policies [`PARSED`] holds; past it, it starts again empty.
 const PARSED_MAX: usize = 1024;
+/// The most bytes of policy text [`PARSED`] holds; past it, it starts again empty.
 const PARSED_MAX_BYTES: usize = 4 << 20;
 
 /// Policies parsed lately. A document is a pure function of its text and kind (and the
