@@ -126,37 +126,63 @@ fn random_secret() -> String {
     hex::encode(rand::thread_rng().gen::<[u8; 32]>())
 }
 
-/// Ports this process has handed out, so no two nodes are given the same one.
-static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+/// Ports this process has handed out, so no two nodes are given the same one, and where
+/// it looks next.
+static HANDED_OUT: Mutex<HandedOut> = Mutex::new(HandedOut {
+    ports: BTreeSet::new(),
+    next: None,
+});
+
+struct HandedOut {
+    ports: BTreeSet<u16>,
+    /// The offset (from [`LOWEST_PORT`]) the next search starts at; `None` before the
+    /// first.
+    next: Option<u32>,
+}
 
 /// The lowest port [`free_port`] hands out.
 const LOWEST_PORT: u16 = 10_000;
+
+/// How far apart, in ports, the searches of processes with consecutive ids start.
+const PROCESS_STRIDE: u32 = 613;
 
 /// A port that is free right now and that nothing but a `bind` will take.
 ///
 /// A port the kernel picks for `127.0.0.1:0` comes from its ephemeral range, the range
 /// every outgoing connection also takes its local port from: between picking the port and
 /// the node binding it, any client connecting anywhere may get it, and the node then
-/// fails to start. So the port is chosen below that range (from a random start, skipping
-/// ports this process handed out before) and checked free by binding it. Only where the
-/// ephemeral range leaves no room below it does this fall back to asking the kernel.
+/// fails to start. So the port is chosen below that range and checked free by binding it.
+/// Only where the ephemeral range leaves no room below it does this fall back to asking
+/// the kernel.
+///
+/// A port checked free stays free only until some process binds it, and processes that
+/// start clusters at the same moment (the tests of one binary, each running `keyraft
+/// dev`) could check the same port free before either bound it: one of their nodes then
+/// failed to start. So each process searches upwards from a start of its own, taken from
+/// its process id: processes started one after another have nearby ids, and their
+/// searches start [`PROCESS_STRIDE`] ports apart.
 pub fn free_port() -> Result<u16, Error> {
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     let below = ephemeral_range_start();
     if below > LOWEST_PORT + 1_000 {
-        let span = below - LOWEST_PORT;
-        let start = rand::thread_rng().gen_range(0..span);
+        let span = u32::from(below - LOWEST_PORT);
+        let start = *handed_out
+            .next
+            .get_or_insert_with(|| std::process::id().wrapping_mul(PROCESS_STRIDE) % span);
         for i in 0..span {
-            let port = LOWEST_PORT + (start + i) % span;
-            if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                handed_out.insert(port);
+            let offset = (start + i) % span;
+            // `offset < span <= u16::MAX - LOWEST_PORT`: the sum fits.
+            let port = LOWEST_PORT + offset as u16;
+            if !handed_out.ports.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed_out.ports.insert(port);
+                handed_out.next = Some((offset + 1) % span);
                 return Ok(port);
             }
         }
     }
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
     let port = l.local_addr().map_err(io("reading a port"))?.port();
-    handed_out.insert(port);
+    handed_out.ports.insert(port);
     Ok(port)
 }
 
@@ -581,4 +607,23 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         .map_err(io(format!("writing {}", path.display())))?;
     f.sync_all()
         .map_err(io(format!("syncing {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let below = ephemeral_range_start();
+        let ports: Vec<u16> = (0..20).map(|_| free_port().unwrap()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in ports {
+            if below > LOWEST_PORT + 1_000 {
+                assert!((LOWEST_PORT..below).contains(&port), "{port}");
+            }
+            TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
+    }
 }
