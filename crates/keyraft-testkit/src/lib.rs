@@ -160,7 +160,7 @@ const PROCESS_STRIDE: u32 = 613;
 /// dev`) could check the same port free before either bound it: one of their nodes then
 /// failed to start. So each process searches upwards from a start of its own, taken from
 /// its process id: processes started one after another have nearby ids, and their
-/// searches start [`PROCESS_STRIDE`] ports apart.
+/// searches start 613 ports apart.
 pub fn free_port() -> Result<u16, Error> {
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     let below = ephemeral_range_start();
