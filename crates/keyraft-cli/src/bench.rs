@@ -134,9 +134,8 @@ pub(crate) struct LoadArgs {
     /// Use these keys instead of creating some (repeatable).
     #[arg(long = "key-id")]
     key_ids: Vec<String>,
-    /// A key policy (a JSON file) to put on the keys the run creates; without it they
-    /// keep the default key policy. Deciding over a policy of a key's own costs more
-    /// than over the default one.
+    /// A key policy (a JSON file) to put on the keys the run creates, to measure keys as
+    /// production has them; without it they keep the default key policy.
     #[arg(long, conflicts_with = "key_ids")]
     key_policy: Option<PathBuf>,
     /// Concurrent callers, each its own task in a closed loop.

@@ -12,8 +12,8 @@ pub type NodeId = u64;
 /// A fresh unique id in the form of a lowercase UUID, for key ids and request ids.
 ///
 /// It is a version 7 UUID: the first 48 bits are the time in milliseconds, the other 74
-/// bits (besides version and variant) random, so ids are as hard to guess as before but
-/// sort by when they were made. That matters because the state tree is a B-tree keyed by
+/// bits (besides version and variant) random: fewer than a version 4 UUID's 122, but
+/// still far beyond guessing, and the ids sort by when they were made. That matters because the state tree is a B-tree keyed by
 /// them: a new key's record and a request's deduplication record are looked up (to
 /// prove them new) and inserted on every replica, and with random ids each lookup and
 /// insert went to a different leaf, mostly not in the page cache once the tree outgrew

@@ -147,14 +147,14 @@ const CACHE_BYTES: usize = 4 << 20;
 /// records nearly every request reads (the cluster's, the caller's access key and
 /// principal, an account's key count and quota, the key of an Encrypt) are not looked
 /// up in sled each time. A sled lookup walks the tree from its root and copies the
-/// value; these lookups were 5–9% of a node's CPU.
+/// value; these lookups were about 5% of the leader's CPU under CreateKey.
 ///
 /// It holds what the tree holds. The tree changes only when a flush writes a sealed
 /// layer, and while that layer is still in [`Layers::sealed`] every read of its keys
 /// stops at the layer; the flush then drops the layer and empties the cache together,
 /// under the layers' write lock, with no read under way ([`Layers::drop_flushed`]). An
-/// installed snapshot replaces the layers, this cache with them. Emptied every flush
-/// (100 ms at most), it only ever holds what was read since.
+/// installed snapshot replaces the layers, this cache with them. Emptied by every flush,
+/// it only ever holds what was read since the last one.
 #[derive(Default)]
 struct TreeCache {
     entries: Mutex<CacheEntries>,
