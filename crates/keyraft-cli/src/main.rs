@@ -237,28 +237,53 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    match cli.command {
+        // A node's configuration says how many threads its runtime has.
+        Top::Server(args) => {
+            init_tracing("info");
+            let config = match server_config(args) {
+                Ok(config) => config,
+                Err(message) => return fail_start(message),
+            };
+            match runtime(config.worker_threads) {
+                Ok(runtime) => runtime.block_on(server(config)),
+                Err(e) => fail_start(format!("cannot start the async runtime: {e}")),
+            }
         }
-    };
-    runtime.block_on(run(cli))
+        command => match runtime(0) {
+            Ok(runtime) => runtime.block_on(run(command)),
+            Err(e) => {
+                eprintln!("cannot start the async runtime: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
 
-async fn run(cli: Cli) -> ExitCode {
-    match cli.command {
+/// A multi-threaded Tokio runtime of `workers` threads (0: one per core).
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder.build()
+}
+
+async fn run(command: Top) -> ExitCode {
+    match command {
         Top::Dev(args) => {
             init_tracing("warn");
             dev::run(args).await
         }
+        // `main` starts a server on a runtime sized by its configuration; here it runs
+        // on the one it is given.
         Top::Server(args) => {
             init_tracing("info");
-            server(args).await
+            match server_config(args) {
+                Ok(config) => server(config).await,
+                Err(message) => fail_start(message),
+            }
         }
         Top::Key { conn, command } => output::finish(commands::key(&conn, command).await),
         Top::Encrypt { conn, args } => output::finish(commands::encrypt(&conn, args).await),
@@ -292,8 +317,8 @@ fn init_tracing(default: &str) {
         .try_init();
 }
 
-async fn server(args: ServerArgs) -> ExitCode {
-    use keyraft_server::{Config, Node};
+/// The node's configuration: defaults, file, environment and flags, validated.
+fn server_config(args: ServerArgs) -> Result<keyraft_server::Config, String> {
     let mut sets = args.set.clone();
     let flags = [
         ("node_id", args.node_id.map(|v| v.to_string())),
@@ -307,13 +332,15 @@ async fn server(args: ServerArgs) -> ExitCode {
             sets.push((path.to_string(), v));
         }
     }
-    let config = match Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &sets) {
-        Ok(c) => c,
-        Err(e) => return fail_start(e.message),
-    };
-    if let Err(e) = config.validate() {
-        return fail_start(e.to_string());
-    }
+    let config =
+        keyraft_server::Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &sets)
+            .map_err(|e| e.message)?;
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+async fn server(config: keyraft_server::Config) -> ExitCode {
+    use keyraft_server::Node;
     let api = match tokio::net::TcpListener::bind(&config.api_addr).await {
         Ok(l) => l,
         Err(e) => return fail_start(format!("cannot listen on {}: {e}", config.api_addr)),
@@ -360,4 +387,14 @@ fn fail_start(message: String) -> ExitCode {
     tracing::error!("{message}");
     eprintln!("keyraft server: {message}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_runtime_has_the_threads_it_is_configured_with() {
+        assert_eq!(super::runtime(3).unwrap().metrics().num_workers(), 3);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(super::runtime(0).unwrap().metrics().num_workers(), cores);
+    }
 }

@@ -49,6 +49,7 @@ struct Dev {
     child: std::process::Child,
     env: Vec<(String, String)>,
     pids: Vec<i32>,
+    data: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -103,6 +104,7 @@ impl Dev {
             child,
             env: env_file(&data.join("cluster.env")),
             pids,
+            data,
             _dir: dir,
         }
     }
@@ -144,6 +146,16 @@ impl Drop for Dev {
 fn dev_cluster_and_client_commands() {
     let dev = Dev::start("cli-1");
     assert_eq!(dev.pids.len(), 3);
+    // Three nodes on one host: each is configured to run on its share of the cores.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for id in 1..=3 {
+        let config = std::fs::read_to_string(dev.data.join(format!("node{id}.toml"))).unwrap();
+        let workers = config
+            .lines()
+            .find_map(|l| l.strip_prefix("worker_threads = "))
+            .unwrap_or_else(|| panic!("node {id}'s configuration sets no worker_threads"));
+        assert_eq!(workers.parse::<usize>().unwrap(), (cores / 3).max(1));
+    }
     let env = dev.env.clone();
     let endpoints = &env
         .iter()

@@ -77,6 +77,11 @@ pub struct Config {
     pub commit_timeout_ms: u64,
     /// How often the leader checks for time-driven work (deletions), in ms.
     pub tick_interval_ms: u64,
+    /// Threads of the node's async runtime, which runs the APIs, Raft and apply; 0 (the
+    /// default) is one per core. `keyraft server` reads it when it starts. Nodes that
+    /// share a host (`keyraft dev`) run better on their share of its cores than each on
+    /// all of them: fewer threads to wake and to steal work between.
+    pub worker_threads: usize,
     /// The file the secrets were read from, if any (checked by `validate`).
     #[serde(skip)]
     pub secrets_from_file: Option<PathBuf>,
@@ -185,6 +190,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             commit_timeout_ms: 10_000,
             tick_interval_ms: 1000,
+            worker_threads: 0,
             secrets_from_file: None,
         }
     }
@@ -243,6 +249,7 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
     ("dev_mode", FieldKind::Bool),
     ("commit_timeout_ms", FieldKind::Int),
     ("tick_interval_ms", FieldKind::Int),
+    ("worker_threads", FieldKind::Int),
     ("bootstrap.account", FieldKind::Str),
     ("bootstrap.members", FieldKind::Toml),
     ("bootstrap.admin_access_key_id", FieldKind::Str),
@@ -263,6 +270,9 @@ pub const FIELDS: &[(&str, FieldKind)] = &[
 pub fn env_name(path: &str) -> String {
     format!("KEYRAFT_{}", path.replace('.', "_").to_uppercase())
 }
+
+/// The most runtime threads a node may be given.
+const MAX_WORKER_THREADS: usize = 1024;
 
 /// Secrets, which may not come from a file inside the data directory.
 const SECRET_FIELDS: &[&str] = &["cluster_secret", "sealing_secret"];
@@ -395,6 +405,11 @@ impl Config {
         }
         if self.tick_interval_ms == 0 {
             return Err(KmsError::validation("tick_interval_ms must be positive"));
+        }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(KmsError::validation(format!(
+                "worker_threads must be at most {MAX_WORKER_THREADS} (0: one per core)"
+            )));
         }
         if self.audit.max_batch == 0 || self.audit.max_in_flight == 0 {
             return Err(KmsError::validation(
@@ -532,6 +547,11 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = valid();
         c.raft.heartbeat_ms = 600;
+        assert!(c.validate().is_err());
+        let mut c = valid();
+        c.worker_threads = 4;
+        assert!(c.validate().is_ok());
+        c.worker_threads = MAX_WORKER_THREADS + 1;
         assert!(c.validate().is_err());
         let mut c = valid();
         c.bootstrap = Some(BootstrapConfig {

@@ -122,6 +122,14 @@ pub struct LocalCluster {
     adjust: Option<ConfigAdjust>,
 }
 
+/// Runtime threads for each of `nodes` nodes on this host: its share of the cores, at
+/// least one. Nodes that share a host run better so than each on all the cores (see
+/// `Config::worker_threads`).
+fn share_of_cores(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / nodes.max(1)).max(1)
+}
+
 fn random_secret() -> String {
     hex::encode(rand::thread_rng().gen::<[u8; 32]>())
 }
@@ -334,6 +342,7 @@ impl LocalCluster {
             cluster_secret: self.file.cluster_secret.clone(),
             sealing_secret: spec.sealing_secret.clone(),
             dev_mode: true,
+            worker_threads: share_of_cores(self.nodes().len()),
             bootstrap: bootstrap.then(|| BootstrapConfig {
                 account: DEV_ACCOUNT.to_string(),
                 members: self
