@@ -123,8 +123,7 @@ pub struct LocalCluster {
 }
 
 /// Runtime threads for each of `nodes` nodes on this host: its share of the cores, at
-/// least one. Nodes that share a host run better so than each on all the cores (see
-/// `Config::worker_threads`).
+/// least one (the trade-off is at `Config::worker_threads`).
 fn share_of_cores(nodes: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cores / nodes.max(1)).max(1)
