@@ -240,10 +240,9 @@ fn main() -> ExitCode {
     match cli.command {
         // A node's configuration says how many threads its runtime has.
         Top::Server(args) => {
-            init_tracing("info");
             let config = match server_config(args) {
                 Ok(config) => config,
-                Err(message) => return fail_start(message),
+                Err(code) => return code,
             };
             match runtime(config.worker_threads) {
                 Ok(runtime) => runtime.block_on(server(config)),
@@ -278,13 +277,10 @@ async fn run(command: Top) -> ExitCode {
         }
         // `main` starts a server on a runtime sized by its configuration; here it runs
         // on the one it is given.
-        Top::Server(args) => {
-            init_tracing("info");
-            match server_config(args) {
-                Ok(config) => server(config).await,
-                Err(message) => fail_start(message),
-            }
-        }
+        Top::Server(args) => match server_config(args) {
+            Ok(config) => server(config).await,
+            Err(code) => code,
+        },
         Top::Key { conn, command } => output::finish(commands::key(&conn, command).await),
         Top::Encrypt { conn, args } => output::finish(commands::encrypt(&conn, args).await),
         Top::Decrypt { conn, args } => output::finish(commands::decrypt(&conn, args).await),
@@ -317,8 +313,10 @@ fn init_tracing(default: &str) {
         .try_init();
 }
 
-/// The node's configuration: defaults, file, environment and flags, validated.
-fn server_config(args: ServerArgs) -> Result<keyraft_server::Config, String> {
+/// Starts a node's logging and reads its configuration (defaults, file, environment and
+/// flags, validated), or says why it cannot start.
+fn server_config(args: ServerArgs) -> Result<keyraft_server::Config, ExitCode> {
+    init_tracing("info");
     let mut sets = args.set.clone();
     let flags = [
         ("node_id", args.node_id.map(|v| v.to_string())),
@@ -334,8 +332,8 @@ fn server_config(args: ServerArgs) -> Result<keyraft_server::Config, String> {
     }
     let config =
         keyraft_server::Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &sets)
-            .map_err(|e| e.message)?;
-    config.validate().map_err(|e| e.to_string())?;
+            .map_err(|e| fail_start(e.message))?;
+    config.validate().map_err(|e| fail_start(e.to_string()))?;
     Ok(config)
 }
 

@@ -79,9 +79,9 @@ pub struct Config {
     pub tick_interval_ms: u64,
     /// Threads of the node's async runtime, which runs the APIs, Raft and apply; 0 (the
     /// default) is one per core. `keyraft server` reads it when it starts. Nodes that
-    /// share a host (`keyraft dev`) spend less CPU per call on their share of its cores
-    /// than each on all of them (fewer threads put to sleep and woken), but under heavy
-    /// load the leader's share is then its limit.
+    /// share a host (`keyraft dev`) answer a lone caller sooner on their share of its
+    /// cores than each on all of them (fewer threads put to sleep and woken), but under
+    /// heavy load the leader's share is then its limit.
     pub worker_threads: usize,
     /// The file the secrets were read from, if any (checked by `validate`).
     #[serde(skip)]
