@@ -7,16 +7,22 @@
 # each at 1, 64 and 256 concurrent callers; then the failover time of both (kill -9 of
 # the leader under write load; time until the next write succeeds).
 #
+# The three are measured in rounds (`--rounds`, 3 by default): each round runs all of
+# them, on fresh clusters, a minute or two apart. This machine's speed drifts by tens of
+# percent within minutes, so a ratio is taken within each round and the table gives the
+# median of the rounds (and, for the ratios, their range).
+#
 # Prints one table and writes every report to a JSON file. See BENCHMARKS.md.
 #
 # Usage: bench/etcd-baseline.sh [--duration 10s] [--warmup 2s] [--concurrency "1 64 256"]
-#                               [--runs 5] [--out bench-results.json] [--no-build]
+#                               [--rounds 3] [--runs 5] [--out bench-results.json] [--no-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=10s
 WARMUP=2s
 CONCURRENCY="1 64 256"
+ROUNDS=3
 RUNS=5
 OUT=bench-results.json
 BUILD=1
@@ -25,13 +31,15 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
     --concurrency) CONCURRENCY=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "--rounds takes a positive number" >&2; exit 2; }
 
 say() { echo "== $*" >&2; }
 
@@ -94,87 +102,101 @@ free_port() {
   done
 }
 
-# run NAME CONCURRENCY ARGS...: one `keyraft bench` run, its JSON report kept.
+# run NAME CONCURRENCY ARGS...: one `keyraft bench` run of round $ROUND, its JSON report
+# kept as NAME-CONCURRENCY.rROUND.json.
 run() {
   local name=$1 c=$2
   shift 2
-  say "$name, $c callers"
+  say "round $ROUND/$ROUNDS: $name, $c callers"
   "$KEYRAFT" bench "$@" --concurrency "$c" --duration "$DURATION" --warmup "$WARMUP" --json \
-    > "$RES/$name-$c.json"
+    > "$RES/$name-$c.r$ROUND.json"
 }
 
 # --- 1. the bare RPC bound (nothing else running) -----------------------------------
-for c in $CONCURRENCY; do
-  run noop-rpc "$c" --workload noop-rpc
-done
+bare_rpc() {
+  for c in $CONCURRENCY; do
+    run noop-rpc "$c" --workload noop-rpc
+  done
+}
 
 # --- 2. etcd ------------------------------------------------------------------------
-say "starting a 3-member etcd cluster"
-names=(e1 e2 e3)
-cports=()
-pports=()
-for i in 0 1 2; do
-  cports+=("$(free_port)")
-  pports+=("$(free_port)")
-done
-initial=""
-for i in 0 1 2; do
-  initial+="${initial:+,}${names[$i]}=http://127.0.0.1:${pports[$i]}"
-done
-for i in 0 1 2; do
-  "$ETCD" --name "${names[$i]}" --data-dir "$WORK/etcd/${names[$i]}" \
-    --listen-client-urls "http://127.0.0.1:${cports[$i]}" \
-    --advertise-client-urls "http://127.0.0.1:${cports[$i]}" \
-    --listen-peer-urls "http://127.0.0.1:${pports[$i]}" \
-    --initial-advertise-peer-urls "http://127.0.0.1:${pports[$i]}" \
-    --initial-cluster "$initial" --initial-cluster-token keyraft-baseline \
-    --initial-cluster-state new --logger zap \
-    > "$WORK/etcd-${names[$i]}.log" 2>&1 &
-  ETCD_PIDS+=($!)
-done
-ETCD_EPS=""
-for i in 0 1 2; do ETCD_EPS+="${ETCD_EPS:+,}http://127.0.0.1:${cports[$i]}"; done
-for _ in $(seq 100); do
-  "$ETCDCTL" --endpoints "$ETCD_EPS" endpoint health >/dev/null 2>&1 && break
-  sleep 0.2
-done
-# `endpoint status -w simple`: endpoint, id, version, db size, is leader, ...
-ETCD_LEADER=$("$ETCDCTL" --endpoints "$ETCD_EPS" endpoint status -w simple \
-  | awk -F', ' '$5 == "true" { print $1 }')
-[ -n "$ETCD_LEADER" ] || { echo "etcd has no leader" >&2; exit 1; }
-say "etcd leader: $ETCD_LEADER"
-# Puts go to the leader, as Keyraft's client sends CreateKey to the leader.
-for c in $CONCURRENCY; do
-  run etcd-put "$c" --workload etcd-put --etcd-endpoints "$ETCD_LEADER" --payload-bytes 200
-done
-for p in "${ETCD_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-wait "${ETCD_PIDS[@]}" 2>/dev/null || true
-ETCD_PIDS=()
+etcd_puts() {
+  say "round $ROUND/$ROUNDS: starting a 3-member etcd cluster"
+  local names=(e1 e2 e3) cports=() pports=() initial="" i
+  for i in 0 1 2; do
+    cports+=("$(free_port)")
+    pports+=("$(free_port)")
+  done
+  for i in 0 1 2; do
+    initial+="${initial:+,}${names[$i]}=http://127.0.0.1:${pports[$i]}"
+  done
+  rm -rf "$WORK/etcd"
+  for i in 0 1 2; do
+    "$ETCD" --name "${names[$i]}" --data-dir "$WORK/etcd/${names[$i]}" \
+      --listen-client-urls "http://127.0.0.1:${cports[$i]}" \
+      --advertise-client-urls "http://127.0.0.1:${cports[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:${pports[$i]}" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${pports[$i]}" \
+      --initial-cluster "$initial" --initial-cluster-token keyraft-baseline \
+      --initial-cluster-state new --logger zap \
+      > "$WORK/etcd-${names[$i]}.log" 2>&1 &
+    ETCD_PIDS+=($!)
+  done
+  local eps=""
+  for i in 0 1 2; do eps+="${eps:+,}http://127.0.0.1:${cports[$i]}"; done
+  for _ in $(seq 100); do
+    "$ETCDCTL" --endpoints "$eps" endpoint health >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  # `endpoint status -w simple`: endpoint, id, version, db size, is leader, ...
+  local leader
+  leader=$("$ETCDCTL" --endpoints "$eps" endpoint status -w simple \
+    | awk -F', ' '$5 == "true" { print $1 }')
+  [ -n "$leader" ] || { echo "etcd has no leader" >&2; exit 1; }
+  say "etcd leader: $leader"
+  # Puts go to the leader, as Keyraft's client sends CreateKey to the leader.
+  for c in $CONCURRENCY; do
+    run etcd-put "$c" --workload etcd-put --etcd-endpoints "$leader" --payload-bytes 200
+  done
+  for p in "${ETCD_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait "${ETCD_PIDS[@]}" 2>/dev/null || true
+  ETCD_PIDS=()
+}
 
 # --- 3. Keyraft ---------------------------------------------------------------------
-say "starting a 3-node Keyraft cluster (keyraft dev)"
-"$KEYRAFT" dev --nodes 3 --base-port 0 --data-dir "$WORK/keyraft" --region bench-1 \
-  > "$WORK/dev.json" 2> "$WORK/dev.log" &
-DEV_PID=$!
-for _ in $(seq 600); do
-  [ -s "$WORK/dev.json" ] && break
-  kill -0 "$DEV_PID" 2>/dev/null || { cat "$WORK/dev.log" >&2; exit 1; }
-  sleep 0.1
+keyraft_calls() {
+  say "round $ROUND/$ROUNDS: starting a 3-node Keyraft cluster (keyraft dev)"
+  rm -rf "$WORK/keyraft"
+  "$KEYRAFT" dev --nodes 3 --base-port 0 --data-dir "$WORK/keyraft" --region bench-1 \
+    > "$WORK/dev.json" 2> "$WORK/dev.log" &
+  DEV_PID=$!
+  for _ in $(seq 600); do
+    [ -s "$WORK/dev.json" ] && break
+    kill -0 "$DEV_PID" 2>/dev/null || { cat "$WORK/dev.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -s "$WORK/dev.json" ] || { echo "keyraft dev did not become ready" >&2; exit 1; }
+  mapfile -t NODE_PIDS < <(jq -r '.Nodes[].Pid' "$WORK/dev.json")
+  set -a
+  # shellcheck disable=SC1091
+  . "$WORK/keyraft/cluster.env"
+  set +a
+  for c in $CONCURRENCY; do
+    run create-key "$c" --workload create-key
+    run encrypt "$c" --workload encrypt --payload-bytes 64
+  done
+  kill -INT "$DEV_PID" 2>/dev/null || true
+  wait "$DEV_PID" 2>/dev/null || true
+  DEV_PID=""
+  NODE_PIDS=()
+  rm -f "$WORK/dev.json"
+}
+
+for ROUND in $(seq "$ROUNDS"); do
+  bare_rpc
+  etcd_puts
+  keyraft_calls
 done
-[ -s "$WORK/dev.json" ] || { echo "keyraft dev did not become ready" >&2; exit 1; }
-mapfile -t NODE_PIDS < <(jq -r '.Nodes[].Pid' "$WORK/dev.json")
-set -a
-# shellcheck disable=SC1091
-. "$WORK/keyraft/cluster.env"
-set +a
-for c in $CONCURRENCY; do
-  run create-key "$c" --workload create-key
-  run encrypt "$c" --workload encrypt --payload-bytes 64
-done
-kill -INT "$DEV_PID" 2>/dev/null || true
-wait "$DEV_PID" 2>/dev/null || true
-DEV_PID=""
-NODE_PIDS=()
 
 # --- 4. failover --------------------------------------------------------------------
 say "failover: etcd, $RUNS runs"
@@ -191,43 +213,74 @@ machine=$(jq -n --arg cpu "$cpu" --arg mem "$mem" --arg kernel "$(uname -r)" \
   --argjson nproc "$(nproc)" \
   '{cpu: $cpu, nproc: $nproc, memory: $mem, kernel: $kernel, etcd: $etcd}')
 
-# ops/s, p50, p99 and errors of a run's only operation.
-field() { jq -r ".operations | to_entries[0].value.$2" "$RES/$1.json"; }
-errors() { jq -r '[.operations[].errors[]] | add // 0' "$RES/$1.json"; }
+# Every run's report, grouped: {"NAME-CONCURRENCY": [round 1's report, round 2's, ...]}.
+for f in "$RES"/*.r*.json; do
+  base=$(basename "$f" .json)
+  jq -c --arg name "${base%.r*}" --argjson round "${base##*.r}" \
+    '{name: $name, round: $round, report: .}' "$f"
+done | jq -s 'group_by(.name) | map({(.[0].name): (sort_by(.round) | map(.report))}) | add' \
+  > "$WORK/runs.json"
+
+# One row per workload and concurrency: the median over the rounds of ops/s, p50 and p99,
+# the errors of all rounds, and the ratios within each round (median, min, max): ops/s to
+# etcd's puts and to the bare call, p50 to etcd's put p50 (below 1 is faster).
+jq --arg conc "$CONCURRENCY" '
+  def median: sort | if length % 2 == 1 then .[length / 2 | floor]
+                     else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def op: .operations | to_entries[0].value;
+  def ratio: map(select(.[1] > 0) | .[0] / .[1])
+    | if length == 0 then null else {median: median, min: min, max: max} end;
+  . as $runs
+  | [($conc | split(" ") | map(select(length > 0)))[] as $c
+     | ("noop-rpc", "etcd-put", "create-key", "encrypt") as $w
+     | $runs["\($w)-\($c)"] as $rs
+     | ($rs | map(op.ops_per_s)) as $ops
+     | ($rs | map(op.p50_ms)) as $p50s
+     | {workload: $w, callers: ($c | tonumber), rounds: ($rs | length),
+        ops_per_s: ($ops | median),
+        p50_ms: ($rs | map(op.p50_ms) | median),
+        p99_ms: ($rs | map(op.p99_ms) | median),
+        errors: ($rs | map([.operations[].errors[]] | add // 0) | add),
+        vs_etcd: ([$ops, ($runs["etcd-put-\($c)"] | map(op.ops_per_s))] | transpose | ratio),
+        vs_rpc: ([$ops, ($runs["noop-rpc-\($c)"] | map(op.ops_per_s))] | transpose | ratio),
+        p50_vs_etcd: ([$p50s, ($runs["etcd-put-\($c)"] | map(op.p50_ms))] | transpose | ratio)}]
+' "$WORK/runs.json" > "$WORK/summary.json"
 
 {
   echo
   echo "machine: $(echo "$machine" | jq -r '"\(.nproc) cores (\(.cpu)), \(.memory), kernel \(.kernel), etcd \(.etcd)"')"
   echo "each run: $WARMUP warm-up, then $DURATION; closed-loop callers on min(callers, 8) connections"
+  echo "$ROUNDS round(s); medians over the rounds; a ratio is taken within each round (range in brackets)"
   echo
-  printf '%-34s %7s %10s %9s %9s %7s %9s %9s\n' \
-    workload callers ops/s "p50 ms" "p99 ms" errors "vs etcd" "vs RPC"
-  for c in $CONCURRENCY; do
-    etcd_ops=$(field "etcd-put-$c" ops_per_s)
-    rpc_ops=$(field "noop-rpc-$c" ops_per_s)
-    for row in "noop-rpc:bare tonic unary (no work)" "etcd-put:etcd put, 200 B" \
-      "create-key:keyraft CreateKey" "encrypt:keyraft Encrypt 64 B (audited)"; do
-      name=${row%%:*}
-      label=${row#*:}
-      ops=$(field "$name-$c" ops_per_s)
-      printf '%-34s %7s %10.0f %9.2f %9.2f %7s %9s %9s\n' "$label" "$c" "$ops" \
-        "$(field "$name-$c" p50_ms)" "$(field "$name-$c" p99_ms)" "$(errors "$name-$c")" \
-        "$(awk -v a="$ops" -v b="$etcd_ops" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')" \
-        "$(awk -v a="$ops" -v b="$rpc_ops" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "-" }')"
-    done
-    echo
-  done
+  printf '%-31s %7s %8s %7s %7s %6s  %-19s %-19s %s\n' \
+    workload callers ops/s "p50 ms" "p99 ms" errors "ops/s vs etcd" "ops/s vs RPC" "p50 vs etcd"
+  jq -r '
+    def r: . * 100 | round / 100;
+    def title: {"noop-rpc": "bare tonic unary (no work)", "etcd-put": "etcd put, 200 B",
+                "create-key": "keyraft CreateKey",
+                "encrypt": "keyraft Encrypt 64 B (audited)"}[.];
+    def ratio: if . == null then "-" elif .min == .max then "\(.median | r)x"
+               else "\(.median | r)x [\(.min | r)-\(.max | r)]" end;
+    .[] | [(.workload | title), .callers, (.ops_per_s | round), (.p50_ms | r), (.p99_ms | r),
+           .errors, (.vs_etcd | ratio), (.vs_rpc | ratio), (.p50_vs_etcd | ratio)] | @tsv' \
+    "$WORK/summary.json" \
+    | while IFS=$'\t' read -r label c ops p50 p99 errs vetcd vrpc petcd; do
+        printf '%-31s %7s %8s %7s %7s %6s  %-19s %-19s %s\n' \
+          "$label" "$c" "$ops" "$p50" "$p99" "$errs" "$vetcd" "$vrpc" "$petcd"
+      done
+  echo
   for s in etcd keyraft; do
     jq -r '"failover \(.system): median \(.median_ms * 10 | round / 10) ms (min \(.min_ms * 10 | round / 10), max \(.max_ms * 10 | round / 10)) over \(.runs | length) kills: \([.runs[].failover_ms * 10 | round / 10] | map(tostring) | join(", ")) ms"' \
       "$RES/failover-$s.json"
   done
 }
 
-for f in "$RES"/*.json; do
-  jq -c --arg name "$(basename "$f" .json)" '{name: $name, report: .}' "$f"
-done | jq -s --argjson machine "$machine" --arg duration "$DURATION" --arg warmup "$WARMUP" \
-  '{machine: $machine, duration: $duration, warmup: $warmup,
-    runs: (map(select(.name | startswith("failover") | not)) | map({(.name): .report}) | add),
-    failover: (map(select(.name | startswith("failover"))) | map({(.report.system): .report}) | add)}' \
+jq -n --argjson machine "$machine" --arg duration "$DURATION" --arg warmup "$WARMUP" \
+  --argjson rounds "$ROUNDS" --slurpfile runs "$WORK/runs.json" \
+  --slurpfile summary "$WORK/summary.json" \
+  --slurpfile etcd "$RES/failover-etcd.json" --slurpfile keyraft "$RES/failover-keyraft.json" \
+  '{machine: $machine, duration: $duration, warmup: $warmup, rounds: $rounds,
+    summary: $summary[0], runs: $runs[0],
+    failover: {etcd: $etcd[0], keyraft: $keyraft[0]}}' \
   > "$OUT"
 say "wrote $OUT"
