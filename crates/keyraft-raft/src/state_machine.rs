@@ -341,9 +341,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .sm
             .apply(&batch, applied_bytes, membership_bytes)
             .map_err(io::Error::from)?;
-        // Writing the applied state to sled (every 100 ms) takes milliseconds, tens
-        // under a burst of new keys, so it runs beside apply. A failure makes the next
-        // apply fail, which stops Raft on this node.
+        // Writing the applied state to sled (from the first apply 100 ms after the
+        // oldest write held in memory, or once 1 MiB of writes is sealed) takes
+        // milliseconds, tens under a burst of new keys, so it runs beside apply. A
+        // failure makes the next apply fail, which stops Raft on this node.
         if self.sm.claim_flush() {
             let sm = self.sm.clone();
             tokio::task::spawn_blocking(move || {

@@ -348,9 +348,9 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Whether the applied writes held in memory should be written to sled now (every
-    /// 100 ms, or once a layer of 1 MiB is sealed) and no one has undertaken that yet. If
-    /// it returns true, the caller has undertaken it and must call
+    /// Whether the applied writes held in memory should be written to sled now (the
+    /// oldest is 100 ms old, or a layer of 1 MiB is sealed) and no one has undertaken
+    /// that yet. If it returns true, the caller has undertaken it and must call
     /// [`StateMachine::flush`], best on a thread that may block for milliseconds.
     pub fn claim_flush(&self) -> bool {
         let due = {
@@ -412,8 +412,11 @@ impl StateMachine {
     /// responses, one per entry, are returned.
     ///
     /// The changes are held in memory, where every read sees them, and written to sled
-    /// with those of later batches every 100 ms, in sled batches of about 1 MiB at most,
-    /// by [`StateMachine::flush`] (the `view` module explains why); they are not synced.
+    /// with those of later batches, in sled batches of about 1 MiB at most, by
+    /// [`StateMachine::flush`] (the `view` module explains why); they are not synced.
+    /// The Raft layer starts a flush after an apply once the oldest change held is
+    /// 100 ms old or 1 MiB of them is sealed, and the node flushes when it stops, so a
+    /// node that applies nothing more keeps its last changes in memory until then.
     /// What the responses acknowledge is already durable: the entries were committed,
     /// so a quorum synced them in its Raft log, and the Raft layer applies an entry only
     /// once this node's own log holds it on disk.
