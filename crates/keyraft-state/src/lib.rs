@@ -16,8 +16,9 @@
 //! ## Atomicity and durability
 //! One call to `apply` takes effect atomically — data, the applied log id and the
 //! membership together. Its writes stay in memory, where every read sees them, and go to
-//! sled with those of later applies every 100 ms, in atomic batches of about 1 MiB at
-//! most that each end where an apply ends, written beside apply
+//! sled with those of later applies (from the first apply once the oldest is 100 ms
+//! old), in atomic batches of about 1 MiB at most that each end where an apply ends,
+//! written beside apply
 //! ([`StateMachine::claim_flush`]): each sled batch writes to disk twice however small
 //! it is, and a large one takes tens of milliseconds. Nothing is synced:
 //! the entries are durable in the Raft log, and after a crash the Raft layer applies the
