@@ -156,7 +156,8 @@ etcd_puts() {
   say "etcd leader: $leader"
   # Puts go to the leader, as Keyraft's client sends CreateKey to the leader.
   for c in $CONCURRENCY; do
-    run etcd-put "$c" --workload etcd-put --etcd-endpoints "$leader" --payload-bytes 200
+    run etcd-put "$c" --workload etcd-put --etcd-endpoints "$leader" --payload-bytes 200 \
+      --cpu-pids "$(IFS=,; echo "${ETCD_PIDS[*]}")"
   done
   for p in "${ETCD_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait "${ETCD_PIDS[@]}" 2>/dev/null || true
@@ -181,9 +182,11 @@ keyraft_calls() {
   # shellcheck disable=SC1091
   . "$WORK/keyraft/cluster.env"
   set +a
+  local pids
+  pids=$(IFS=,; echo "${NODE_PIDS[*]}")
   for c in $CONCURRENCY; do
-    run create-key "$c" --workload create-key
-    run encrypt "$c" --workload encrypt --payload-bytes 64
+    run create-key "$c" --workload create-key --cpu-pids "$pids"
+    run encrypt "$c" --workload encrypt --payload-bytes 64 --cpu-pids "$pids"
   done
   kill -INT "$DEV_PID" 2>/dev/null || true
   wait "$DEV_PID" 2>/dev/null || true
@@ -221,9 +224,10 @@ for f in "$RES"/*.r*.json; do
 done | jq -s 'group_by(.name) | map({(.[0].name): (sort_by(.round) | map(.report))}) | add' \
   > "$WORK/runs.json"
 
-# One row per workload and concurrency: the median over the rounds of ops/s, p50 and p99,
-# the errors of all rounds, and the ratios within each round (median, min, max): ops/s to
-# etcd's puts and to the bare call, p50 to etcd's put p50 (below 1 is faster).
+# One row per workload and concurrency: the median over the rounds of ops/s, p50, p99
+# and CPU time per call (the three servers', the bench's), the errors of all rounds, and
+# the ratios within each round (median, min, max): ops/s to etcd's puts and to the bare
+# call, p50 to etcd's put p50 (below 1 is faster).
 jq --arg conc "$CONCURRENCY" '
   def median: sort | if length % 2 == 1 then .[length / 2 | floor]
                      else (.[length / 2 - 1] + .[length / 2]) / 2 end;
@@ -239,6 +243,10 @@ jq --arg conc "$CONCURRENCY" '
      | {workload: $w, callers: ($c | tonumber), rounds: ($rs | length),
         ops_per_s: ($ops | median),
         p50_ms: ($rs | map(op.p50_ms) | median),
+        servers_cpu_us_per_call: ($rs | map(.cpu.processes_us_per_call // empty)
+                                   | if length > 0 then median else null end),
+        bench_cpu_us_per_call: ($rs | map(.cpu.bench_us_per_call // empty)
+                                 | if length > 0 then median else null end),
         p99_ms: ($rs | map(op.p99_ms) | median),
         errors: ($rs | map([.operations[].errors[]] | add // 0) | add),
         vs_etcd: ([$ops, ($runs["etcd-put-\($c)"] | map(op.ops_per_s))] | transpose | ratio),
@@ -252,8 +260,9 @@ jq --arg conc "$CONCURRENCY" '
   echo "each run: $WARMUP warm-up, then $DURATION; closed-loop callers on min(callers, 8) connections"
   echo "$ROUNDS round(s); medians over the rounds; a ratio is taken within each round (range in brackets)"
   echo
-  printf '%-31s %7s %8s %7s %7s %6s  %-19s %-19s %s\n' \
-    workload callers ops/s "p50 ms" "p99 ms" errors "ops/s vs etcd" "ops/s vs RPC" "p50 vs etcd"
+  printf '%-31s %7s %8s %7s %7s %6s %8s %8s  %-19s %-19s %s\n' \
+    workload callers ops/s "p50 ms" "p99 ms" errors "srv µs" "bench µs" \
+    "ops/s vs etcd" "ops/s vs RPC" "p50 vs etcd"
   jq -r '
     def r: . * 100 | round / 100;
     def title: {"noop-rpc": "bare tonic unary (no work)", "etcd-put": "etcd put, 200 B",
@@ -262,12 +271,16 @@ jq --arg conc "$CONCURRENCY" '
     def ratio: if . == null then "-" elif .min == .max then "\(.median | r)x"
                else "\(.median | r)x [\(.min | r)-\(.max | r)]" end;
     .[] | [(.workload | title), .callers, (.ops_per_s | round), (.p50_ms | r), (.p99_ms | r),
-           .errors, (.vs_etcd | ratio), (.vs_rpc | ratio), (.p50_vs_etcd | ratio)] | @tsv' \
+           .errors, (.servers_cpu_us_per_call // "-" | if type == "number" then round else . end),
+           (.bench_cpu_us_per_call // "-" | if type == "number" then round else . end),
+           (.vs_etcd | ratio), (.vs_rpc | ratio), (.p50_vs_etcd | ratio)] | @tsv' \
     "$WORK/summary.json" \
-    | while IFS=$'\t' read -r label c ops p50 p99 errs vetcd vrpc petcd; do
-        printf '%-31s %7s %8s %7s %7s %6s  %-19s %-19s %s\n' \
-          "$label" "$c" "$ops" "$p50" "$p99" "$errs" "$vetcd" "$vrpc" "$petcd"
+    | while IFS=$'\t' read -r label c ops p50 p99 errs srv bench vetcd vrpc petcd; do
+        printf '%-31s %7s %8s %7s %7s %6s %8s %8s  %-19s %-19s %s\n' \
+          "$label" "$c" "$ops" "$p50" "$p99" "$errs" "$srv" "$bench" "$vetcd" "$vrpc" "$petcd"
       done
+  echo "srv µs, bench µs: CPU time per call of the three servers together and of the bench"
+  echo "process (its callers; for the bare call, the in-process server as well)"
   echo
   for s in etcd keyraft; do
     jq -r '"failover \(.system): median \(.median_ms * 10 | round / 10) ms (min \(.min_ms * 10 | round / 10), max \(.max_ms * 10 | round / 10)) over \(.runs | length) kills: \([.runs[].failover_ms * 10 | round / 10] | map(tostring) | join(", ")) ms"' \

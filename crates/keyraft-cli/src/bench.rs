@@ -69,6 +69,7 @@
 //! `--payload-bytes` values into an etcd cluster ([`etcd`]). `bench/etcd-baseline.sh`
 //! runs all of them side by side; BENCHMARKS.md has the numbers.
 
+mod cpu;
 mod etcd;
 mod failover;
 mod growth;
@@ -175,6 +176,10 @@ pub(crate) struct LoadArgs {
     /// Do not raise the key quota before creating keys.
     #[arg(long)]
     no_raise_quota: bool,
+    /// Also report the CPU time these processes (e.g. the nodes, comma-separated ids)
+    /// spent per call in the measured window; the bench's own is always reported.
+    #[arg(long, value_delimiter = ',')]
+    cpu_pids: Vec<u32>,
 }
 
 /// What a load run does on each call.
@@ -699,7 +704,13 @@ async fn load(conn: &Connection, args: LoadArgs) -> Result<ExitCode, String> {
         keys: args.keys as u64,
     });
     let progress = args.progress || std::io::stderr().is_terminal();
-    let outcome = drive(shared, &plan, args.warmup, progress).await;
+    let outcome = drive(shared, &plan, args.warmup, &args.cpu_pids, progress).await;
+    let cpu = match outcome.cpu {
+        Ok(report) => Some(report),
+        // Asked for explicitly, the numbers must be there.
+        Err(e) if !args.cpu_pids.is_empty() => return Err(format!("--cpu-pids: {e}")),
+        Err(_) => None,
+    };
 
     let mut operations = BTreeMap::new();
     for (op, stats) in &outcome.operations {
@@ -718,6 +729,7 @@ async fn load(conn: &Connection, args: LoadArgs) -> Result<ExitCode, String> {
         warmup_s: args.warmup.as_secs_f64(),
         duration_s: outcome.elapsed.as_secs_f64(),
         operations,
+        cpu,
     };
     if let Some(path) = &args.csv {
         std::fs::write(path, stats::csv(&outcome.ticks))
@@ -883,10 +895,20 @@ struct Outcome {
     operations: BTreeMap<&'static str, OpStats>,
     elapsed: Duration,
     ticks: Vec<Tick>,
+    /// CPU per call over the measured window, or why it could not be measured.
+    cpu: Result<cpu::CpuReport, String>,
 }
 
-/// Runs the callers through warm-up and measurement; ticks once a second.
-async fn drive(shared: Arc<Shared>, plan: &Plan, warmup: Duration, progress: bool) -> Outcome {
+/// Runs the callers through warm-up and measurement; ticks once a second. The CPU time
+/// of this process and of `cpu_pids` is sampled as the measured window opens and after
+/// its last call.
+async fn drive(
+    shared: Arc<Shared>,
+    plan: &Plan,
+    warmup: Duration,
+    cpu_pids: &[u32],
+    progress: bool,
+) -> Outcome {
     let control = Arc::new(Control {
         phase: AtomicU8::new(WARMUP),
         issued: AtomicU64::new(0),
@@ -910,6 +932,7 @@ async fn drive(shared: Arc<Shared>, plan: &Plan, warmup: Duration, progress: boo
     }
     control.phase.store(MEASURE, Ordering::SeqCst);
     let start = Instant::now();
+    let meter = cpu::CpuMeter::start(cpu_pids);
     let deadline = match plan.limit {
         Limit::Duration(d) => Some(start + d),
         Limit::Count(_) => None,
@@ -982,10 +1005,13 @@ async fn drive(shared: Arc<Shared>, plan: &Plan, warmup: Duration, progress: boo
             .unwrap_or_else(|p| p.into_inner())
             .merge_into(&mut operations);
     }
+    let calls = operations.values().map(OpStats::calls).sum();
+    let cpu = meter.and_then(|m| m.finish(calls));
     Outcome {
         operations,
         elapsed,
         ticks,
+        cpu,
     }
 }
 
@@ -1224,6 +1250,14 @@ mod tests {
                 "Encrypt".to_string(),
                 s.summary(Duration::from_secs(10)),
             )]),
+            cpu: Some(cpu::CpuReport {
+                bench_us_per_call: 48.5,
+                processes_us_per_call: Some(300.0),
+                per_process_us_per_call: BTreeMap::from([
+                    ("101".to_string(), 160.0),
+                    ("102".to_string(), 140.0),
+                ]),
+            }),
         };
         let v: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
@@ -1246,9 +1280,16 @@ mod tests {
         assert_eq!(enc["count"], 100);
         assert_eq!(enc["ops_per_s"], 10.0);
         assert_eq!(enc["errors"]["ThrottlingException"], 1);
+        assert_eq!(v["cpu"]["bench_us_per_call"], 48.5);
+        assert_eq!(v["cpu"]["processes_us_per_call"], 300.0);
+        assert_eq!(v["cpu"]["per_process_us_per_call"]["101"], 160.0);
         let table = report.table();
         assert!(table.contains("Encrypt"), "{table}");
         assert!(table.contains("ThrottlingException=1"), "{table}");
+        assert!(
+            table.contains("CPU per call: bench 48 µs; processes 300 µs (101: 160, 102: 140)"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -1296,9 +1337,13 @@ mod tests {
             context: EncryptionContext::new(),
             keys: 1,
         });
-        let out = drive(shared, &p, a.warmup, false).await;
+        let out = drive(shared, &p, a.warmup, &[], false).await;
         let s = out.operations["NoopRpc"].summary(out.elapsed);
         assert_eq!(s.count, 300);
+        // Without --cpu-pids only the bench's own CPU time is reported.
+        let cpu = out.cpu.expect("this process's CPU time is readable");
+        assert!(cpu.processes_us_per_call.is_none(), "{cpu:?}");
+        assert!(cpu.per_process_us_per_call.is_empty(), "{cpu:?}");
         assert!(s.errors.is_empty(), "{s:?}");
         let ticked: u64 = out.ticks.iter().map(|t| t.ops).sum();
         assert_eq!(ticked, 300, "every call is in exactly one tick");

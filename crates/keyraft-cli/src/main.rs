@@ -166,8 +166,9 @@ enum Top {
     Bench {
         #[command(flatten)]
         conn: Connection,
+        // Boxed: the bench's flags are by far the largest variant.
         #[command(flatten)]
-        args: bench::BenchArgs,
+        args: Box<bench::BenchArgs>,
     },
 }
 
@@ -300,7 +301,7 @@ async fn run(command: Top) -> ExitCode {
             output::finish(commands::service_key(&conn, command).await)
         }
         Top::Audit { conn, command } => output::finish(commands::audit(&conn, command).await),
-        Top::Bench { conn, args } => bench::run(&conn, args).await,
+        Top::Bench { conn, args } => bench::run(&conn, *args).await,
     }
 }
 

@@ -58,6 +58,11 @@ impl OpStats {
         }
     }
 
+    /// Calls recorded, successful or not.
+    pub(crate) fn calls(&self) -> u64 {
+        self.latency.len() + self.errors.values().sum::<u64>()
+    }
+
     /// Records a successful call.
     pub(crate) fn ok(&mut self, latency: Duration) {
         self.latency.saturating_record(micros(latency));
@@ -254,6 +259,9 @@ pub(crate) struct Report {
     pub(crate) duration_s: f64,
     /// Per operation.
     pub(crate) operations: BTreeMap<String, OpSummary>,
+    /// CPU time per call of this process and of the `--cpu-pids` processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cpu: Option<super::cpu::CpuReport>,
 }
 
 impl Report {
@@ -304,6 +312,9 @@ impl Report {
                 s.max_ms,
                 errors
             );
+        }
+        if let Some(cpu) = &self.cpu {
+            let _ = writeln!(out, "{}", cpu.line());
         }
         out
     }
