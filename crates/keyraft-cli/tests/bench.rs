@@ -71,6 +71,26 @@ fn the_bare_rpc_bound_needs_no_cluster() {
     assert_eq!(r["workload"], "noop-rpc");
     assert_eq!(r["operations"]["NoopRpc"]["count"], 200);
     assert_eq!(calls(&r), 200);
+    // The bench's own CPU time per call is always there; other processes only on request.
+    assert!(r["cpu"]["bench_us_per_call"].is_number(), "{r}");
+    assert!(r["cpu"].get("processes_us_per_call").is_none(), "{r}");
+}
+
+#[test]
+fn a_process_it_cannot_read_stops_the_bench_before_it_runs() {
+    // Process ids on Linux stay below 2^22: this one cannot exist.
+    let out = keyraft()
+        .args(["bench", "--workload", "noop-rpc", "--count", "10"])
+        .args(["--cpu-pids", "4294967295", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "no report is printed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--cpu-pids") && stderr.contains("/proc/4294967295/stat"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +116,11 @@ async fn encrypt_and_a_mix_against_a_local_cluster_count_every_call() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let csv = dir.path().join("seconds.csv");
+    let pids: Vec<String> = [1, 2, 3]
+        .iter()
+        .map(|&id| cluster.pid(id).unwrap().to_string())
+        .collect();
+    let pids = pids.join(",");
 
     let r = bench(
         &env,
@@ -112,10 +137,20 @@ async fn encrypt_and_a_mix_against_a_local_cluster_count_every_call() {
             "200ms",
             "--csv",
             csv.to_str().unwrap(),
+            "--cpu-pids",
+            &pids,
             "--json",
         ],
     );
     assert_eq!(r["workload"], "encrypt");
+    // Every node's CPU time is reported, and together they did work for 50 audited
+    // calls (tens of milliseconds at least, above the counters' 10 ms resolution).
+    let per_node = r["cpu"]["per_process_us_per_call"].as_object().unwrap();
+    assert_eq!(per_node.len(), 3, "{r}");
+    assert!(
+        r["cpu"]["processes_us_per_call"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
     assert_eq!(r["concurrency"], 4);
     assert_eq!(r["operations"]["Encrypt"]["count"], 50, "{r}");
     assert_eq!(calls(&r), 50);
