@@ -1616,41 +1616,43 @@ fn a_newer_snapshot_transfer_takes_over_from_an_older_one() {
     assert_same_state(&r.sm, &sm);
 }
 
+/// A customer's CreateKey of a symmetric key named `name`.
+fn create_key_op(name: &str) -> Op {
+    let id = key_id(name);
+    let account = AccountId::parse(ACCOUNT).unwrap();
+    Op::CreateKey {
+        key: Box::new(KeyMetadata {
+            arn: Region::parse("dev-1").unwrap().key_arn(&account, &id),
+            key_id: id,
+            account,
+            description: String::new(),
+            key_state: KeyState::Enabled,
+            key_spec: KeySpec::SymmetricDefault,
+            key_usage: KeyUsage::EncryptDecrypt,
+            origin: Origin::Kms,
+            key_manager: KeyManager::Customer,
+            creation_date_ms: 1,
+            epoch: 1,
+            current_version: 1,
+            deletion_date_ms: None,
+            rotation_period_days: None,
+            next_rotation_ms: None,
+            valid_to_ms: None,
+        }),
+        material: vec![1; 60],
+        public_key: None,
+        audit: Box::new(record("CreateKey")),
+    }
+}
+
 #[test]
 fn batch_is_one_atomic_apply() {
     let mut r = Runner::new();
     r.run("bootstrap");
     // Two creates and a disable in one batch: later entries see earlier ones.
-    let mk = |name: &str| {
-        let id = key_id(name);
-        let account = AccountId::parse(ACCOUNT).unwrap();
-        Op::CreateKey {
-            key: Box::new(KeyMetadata {
-                arn: Region::parse("dev-1").unwrap().key_arn(&account, &id),
-                key_id: id,
-                account,
-                description: String::new(),
-                key_state: KeyState::Enabled,
-                key_spec: KeySpec::SymmetricDefault,
-                key_usage: KeyUsage::EncryptDecrypt,
-                origin: Origin::Kms,
-                key_manager: KeyManager::Customer,
-                creation_date_ms: 1,
-                epoch: 1,
-                current_version: 1,
-                deletion_date_ms: None,
-                rotation_period_days: None,
-                next_rotation_ms: None,
-                valid_to_ms: None,
-            }),
-            material: vec![1; 60],
-            public_key: None,
-            audit: Box::new(record("CreateKey")),
-        }
-    };
     let entries: Vec<ApplyEntry> = [
-        mk("k1"),
-        mk("k2"),
+        create_key_op("k1"),
+        create_key_op("k2"),
         Op::SetKeyEnabled {
             key_id: key_id("k1"),
             enabled: false,
@@ -1819,6 +1821,78 @@ fn a_group_applies_each_command_once() {
     };
     assert!(matches!(&responses[..], [Err(e)] if e.code == ErrorCode::Validation));
     assert_eq!(head(&r), start + 4);
+    assert!(r.sm.verify_audit_chain().unwrap().is_ok());
+}
+
+/// Callers' mutations grouped into one entry are each decided on their own, in order:
+/// the quota counts the creates before them in the group, a repeated request id gets
+/// its first response and creates nothing, a refusal leaves the others applied, and
+/// each audited mutation leaves one event.
+#[test]
+fn a_group_of_mutations_decides_each_on_its_own() {
+    let mut r = Runner::new();
+    r.run("bootstrap");
+    assert_eq!(
+        r.run("quota set keys=2"),
+        "quota: keys 0/2 aliases 0/1000 grants/key 1000"
+    );
+    let start = r.sm.audit_head().unwrap().0;
+    let cmd = |id: &str, op: Op| Command {
+        request_id: id.to_string(),
+        time_ms: 7,
+        op,
+    };
+    let group = Command {
+        request_id: String::new(),
+        time_ms: 7,
+        op: Op::Group {
+            commands: vec![
+                cmd("a", create_key_op("k1")),
+                cmd("a", create_key_op("k1")),
+                cmd("b", create_key_op("k2")),
+                cmd("c", create_key_op("k3")),
+                cmd(
+                    "d",
+                    Op::SetKeyEnabled {
+                        key_id: key_id("k1"),
+                        enabled: false,
+                        audit: Box::new(record("DisableKey")),
+                    },
+                ),
+            ],
+        },
+    };
+    let mut out =
+        r.sm.apply(
+            &[ApplyEntry {
+                command: Some(group.into()),
+            }],
+            vec![50],
+            None,
+        )
+        .unwrap();
+    let Some(Ok(Reply::Group(responses))) = out.pop() else {
+        panic!("not a group's response");
+    };
+    let key = |name: &str| r.sm.key(&key_id(name)).unwrap().map(|k| k.metadata);
+    let (k1, k2) = (key("k1").unwrap(), key("k2").unwrap());
+    assert!(matches!(&responses[0], Ok(Reply::Key(k)) if k.key_id == k1.key_id));
+    assert_eq!(
+        responses[1], responses[0],
+        "a repeated request id is answered once"
+    );
+    assert!(matches!(&responses[2], Ok(Reply::Key(k)) if k.key_id == k2.key_id));
+    assert!(
+        matches!(&responses[3], Err(e) if e.code == ErrorCode::LimitExceeded),
+        "{:?}",
+        responses[3]
+    );
+    assert!(matches!(&responses[4], Ok(Reply::Key(k)) if k.key_state == KeyState::Disabled));
+    assert!(key("k3").is_none());
+    assert_eq!(k1.key_state, KeyState::Disabled);
+    assert_eq!(r.run("quota"), "keys 2/2 aliases 0/1000");
+    // Two creates, the refused one and the disable; the repeat adds nothing.
+    assert_eq!(r.sm.audit_head().unwrap().0, start + 4);
     assert!(r.sm.verify_audit_chain().unwrap().is_ok());
 }
 
