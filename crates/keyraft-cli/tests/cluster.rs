@@ -1814,3 +1814,81 @@ async fn a_retry_acts_once_although_a_node_whose_clock_runs_hours_ahead_took_req
     .await;
     assert_eq!(fresh.description, "exactly once");
 }
+
+/// Creates issued at once through every node share log entries (the group commit) and
+/// are still each decided on their own: every caller gets its own key, one request id
+/// sent to the three nodes at once creates one key, and each key leaves one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_at_once_through_every_node_share_entries_and_each_acts_once() {
+    const CREATES: usize = 60;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path()).await;
+    let clients: Vec<std::sync::Arc<Client>> = (1..=3)
+        .map(|i| std::sync::Arc::new(c.client_of(i).unwrap()))
+        .collect();
+    let leader_log = |s: &keyraft_client::types::ClusterStatusResponse| {
+        s.members
+            .iter()
+            .find(|m| m.id == s.leader)
+            .map(|m| m.last_log_index)
+            .expect("a leader")
+    };
+    let before_log = leader_log(&clients[0].cluster_status().await.unwrap());
+    let before_audit = clients[0].audit_tail(1).await.unwrap().head_sequence;
+
+    let same = keyraft_client::types::CreateKeyRequest {
+        description: "sent to every node".into(),
+        request_id: "one-create-three-nodes".into(),
+        ..Default::default()
+    };
+    let mut distinct = Vec::new();
+    for i in 0..CREATES {
+        let client = clients[i % 3].clone();
+        distinct.push(tokio::spawn(async move {
+            client.create_key(&format!("at once {i}")).await
+        }));
+    }
+    let mut repeated = Vec::new();
+    for client in &clients {
+        let (client, req) = (client.clone(), same.clone());
+        repeated.push(tokio::spawn(
+            async move { client.create_key_with(req).await },
+        ));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, task) in distinct.into_iter().enumerate() {
+        let key = task.await.unwrap().unwrap();
+        assert_eq!(
+            key.description,
+            format!("at once {i}"),
+            "another caller's key"
+        );
+        ids.insert(key.key_id);
+    }
+    assert_eq!(ids.len(), CREATES);
+    let mut same_ids = std::collections::BTreeSet::new();
+    for task in repeated {
+        same_ids.insert(task.await.unwrap().unwrap().key_id);
+    }
+    assert_eq!(same_ids.len(), 1, "one request id created {same_ids:?}");
+
+    let after_log = leader_log(&clients[1].cluster_status().await.unwrap());
+    let entries = after_log - before_log;
+    assert!(
+        entries < CREATES as u64,
+        "{} creates took {entries} log entries",
+        CREATES + 3
+    );
+    let keys = clients[2].list_keys(1000, "").await.unwrap().keys;
+    assert_eq!(keys.len(), CREATES + 1);
+    let tail = clients[0].audit_tail(200).await.unwrap();
+    assert!(tail.chain_ok);
+    let created = tail
+        .events_json
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap())
+        .filter(|e| e["sequence"].as_u64() > Some(before_audit) && e["eventName"] == "CreateKey")
+        .count();
+    assert_eq!(created, CREATES + 1);
+}

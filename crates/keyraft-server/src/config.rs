@@ -70,7 +70,7 @@ pub struct Config {
     pub bootstrap: Option<BootstrapConfig>,
     /// Raft timing.
     pub raft: RaftConfig,
-    /// Audit group commit.
+    /// Group commit of audit records and mutations.
     pub audit: AuditConfig,
     /// How long a request may wait for Raft before failing with
     /// `DependencyTimeoutException`, in ms.
@@ -138,15 +138,15 @@ pub struct RaftConfig {
     pub keep_logs_after_snapshot: u64,
 }
 
-/// Audit group commit.
+/// Group commit: audit records and callers' mutations share Raft entries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
-    /// Most records in one Raft entry.
+    /// Most records in one Raft entry (a mutation counts as one).
     pub max_batch: usize,
-    /// Most audit entries this node has in flight at once. While they commit, new
-    /// records wait and go into the next entry, so a smaller number means fewer, larger
-    /// entries. With 64 callers on a 3-node cluster of 2 cores, 1 gave 1.8x the Encrypt
+    /// Most group-commit entries this node has in flight at once. While they commit, new
+    /// records and mutations wait and go into the next entry, so a smaller number means
+    /// fewer, larger entries. With 64 callers on a 3-node cluster of 2 cores, 1 gave 1.8x the Encrypt
     /// rate of 8 at lower latencies (each entry costs a Raft round of CPU on every
     /// node); raise it only where commit latency, not CPU, bounds the rate and batches
     /// reach `max_batch`.

@@ -37,29 +37,34 @@ pub(crate) mod node_methods {
 
 type AuditVerdict = Result<Option<KmsError>, KmsError>;
 
-/// What the audit batcher commits.
+/// What the group commit puts into the next entry.
 // Records are the common job: boxing them would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum AuditJob {
+pub(crate) enum CommitJob {
     /// The record of a request this node served, answered with apply's verdict on it.
     Record {
         record: AuditRecord,
         reply: oneshot::Sender<AuditVerdict>,
     },
-    /// An audit batch another node forwarded to this one as its leader, answered with
-    /// apply's response to it.
+    /// A mutation a caller asked this node for, answered with apply's response.
+    Mutation {
+        cmd: Command,
+        reply: oneshot::Sender<Result<StateResponse, KmsError>>,
+    },
+    /// A command another node forwarded to this one as its leader (an audit batch or a
+    /// mutation), answered with apply's response to it.
     Forwarded {
         cmd: Command,
         reply: oneshot::Sender<Result<StateResponse, KmsError>>,
     },
 }
 
-impl AuditJob {
+impl CommitJob {
     /// How many records the job adds to a batch.
     fn records(&self) -> usize {
         match self {
-            AuditJob::Record { .. } => 1,
-            AuditJob::Forwarded { cmd, .. } => match &cmd.op {
+            CommitJob::Record { .. } | CommitJob::Mutation { .. } => 1,
+            CommitJob::Forwarded { cmd, .. } => match &cmd.op {
                 Op::AuditBatch { records } => records.len(),
                 _ => 1,
             },
@@ -109,7 +114,7 @@ pub struct NodeCore {
     /// The service clock.
     pub clock: Clock,
     pub(crate) authn: Authenticator,
-    audit_tx: mpsc::Sender<AuditJob>,
+    commit_tx: mpsc::Sender<CommitJob>,
     /// One membership change at a time (per node; openraft refuses concurrent ones too).
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
 }
@@ -153,8 +158,8 @@ impl NodeCore {
         state: Arc<StateMachine>,
         hsm: Arc<dyn Hsm>,
         network: Network,
-    ) -> (Arc<NodeCore>, mpsc::Receiver<AuditJob>) {
-        let (audit_tx, audit_rx) = mpsc::channel(4096);
+    ) -> (Arc<NodeCore>, mpsc::Receiver<CommitJob>) {
+        let (commit_tx, commit_rx) = mpsc::channel(4096);
         let authn = Authenticator::new(state.clone(), hsm.clone());
         let core = Arc::new(NodeCore {
             id: config.node_id,
@@ -166,10 +171,10 @@ impl NodeCore {
             network,
             clock: Clock::default(),
             authn,
-            audit_tx,
+            commit_tx,
             membership_lock: tokio::sync::Mutex::new(()),
         });
-        (core, audit_rx)
+        (core, commit_rx)
     }
 
     /// The cluster signer.
@@ -240,11 +245,12 @@ impl NodeCore {
     }
 
     /// Proposes a command on the leader — here, or forwarded — and returns apply's
-    /// response. Every command carries a request id and apply deduplicates them, so a
-    /// proposal whose outcome is unknown (a forward that timed out, a leader that
-    /// changed) is retried until the deadline without acting twice.
+    /// response. Every command carries a request id (a group's commands each carry theirs)
+    /// and apply deduplicates them, so a proposal whose outcome is unknown (a forward
+    /// that timed out, a leader that changed) is retried until the deadline without
+    /// acting twice.
     pub async fn propose(&self, mut cmd: Command) -> Result<StateResponse, KmsError> {
-        if cmd.request_id.is_empty() {
+        if cmd.request_id.is_empty() && !matches!(cmd.op, Op::Group { .. }) {
             cmd.request_id = keyraft_types::new_id();
         }
         let deadline = Instant::now() + self.commit_timeout();
@@ -398,40 +404,49 @@ impl NodeCore {
     /// Commits an audit record (batched with others) and returns apply's verdict.
     pub(crate) async fn audit(&self, record: AuditRecord) -> AuditVerdict {
         failpoints::check(failpoints::BEFORE_AUDIT_APPEND, &record.event_name)?;
-        self.batch(|reply| AuditJob::Record { record, reply }).await
+        self.batch(|reply| CommitJob::Record { record, reply })
+            .await
     }
 
-    /// On the leader: commits an audit batch another node forwarded, in the same entry
-    /// as this node's next batch (see [`NodeCore::run_audit_batcher`]).
-    pub(crate) async fn commit_forwarded_audit(
-        &self,
-        cmd: Command,
-    ) -> Result<StateResponse, KmsError> {
-        self.batch(|reply| AuditJob::Forwarded { cmd, reply }).await
+    /// Commits a caller's mutation in the next entry of the group commit (see
+    /// [`NodeCore::run_group_commit`]) and returns apply's response. The command must
+    /// carry its request id: a group may be proposed again after an unknown outcome.
+    pub(crate) async fn commit_mutation(&self, cmd: Command) -> Result<StateResponse, KmsError> {
+        self.batch(|reply| CommitJob::Mutation { cmd, reply }).await
     }
 
-    /// Hands a job to the audit batcher and waits for its answer.
+    /// On the leader: commits a command another node forwarded (an audit batch or a
+    /// mutation, with its request id) in the same entry as this node's next batch.
+    pub(crate) async fn commit_forwarded(&self, cmd: Command) -> Result<StateResponse, KmsError> {
+        self.batch(|reply| CommitJob::Forwarded { cmd, reply })
+            .await
+    }
+
+    /// Hands a job to the group commit and waits for its answer.
     async fn batch<T>(
         &self,
-        job: impl FnOnce(oneshot::Sender<Result<T, KmsError>>) -> AuditJob,
+        job: impl FnOnce(oneshot::Sender<Result<T, KmsError>>) -> CommitJob,
     ) -> Result<T, KmsError> {
         let (tx, rx) = oneshot::channel();
-        self.audit_tx
+        self.commit_tx
             .send(job(tx))
             .await
             .map_err(|_| KmsError::internal())?;
         rx.await.map_err(|_| KmsError::internal())?
     }
 
-    /// The audit group-commit loop: drains waiting jobs into one entry while up to
-    /// `max_in_flight` earlier entries are still committing. The fuller the pipe, the
-    /// bigger the batches: batching comes from load, not from a timer.
+    /// The group commit loop: drains waiting jobs — audit records, callers' mutations,
+    /// commands other nodes forwarded — into one entry while up to `max_in_flight`
+    /// earlier entries are still committing. The fuller the pipe, the bigger the
+    /// batches: batching comes from load, not from a timer.
     ///
     /// Other nodes forward their batches to the leader, where they join the leader's own
     /// in one [`Op::Group`] entry. Without that, every node taking requests had its own
     /// entries in flight, each a third of the size, and every entry has its own cost
-    /// (replication, a sync on every node, an apply).
-    pub(crate) async fn run_audit_batcher(self: Arc<Self>, mut rx: mpsc::Receiver<AuditJob>) {
+    /// (replication, a sync on every node, an apply). Mutations took an entry each until
+    /// they joined the group too: with 64 callers creating keys, the leader's log
+    /// synced about four of them at a time, each entry replicated and applied alone.
+    pub(crate) async fn run_group_commit(self: Arc<Self>, mut rx: mpsc::Receiver<CommitJob>) {
         let slots = Arc::new(Semaphore::new(self.config.audit.max_in_flight));
         while let Some(first) = rx.recv().await {
             let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -450,94 +465,134 @@ impl NodeCore {
             }
             let core = self.clone();
             tokio::spawn(async move {
-                core.commit_audit_jobs(jobs).await;
+                core.commit_jobs(jobs).await;
                 drop(permit);
             });
         }
     }
 
-    /// Commits one batch of audit jobs and answers each.
-    async fn commit_audit_jobs(&self, jobs: Vec<AuditJob>) {
+    /// Commits one batch of jobs and answers each.
+    async fn commit_jobs(&self, jobs: Vec<CommitJob>) {
         let mut records = Vec::new();
-        let mut replies = Vec::new();
+        let mut record_replies = Vec::new();
+        let mut own = Vec::new();
+        let mut own_replies = Vec::new();
         let mut forwarded = Vec::new();
         let mut forwarded_replies = Vec::new();
         for job in jobs {
             match job {
-                AuditJob::Record { record, reply } => {
+                CommitJob::Record { record, reply } => {
                     records.push(record);
-                    replies.push(reply);
+                    record_replies.push(reply);
                 }
-                AuditJob::Forwarded { cmd, reply } => {
+                CommitJob::Mutation { cmd, reply } => {
+                    own.push(cmd);
+                    own_replies.push(reply);
+                }
+                CommitJob::Forwarded { cmd, reply } => {
                     forwarded.push(cmd);
                     forwarded_replies.push(reply);
                 }
             }
         }
-        // Its own request id makes the batch safe to propose again after an unknown
-        // outcome, alone or inside a group.
-        let own = (!records.is_empty()).then(|| Command {
-            request_id: keyraft_types::new_id(),
-            time_ms: self.clock.now_ms(),
-            op: Op::AuditBatch { records },
-        });
-        let own_response = if forwarded.is_empty() {
-            match own {
-                Some(cmd) => self.propose(cmd).await,
-                None => return,
-            }
+        // The records go first, as one audit batch. Its own request id makes the batch
+        // safe to propose again after an unknown outcome, alone or inside a group.
+        let with_records = !records.is_empty();
+        if with_records {
+            own.insert(
+                0,
+                Command {
+                    request_id: keyraft_types::new_id(),
+                    time_ms: self.clock.now_ms(),
+                    op: Op::AuditBatch { records },
+                },
+            );
+        }
+        let own_responses = if forwarded.is_empty() {
+            self.propose_all(own).await
         } else {
-            let mut commands: Vec<Command> = own.iter().cloned().collect();
+            let n_own = own.len();
+            let mut commands = own.clone();
             commands.extend(forwarded);
-            let group = Command {
-                request_id: String::new(),
-                time_ms: self.clock.now_ms(),
-                op: Op::Group { commands },
-            };
-            match self.propose_local(group).await {
+            match self.propose_local(self.group(commands)).await {
                 Ok(Ok(Reply::Group(mut responses)))
-                    if responses.len() == forwarded_replies.len() + usize::from(own.is_some()) =>
+                    if responses.len() == n_own + forwarded_replies.len() =>
                 {
-                    let theirs = responses.split_off(usize::from(own.is_some()));
+                    let theirs = responses.split_off(n_own);
                     for (reply, response) in forwarded_replies.into_iter().zip(theirs) {
                         let _ = reply.send(Ok(response));
                     }
-                    match responses.pop() {
-                        Some(response) => Ok(response),
-                        None => return,
-                    }
+                    responses.into_iter().map(Ok).collect()
                 }
                 Ok(other) => {
-                    tracing::error!(?other, "unexpected response to a group of audit batches");
+                    tracing::error!(?other, "unexpected response to a group of commands");
                     for reply in forwarded_replies {
                         let _ = reply.send(Err(KmsError::internal()));
                     }
-                    Ok(Err(KmsError::internal()))
+                    vec![Ok(Err(KmsError::internal())); n_own]
                 }
                 Err(e) => {
-                    // The forwarding nodes retry theirs; this node's own batch goes the
+                    // The forwarding nodes retry theirs; this node's own commands go the
                     // usual way, to whichever node leads now.
                     for reply in forwarded_replies {
                         let _ = reply.send(Err(e.clone()));
                     }
-                    match own {
-                        Some(cmd) => self.propose(cmd).await,
-                        None => return,
-                    }
+                    self.propose_all(own).await
                 }
             }
         };
-        let n = replies.len();
-        let verdicts: Vec<AuditVerdict> = match own_response {
-            Ok(Ok(Reply::Audit(v))) if v.len() == n => v.into_iter().map(Ok).collect(),
-            Ok(other) => {
-                tracing::error!(?other, "unexpected audit batch response");
-                (0..n).map(|_| Err(KmsError::internal())).collect()
+        let mut own_responses = own_responses.into_iter();
+        if with_records {
+            let n = record_replies.len();
+            let verdicts: Vec<AuditVerdict> = match own_responses.next() {
+                Some(Ok(Ok(Reply::Audit(v)))) if v.len() == n => v.into_iter().map(Ok).collect(),
+                Some(Err(e)) => (0..n).map(|_| Err(e.clone())).collect(),
+                other => {
+                    tracing::error!(?other, "unexpected audit batch response");
+                    (0..n).map(|_| Err(KmsError::internal())).collect()
+                }
+            };
+            for (reply, verdict) in record_replies.into_iter().zip(verdicts) {
+                let _ = reply.send(verdict);
             }
-            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-        };
-        for (reply, verdict) in replies.into_iter().zip(verdicts) {
-            let _ = reply.send(verdict);
+        }
+        for (reply, response) in own_replies.into_iter().zip(own_responses) {
+            let _ = reply.send(response);
+        }
+    }
+
+    /// Proposes this node's own commands, to whichever node leads: one alone, several
+    /// as a group. Answers each, in order.
+    async fn propose_all(
+        &self,
+        mut commands: Vec<Command>,
+    ) -> Vec<Result<StateResponse, KmsError>> {
+        let n = commands.len();
+        if n <= 1 {
+            return match commands.pop() {
+                Some(cmd) => vec![self.propose(cmd).await],
+                None => Vec::new(),
+            };
+        }
+        match self.propose(self.group(commands)).await {
+            Ok(Ok(Reply::Group(responses))) if responses.len() == n => {
+                responses.into_iter().map(Ok).collect()
+            }
+            Ok(other) => {
+                tracing::error!(?other, "unexpected response to a group of commands");
+                vec![Ok(Err(KmsError::internal())); n]
+            }
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
+    /// One entry holding `commands`. The group has no request id of its own: each
+    /// command carries one, so proposing the group again applies none of them twice.
+    fn group(&self, commands: Vec<Command>) -> Command {
+        Command {
+            request_id: String::new(),
+            time_ms: self.clock.now_ms(),
+            op: Op::Group { commands },
         }
     }
 

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use keyraft_proto::v1::internal::node_service_server::NodeService;
 use keyraft_proto::v1::internal::*;
 use keyraft_proto::{not_leader_status_for, status_from_error};
-use keyraft_state::{Command, Op};
+use keyraft_state::{Command, Op, Reply};
 use keyraft_types::{ErrorCode, KmsError};
 
 use crate::core::{node_methods, NodeCore};
@@ -48,11 +48,30 @@ impl NodeService for NodeApi {
             return Err(not_leader_status_for(&self.core.leader_hint()));
         }
         let response = match cmd.op {
-            // Joins this node's own audit batch, so the cluster commits one audit entry at
-            // a time. Its request id still makes a retry apply once.
-            Op::AuditBatch { .. } if !cmd.request_id.is_empty() => {
-                self.core.commit_forwarded_audit(cmd).await
+            // A forwarding node's batch: each command joins this node's next entry, so
+            // the cluster commits one entry at a time. If any is not answered, the sender
+            // proposes the whole group again; the request ids make that apply each once.
+            Op::Group { commands } => {
+                if commands
+                    .iter()
+                    .any(|c| c.request_id.is_empty() || matches!(c.op, Op::Group { .. }))
+                {
+                    return Err(Status::invalid_argument(
+                        "every command of a forwarded group needs a request id and none may be a group",
+                    ));
+                }
+                futures::future::join_all(
+                    commands
+                        .into_iter()
+                        .map(|c| self.core.commit_forwarded(c)),
+                )
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map(|responses| Ok(Reply::Group(responses)))
             }
+            // Joins this node's own batch; its request id still makes a retry apply once.
+            _ if !cmd.request_id.is_empty() => self.core.commit_forwarded(cmd).await,
             _ => self.core.propose_local(cmd).await,
         }
         .map_err(|e| status_from_error(&e))?;

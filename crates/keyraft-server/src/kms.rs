@@ -139,7 +139,7 @@ impl NodeCore {
             crate::failpoints::BEFORE_AUDIT_APPEND,
             &call.record.event_name,
         )?;
-        let reply = self.propose(cmd).await?;
+        let reply = self.commit_mutation(cmd).await?;
         crate::failpoints::check(
             crate::failpoints::AFTER_COMMIT_BEFORE_RESPONSE,
             &call.record.event_name,

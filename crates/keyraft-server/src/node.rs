@@ -1,5 +1,5 @@
 //! Starting and stopping a node: storage, HSM, Raft, the two gRPC servers and the
-//! background tasks (audit group commit, bootstrap, domain-key fetch).
+//! background tasks (group commit, bootstrap, domain-key fetch).
 //!
 //! A node takes already bound listeners, so tests can bind port 0 and learn the
 //! addresses before any node starts (the mini-redis pattern).
@@ -129,7 +129,7 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let bootstrap = config.bootstrap.clone();
-        let (core, audit_rx) = NodeCore::new(config, region, raft.clone(), state, hsm, network);
+        let (core, commit_rx) = NodeCore::new(config, region, raft.clone(), state, hsm, network);
 
         if let Some(cfg) = core.state.cluster_config()? {
             if cfg.region != core.region {
@@ -151,7 +151,7 @@ impl Node {
         let (fatal_tx, fatal) = watch::channel(None);
         let mut tasks = vec![
             tokio::spawn(watch_fatal(raft.clone(), fatal_tx)),
-            tokio::spawn(core.clone().run_audit_batcher(audit_rx)),
+            tokio::spawn(core.clone().run_group_commit(commit_rx)),
             tokio::spawn(crate::join::fetch_domain_key(core.clone())),
         ];
         tasks.push(tokio::spawn(run_ticker(core.clone())));
