@@ -1891,4 +1891,42 @@ async fn creates_at_once_through_every_node_share_entries_and_each_acts_once() {
         .filter(|e| e["sequence"].as_u64() > Some(before_audit) && e["eventName"] == "CreateKey")
         .count();
     assert_eq!(created, CREATES + 1);
+
+    // A forwarded group must name a request id for each command, which makes proposing
+    // it again safe: the leader refuses one that does not.
+    use keyraft_proto::v1::internal::node_service_client::NodeServiceClient;
+    use keyraft_proto::v1::internal::RaftMessage;
+    use keyraft_raft::network::ClusterAuth;
+    use keyraft_state::{Command, Op};
+    let leader = clients[0].cluster_status().await.unwrap().leader;
+    let unnamed = Command {
+        request_id: String::new(),
+        time_ms: 1,
+        op: Op::Group {
+            commands: vec![Command {
+                request_id: String::new(),
+                time_ms: 1,
+                op: Op::Tick {
+                    node_id: leader,
+                    rotations: Vec::new(),
+                },
+            }],
+        },
+    };
+    let msg = RaftMessage {
+        data: bincode::serialize(&unnamed).unwrap(),
+    };
+    let body = prost::Message::encode_to_vec(&msg);
+    let mut req = tonic::Request::new(msg);
+    let peer = ClusterAuth::new(leader % 3 + 1, c.file().cluster_secret.as_bytes());
+    peer.sign(
+        &mut req,
+        "/keyraft.v1.internal.NodeService/Propose",
+        leader,
+        &body,
+    );
+    let raft_addr = format!("http://{}", c.node(leader).unwrap().raft_addr());
+    let mut node = NodeServiceClient::connect(raft_addr).await.unwrap();
+    let status = node.propose(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
 }
