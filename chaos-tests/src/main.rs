@@ -1,6 +1,7 @@
 //! `keyraft-chaos`: run fault-injection experiments against real Keyraft nodes, re-check
 //! saved runs, and render their reports. Exit status: 0 pass, 1 violation, 2 unknown or
-//! aborted, 3 the tool itself failed (bad file, no binary).
+//! aborted (also interrupted by SIGINT or SIGTERM, after stopping the nodes the run
+//! started), 3 the tool itself failed (bad file, no binary).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,6 +77,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Waits for SIGINT (Ctrl-C) or SIGTERM and names it. Dying by the signal's default
+/// action would leave the run's nodes running and its disks mounted; returning lets
+/// the run be dropped, which releases them.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the signals keep their default action.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 fn dispatch(command: Command) -> Result<u8, String> {
     match command {
         Command::Run {
@@ -115,15 +134,32 @@ fn dispatch(command: Command) -> Result<u8, String> {
                 PathBuf::from("chaos-runs").join(format!("{}-{stamp}", exp.name))
             });
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            let results = runtime.block_on(run::run(
-                &exp,
-                &RunOptions {
-                    out: out.clone(),
-                    binary,
-                    progress: !quiet,
-                    attach,
-                },
-            ))?;
+            let options = RunOptions {
+                out: out.clone(),
+                binary,
+                progress: !quiet,
+                attach,
+            };
+            let finished = runtime.block_on(async {
+                tokio::select! {
+                    results = run::run(&exp, &options) => Some(results),
+                    signal = interrupted() => {
+                        eprintln!("keyraft-chaos: {signal}: stopping the run");
+                        None
+                    }
+                }
+            });
+            // Whatever the run still held (its nodes, proxies, mounted disks) is released
+            // here, in spawned tasks too, before the verdict or the exit.
+            drop(runtime);
+            let Some(results) = finished else {
+                eprintln!(
+                    "keyraft-chaos: interrupted; the nodes it started are stopped; {} holds an incomplete run",
+                    out.display()
+                );
+                return Ok(2);
+            };
+            let results = results?;
             print_results(&results, &out);
             Ok(results.exit_code() as u8)
         }
