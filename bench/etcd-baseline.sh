@@ -242,7 +242,7 @@ jq --arg conc "$CONCURRENCY" '
      | ($rs | map(op.p50_ms)) as $p50s
      | {workload: $w, callers: ($c | tonumber), rounds: ($rs | length),
         ops_per_s: ($ops | median),
-        p50_ms: ($rs | map(op.p50_ms) | median),
+        p50_ms: ($p50s | median),
         servers_cpu_us_per_call: ($rs | map(.cpu.processes_us_per_call // empty)
                                    | if length > 0 then median else null end),
         bench_cpu_us_per_call: ($rs | map(.cpu.bench_us_per_call // empty)
@@ -260,8 +260,9 @@ jq --arg conc "$CONCURRENCY" '
   echo "each run: $WARMUP warm-up, then $DURATION; closed-loop callers on min(callers, 8) connections"
   echo "$ROUNDS round(s); medians over the rounds; a ratio is taken within each round (range in brackets)"
   echo
-  printf '%-31s %7s %8s %7s %7s %6s %8s %8s  %-19s %-19s %s\n' \
-    workload callers ops/s "p50 ms" "p99 ms" errors "srv µs" "bench µs" \
+  row='%-31s %7s %8s %7s %7s %6s %8s %8s  %-19s %-19s %s\n'
+  # shellcheck disable=SC2059
+  printf "$row" workload callers ops/s "p50 ms" "p99 ms" errors "srv µs" "bench µs" \
     "ops/s vs etcd" "ops/s vs RPC" "p50 vs etcd"
   jq -r '
     def r: . * 100 | round / 100;
@@ -276,8 +277,8 @@ jq --arg conc "$CONCURRENCY" '
            (.vs_etcd | ratio), (.vs_rpc | ratio), (.p50_vs_etcd | ratio)] | @tsv' \
     "$WORK/summary.json" \
     | while IFS=$'\t' read -r label c ops p50 p99 errs srv bench vetcd vrpc petcd; do
-        printf '%-31s %7s %8s %7s %7s %6s %8s %8s  %-19s %-19s %s\n' \
-          "$label" "$c" "$ops" "$p50" "$p99" "$errs" "$srv" "$bench" "$vetcd" "$vrpc" "$petcd"
+        # shellcheck disable=SC2059
+        printf "$row" "$label" "$c" "$ops" "$p50" "$p99" "$errs" "$srv" "$bench" "$vetcd" "$vrpc" "$petcd"
       done
   echo "srv µs, bench µs: CPU time per call of the three servers together and of the bench"
   echo "process (its callers; for the bare call, the in-process server as well)"

@@ -144,12 +144,12 @@ pub struct RaftConfig {
 pub struct AuditConfig {
     /// Most records in one Raft entry (a mutation counts as one).
     pub max_batch: usize,
-    /// Most group-commit entries this node has in flight at once. While they commit, new
-    /// records and mutations wait and go into the next entry, so a smaller number means
-    /// fewer, larger entries. With 64 callers on a 3-node cluster of 2 cores, 1 gave 1.8x the Encrypt
-    /// rate of 8 at lower latencies (each entry costs a Raft round of CPU on every
-    /// node); raise it only where commit latency, not CPU, bounds the rate and batches
-    /// reach `max_batch`.
+    /// Most group-commit entries this node has in flight at once. While they commit,
+    /// new records and mutations wait and go into the next entry, so a smaller number
+    /// means fewer, larger entries. With 64 callers on a 3-node cluster of 2 cores, 1
+    /// gave 1.8x the Encrypt rate of 8 at lower latencies (each entry costs a Raft
+    /// round of CPU on every node); raise it only where commit latency, not CPU, bounds
+    /// the rate and batches reach `max_batch`.
     pub max_in_flight: usize,
     /// `sync` (the default): a read-only cryptographic request (Encrypt, Decrypt,
     /// GenerateDataKey, Sign, ...) answers only after its audit event has committed and

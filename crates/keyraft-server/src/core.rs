@@ -445,7 +445,8 @@ impl NodeCore {
     /// entries in flight, each a third of the size, and every entry has its own cost
     /// (replication, a sync on every node, an apply). Mutations took an entry each until
     /// they joined the group too: with 64 callers creating keys, the leader's log
-    /// synced about four of them at a time, each entry replicated and applied alone.
+    /// synced about four of them at a time, each with its own stored audit chunk and
+    /// its own completion on every node.
     pub(crate) async fn run_group_commit(self: Arc<Self>, mut rx: mpsc::Receiver<CommitJob>) {
         let slots = Arc::new(Semaphore::new(self.config.audit.max_in_flight));
         while let Some(first) = rx.recv().await {
